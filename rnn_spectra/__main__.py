@@ -1,0 +1,3 @@
+from rnn_spectra.cli import entry
+
+entry()

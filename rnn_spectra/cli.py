@@ -1,0 +1,113 @@
+"""``rnn-spectra``: parse the command line, then call the library. No logic lives here.
+
+Every user error (UserError) becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from rnn_spectra.errors import ConfigError, UserError
+
+EXAMPLE = ("rnn-spectra train --config configs/adding.py --workdir runs/x "
+           "--config.model.cell=relu_rnn --config.train.steps=500")
+
+
+def split_overrides(extra: list[str]) -> dict[str, str]:
+    """``--config.a.b=v`` or ``--config.a.b v`` pairs -> {"a.b": "v"}; anything else is an error."""
+    out, i = {}, 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--config."):
+            raise ConfigError(f"unrecognised argument {arg!r}; overrides look like --config.train.steps=500")
+        key, eq, value = arg[len("--config."):].partition("=")
+        if not eq:
+            if i + 1 >= len(extra):
+                raise ConfigError(f"{arg} needs a value, e.g. {arg}=VALUE")
+            value, i = extra[i + 1], i + 1
+        out[key] = value
+        i += 1
+    return out
+
+
+def load_run_config(config_path: str | None, workdir: str, overrides: dict[str, str]):
+    """The config to run: the file (+ overrides), or an existing workdir's config.json to resume."""
+    from rnn_spectra import config as config_lib
+    from rnn_spectra import workdir as wd
+
+    if config_path is None:
+        if not wd.is_run(workdir):
+            raise ConfigError(f"--config is required: {workdir} is not an existing run to resume")
+        cfg = config_lib.default_config()
+        stored = wd.read_json(wd.path(workdir, wd.CONFIG))
+        try:
+            cfg.update_from_flattened_dict(_flatten(stored))
+        except (KeyError, AttributeError, TypeError) as e:
+            raise ConfigError(f"{wd.path(workdir, wd.CONFIG)} is not a valid run config: {e}") from None
+    else:
+        cfg = config_lib.load_config_file(config_path)
+    cfg.lock()
+    config_lib.apply_overrides(cfg, overrides)
+    config_lib.resolve(cfg)  # fail fast, before touching the workdir
+    return cfg
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def cmd_train(args, overrides) -> int:
+    from rnn_spectra.train import summary_line, train_and_evaluate
+
+    cfg = load_run_config(args.config, args.workdir, overrides)
+    summary = train_and_evaluate(cfg, args.workdir)
+    print(f"{args.workdir}: {summary_line(summary)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rnn-spectra",
+        description="Train tanh/ReLU RNNs, LSTMs and GRUs on long-range tasks and measure why they "
+                    "learn or fail.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train one run into a workdir (resumes an existing one)",
+                           epilog=f"example: {EXAMPLE}")
+    train.add_argument("--config", help="config file with get_config() (omit to resume --workdir)")
+    train.add_argument("--workdir", required=True, help="the run's directory")
+    train.set_defaults(func=cmd_train, takes_overrides=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        overrides = split_overrides(extra) if getattr(args, "takes_overrides", False) else {}
+        if extra and not getattr(args, "takes_overrides", False):
+            raise ConfigError(f"unrecognised arguments: {' '.join(extra)}")
+        return args.func(args, overrides)
+    except UserError as e:
+        print(f"rnn-spectra {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

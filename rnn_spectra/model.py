@@ -1,0 +1,117 @@
+"""SequenceModel: inputs -> registered cell under an explicit ``jax.lax.scan`` -> linear readout.
+
+Not a linen module on purpose: the unroll is the object of study, so the scan is written out
+here (``unroll=``, ``jax.checkpoint`` of the step) over ``cell.apply``, and params are a plain
+dict ``{"cell": ..., "readout": {"kernel", "bias"}}`` that vmaps, differentiates and checkpoints
+without wrappers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rnn_spectra import cells as cells_lib
+from rnn_spectra.errors import ConfigError
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Model settings (the frozen, typed form of ``config.model``)."""
+
+    cell: str = "tanh_rnn"
+    hidden_size: int = 128
+    recurrent_init: str | None = None  # None: the cell's default (see cells.CELLS)
+    init_scale: float | None = None  # gain / scale of the recurrent init; None: cell default
+    input_init: str = "normal"
+    input_scale: float = 1.0
+    bias_init: float = 0.0
+    forget_bias: float = 1.0  # LSTM only
+    unroll: int = 1  # lax.scan unroll factor
+    remat: bool = False  # jax.checkpoint each step: O(1) activations per step, ~1 extra forward
+
+
+class SequenceModel:
+    """``apply(params, inputs_BxTxD) -> outputs``: (B, O) at the last step or (B, T, O) at all."""
+
+    def __init__(self, config: ModelConfig, input_size: int, output_size: int, readout: str):
+        if readout not in ("last", "all"):
+            raise ConfigError(f"readout must be 'last' or 'all', got {readout!r}")
+        if config.unroll < 1:
+            raise ConfigError(f"model.unroll must be >= 1, got {config.unroll}")
+        self.config = config
+        self.input_size = input_size
+        self.output_size = output_size
+        self.readout = readout
+        self.cell = cells_lib.make_cell(
+            config.cell,
+            config.hidden_size,
+            recurrent_init=config.recurrent_init,
+            init_scale=config.init_scale,
+            input_init=config.input_init,
+            input_scale=config.input_scale,
+            bias_init=config.bias_init,
+            forget_bias=config.forget_bias,
+        )
+        self.head = nn.Dense(output_size)
+
+    def init(self, key: Array) -> dict:
+        k_cell, k_head = jax.random.split(key)
+        carry = self.initial_carry((1,))
+        x = jnp.zeros((1, self.input_size))
+        cell_params = self.cell.init(k_cell, carry, x)["params"]
+        head_params = self.head.init(k_head, jnp.zeros((1, self.config.hidden_size)))["params"]
+        return {"cell": cell_params, "readout": head_params}
+
+    def initial_carry(self, batch_shape: tuple[int, ...]):
+        """Zero carry: an array (B, H), or (c, h) for the LSTM."""
+        return self.cell.initialize_carry(batch_shape)
+
+    def cell_step(self, cell_params):
+        """``(carry, x_BxD) -> (carry, h_BxH)`` for fixed params: the function the scan unrolls."""
+
+        def step(carry, x):
+            return self.cell.apply({"params": cell_params}, carry, x)
+
+        return step
+
+    def unroll(self, cell_params, inputs_BxTxD: Array, carry0=None, return_carries=False):
+        """Run the cell over time. Returns (hidden_TxBxH, carries or None), time-major."""
+        if inputs_BxTxD.ndim != 3 or inputs_BxTxD.shape[-1] != self.input_size:
+            raise ValueError(
+                f"inputs must have shape (batch, time, {self.input_size}), got {inputs_BxTxD.shape}"
+            )
+        step = self.cell_step(cell_params)
+        if return_carries:
+            inner = step
+
+            def step(carry, x):  # noqa: F811 - also emit the carry itself (LSTM: c and h)
+                carry, h = inner(carry, x)
+                return carry, (h, carry)
+
+        if self.config.remat:
+            step = jax.checkpoint(step)
+        if carry0 is None:
+            carry0 = self.initial_carry(inputs_BxTxD.shape[:1])
+        _, ys = jax.lax.scan(step, carry0, jnp.swapaxes(inputs_BxTxD, 0, 1), unroll=self.config.unroll)
+        if return_carries:
+            return ys
+        return ys, None
+
+    def apply(self, params, inputs_BxTxD: Array, return_carries: bool = False):
+        """Outputs (B, O) or (B, T, O); with ``return_carries`` also the carries, time-major (T, B, ...)."""
+        hidden_TxBxH, carries = self.unroll(params["cell"], inputs_BxTxD, return_carries=return_carries)
+        if self.readout == "last":
+            out = self.head.apply({"params": params["readout"]}, hidden_TxBxH[-1])
+        else:
+            out = jnp.swapaxes(self.head.apply({"params": params["readout"]}, hidden_TxBxH), 0, 1)
+        return (out, carries) if return_carries else out
+
+
+def count_params(params) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))

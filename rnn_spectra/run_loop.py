@@ -1,0 +1,284 @@
+"""The host side of one run: workdir files, resume, periodic checkpoints, signals, divergence.
+
+``train.py`` holds the pure, jittable pieces; this module drives them and owns everything that
+touches the file system, so a killed or preempted run loses at most the steps since its last
+checkpoint and continues exactly (same batches, same params) when started again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import signal
+import sys
+import time
+
+import jax
+import ml_collections
+
+from rnn_spectra import config as config_lib
+from rnn_spectra import workdir as wd
+from rnn_spectra.checkpointing import Checkpointer
+from rnn_spectra.config import RunConfig
+from rnn_spectra.errors import ConfigError, WorkdirError
+from rnn_spectra.train import build, init_state, make_eval_fn, make_train_step
+from rnn_spectra.model import count_params
+
+# Keys that may change when a run is continued: they extend it or change only its bookkeeping.
+RESUMABLE_KEYS = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
+                  "spectral.every", "checkpoint.every_steps", "checkpoint.every_minutes",
+                  "checkpoint.keep")
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}")
+    return diffs
+
+
+class WorkdirLock:
+    """An exclusive flock on WORKDIR/.lock; a second process on the same workdir is refused."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, ".lock")
+        self.fd = None
+
+    def __enter__(self):
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise WorkdirError(f"cannot open {self.path}: {e.strerror}; check permissions") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise WorkdirError(
+                f"workdir {os.path.dirname(self.path)} is in use by pid {holder}; "
+                "wait for it to finish or use another --workdir"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+class SignalGuard:
+    """First SIGTERM/SIGINT: ask the loop to stop after this step. Second: exit at once."""
+
+    def __init__(self):
+        self.requested = None
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.requested is not None:
+            print("second signal: exiting now", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.requested = signal.Signals(signum).name
+        print(f"\n{self.requested}: finishing this step, saving a checkpoint, then exiting "
+              "(send it again to exit at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: signals stay with the caller
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class RunLoop:
+    def __init__(self, run: RunConfig, config: ml_collections.ConfigDict, workdir: str):
+        self.run_cfg, self.config, self.workdir = run, config, workdir
+        self.exp = build(run)
+
+    # ------------------------------------------------------------------ set-up
+    def _prepare_workdir(self) -> None:
+        w = self.workdir
+        if os.path.exists(w) and not os.path.isdir(w):
+            raise WorkdirError(f"workdir {w} exists and is not a directory")
+        if os.path.isdir(w) and os.listdir(w) and not wd.is_run(w):
+            allowed = {".lock"}
+            if set(os.listdir(w)) - allowed:
+                raise WorkdirError(
+                    f"{w} is not empty and is not a run (no {wd.CONFIG}); pick a new or empty --workdir"
+                )
+        try:
+            os.makedirs(w, exist_ok=True)
+        except OSError as e:
+            raise WorkdirError(f"cannot create workdir {w}: {e.strerror}") from None
+        if not os.access(w, os.W_OK):
+            raise WorkdirError(f"workdir {w} is not writable; check its permissions")
+
+    def _check_existing(self) -> dict | None:
+        """Refuse a different config; return the old summary (or None for a fresh workdir)."""
+        w = self.workdir
+        if not wd.is_run(w):
+            return None
+        old = wd.read_json(wd.path(w, wd.CONFIG))
+        new = self.config.to_dict()
+        diffs = [d for d in config_differences(old, new) if d not in RESUMABLE_KEYS]
+        if diffs:
+            shown = ", ".join(f"{d} ({_get(old, d)!r} -> {_get(new, d)!r})" for d in diffs[:4])
+            raise ConfigError(
+                f"workdir {w} holds a run with a different config: {shown}; use a new --workdir "
+                f"(only {', '.join(RESUMABLE_KEYS)} may change on resume)"
+            )
+        summary_path = wd.path(w, wd.SUMMARY)
+        return wd.read_json(summary_path) if os.path.exists(summary_path) else None
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        self._prepare_workdir()
+        with WorkdirLock(self.workdir), SignalGuard() as guard:
+            return self._run_locked(guard)
+
+    def _run_locked(self, guard: SignalGuard) -> dict:
+        exp, run, w = self.exp, self.run_cfg, self.workdir
+        old_summary = self._check_existing()
+        if old_summary and old_summary.get("status") == "diverged":
+            raise WorkdirError(
+                f"the run in {w} diverged at step {old_summary.get('diverged_step')} "
+                f"(last good checkpoint: step {old_summary.get('last_good_step')}); retrying would "
+                "diverge again: change the config in a new --workdir"
+            )
+        ckpt = Checkpointer(wd.path(w, wd.CHECKPOINTS), every_steps=run.checkpoint.every_steps,
+                            every_minutes=run.checkpoint.every_minutes, keep=run.checkpoint.keep)
+        try:
+            return self._train(guard, ckpt, old_summary)
+        finally:
+            ckpt.close()  # waits for the async save on every exit path
+
+    def _train(self, guard, ckpt: Checkpointer, old_summary) -> dict:
+        exp, run, w = self.exp, self.run_cfg, self.workdir
+        state = init_state(exp, run.seed)
+        elapsed, best = 0.0, math.inf
+        if ckpt.steps():
+            state, meta = ckpt.restore(state)
+            elapsed, best = meta.get("wall_time_s", 0.0), meta.get("best_eval_loss", math.inf)
+        start = int(state["step"])
+        if old_summary and old_summary.get("status") == "completed" and start >= run.train.steps:
+            print(f"{w}: already completed {start} steps (raise --config.train.steps to extend)",
+                  file=sys.stderr)
+            return old_summary
+        if start > run.train.steps:
+            raise ConfigError(f"{w} is at step {start}, beyond train.steps={run.train.steps}")
+        for name in (wd.METRICS, wd.SPECTRA):  # rows past the restored step were never checkpointed
+            wd.truncate_jsonl(wd.path(w, name), start)
+        wd.write_json(wd.path(w, wd.CONFIG), self.config.to_dict())
+        if start:
+            print(f"resuming {w} from step {start}", file=sys.stderr)
+
+        train_step = jax.jit(make_train_step(exp), donate_argnums=0)
+        eval_fn = jax.jit(make_eval_fn(exp))
+        monitor = None
+        if run.spectral.every:
+            from rnn_spectra.spectral.monitor import SpectralMonitor
+
+            monitor = SpectralMonitor(exp)
+            if start == 0:
+                wd.append_jsonl(wd.path(w, wd.SPECTRA), [monitor.measure(state["params"], 0)])
+
+        progress = _progress(run, start)
+        t0 = time.perf_counter() - elapsed
+        status, diverged_step, final_eval, step = "completed", None, None, start
+        metrics = None
+        while step < run.train.steps:
+            state, metrics = train_step(state)
+            step += 1
+            last = step == run.train.steps
+            rows = []
+            if step % run.train.log_every == 0 or last or guard.requested:
+                host = jax.device_get(metrics)
+                div = int(state["diverged_at"])
+                if div >= 0:
+                    status, diverged_step = "diverged", div
+                    break
+                rows.append({"step": step, "split": "train", **host, "wall_time": time.perf_counter() - t0})
+                progress.update(step - progress.n)
+                progress.set_postfix(loss=f"{host['loss']:.4g}", grad_norm=f"{host['grad_norm']:.3g}")
+            if step % run.train.eval_every == 0 or last:
+                final_eval = jax.device_get(eval_fn(state["params"]))
+                rows.append({"step": step, "split": "eval", **final_eval,
+                             "wall_time": time.perf_counter() - t0})
+                if math.isfinite(final_eval["loss"]):
+                    best = min(best, float(final_eval["loss"]))
+            wd.append_jsonl(wd.path(w, wd.METRICS), rows)
+            if monitor and (step % run.spectral.every == 0 or last):
+                wd.append_jsonl(wd.path(w, wd.SPECTRA), [monitor.measure(state["params"], step)])
+            if ckpt.due(step) or last or guard.requested:
+                ckpt.save(step, state, self._meta(t0, best),
+                          metrics={"eval_loss": float(final_eval["loss"])}
+                          if final_eval is not None and step % run.train.eval_every == 0 else None)
+            if guard.requested and not last:
+                status = "interrupted"
+                break
+        progress.close()
+
+        last_good = step
+        if status == "diverged":
+            # The masked step kept the last good params: checkpoint them under their own step.
+            last_good = diverged_step - 1
+            state = {**state, "step": jax.numpy.asarray(last_good, jax.numpy.int32)}
+            wd.truncate_jsonl(wd.path(w, wd.METRICS), last_good)
+            ckpt.save(last_good, state, self._meta(t0, best))
+            final_eval = jax.device_get(eval_fn(state["params"]))
+            print(f"diverged: non-finite loss or gradient at step {diverged_step}; "
+                  f"last good params (step {last_good}) are checkpointed", file=sys.stderr)
+        summary = self._summary(status, last_good, diverged_step, final_eval, t0, best, ckpt)
+        wd.write_json(wd.path(w, wd.SUMMARY), summary)
+        return summary
+
+    def _meta(self, t0: float, best: float) -> dict:
+        return {"wall_time_s": time.perf_counter() - t0,
+                "best_eval_loss": best if math.isfinite(best) else None}
+
+    def _summary(self, status, step, diverged_step, final_eval, t0, best, ckpt) -> dict:
+        exp = self.exp
+        final = {k: float(v) for k, v in (final_eval or {}).items()}
+        ckpt.wait()
+        return {
+            "status": status,
+            "steps_completed": step,
+            "target_steps": self.run_cfg.train.steps,
+            "diverged_step": diverged_step,
+            "last_good_step": step,
+            "final_eval": final,
+            "best_eval_loss": best if math.isfinite(best) else None,
+            "baseline": exp.task.baseline,
+            "solved": exp.task.solved(final) if final else False,
+            "num_params": count_params(exp.model.init(jax.random.PRNGKey(0))),
+            "wall_time_s": time.perf_counter() - t0,
+            "checkpoint_steps": ckpt.steps(),
+            "device": jax.devices()[0].device_kind,
+        }
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _progress(run: RunConfig, start: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=run.train.steps, initial=start, disable=not run.train.progress,
+                desc=f"{run.model.cell}/{run.task.name}{run.task.seq_len}", file=sys.stderr,
+                dynamic_ncols=True, leave=False)

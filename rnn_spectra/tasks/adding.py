@@ -1,0 +1,55 @@
+"""Adding problem (Le et al. 2015; Arjovsky et al. 2016 form): sum of two marked U[0,1] values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from rnn_spectra.tasks.base import Task
+
+# Pascanu et al. 2013: a task is solved when no sample has squared error above this.
+SOLVED_SQ_ERR = 0.04
+
+
+@dataclasses.dataclass(frozen=True)
+class AddingTask(Task):
+    """Input per step (value, marker); one marker in the first half, one in the second; MSE at T."""
+
+    input_size = 2
+    output_size = 1
+    readout = "last"
+
+    def batch(self, key, batch_size):
+        t, half = self.seq_len, self.seq_len // 2
+        k_val, k_first, k_second = jax.random.split(key, 3)
+        values = jax.random.uniform(k_val, (batch_size, t))
+        first = jax.random.randint(k_first, (batch_size,), 0, half)
+        second = jax.random.randint(k_second, (batch_size,), half, t)
+        steps = jnp.arange(t)
+        markers = (steps == first[:, None]) | (steps == second[:, None])
+        markers = markers.astype(values.dtype)
+        inputs = jnp.stack([values, markers], axis=-1)
+        targets = jnp.sum(values * markers, axis=1, keepdims=True)
+        return inputs, targets
+
+    def loss(self, outputs, targets):
+        return jnp.mean((outputs - targets) ** 2)
+
+    def metrics(self, outputs, targets):
+        sq_err = jnp.squeeze((outputs - targets) ** 2, -1)
+        return {
+            "loss": jnp.mean(sq_err),
+            "mse": jnp.mean(sq_err),
+            "frac_sq_err_lt_0.04": jnp.mean(sq_err < SOLVED_SQ_ERR),
+            "max_sq_err": jnp.max(sq_err),
+        }
+
+    @property
+    def baseline(self):
+        # Predicting 1 = E[X1 + X2]; the error is Var(X1 + X2) = 2 / 12.
+        return 1.0 / 6.0
+
+    def solved(self, metrics):
+        return bool(metrics["max_sq_err"] <= SOLVED_SQ_ERR)

@@ -1,0 +1,52 @@
+"""What every task provides, so training, sweeps and reports never branch on a task's name."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import ClassVar
+
+import jax
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Task(abc.ABC):
+    """A synthetic sequence task: batches from a PRNG key, a loss, metrics and a trivial baseline.
+
+    ``batch(key, n)`` returns ``(inputs_BxTxD, targets)``; the model reads out at the last step
+    (``readout == "last"``) or at every step (``"all"``). Batches depend only on the key, so a run
+    that folds its step into the key is reproducible and resumes exactly.
+    """
+
+    seq_len: int  # the task's T (for copying, the delay; the sequence is T + 20 long)
+
+    input_size: ClassVar[int]
+    output_size: ClassVar[int]
+    readout: ClassVar[str]  # "last" or "all"
+
+    @property
+    def length(self) -> int:
+        """Number of time steps of one input sequence."""
+        return self.seq_len
+
+    @abc.abstractmethod
+    def batch(self, key: Array, batch_size: int) -> tuple[Array, Array]: ...
+
+    @abc.abstractmethod
+    def loss(self, outputs: Array, targets: Array) -> Array:
+        """Scalar training loss (mean over the batch)."""
+
+    @abc.abstractmethod
+    def metrics(self, outputs: Array, targets: Array) -> dict[str, Array]:
+        """Scalar metrics, ``loss`` first; all are means over the batch except where named max."""
+
+    @property
+    @abc.abstractmethod
+    def baseline(self) -> float:
+        """Loss of the best input-independent (memoryless) predictor."""
+
+    @abc.abstractmethod
+    def solved(self, metrics: dict[str, float]) -> bool:
+        """The task's binary success criterion on a (large) eval set."""

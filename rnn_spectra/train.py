@@ -1,0 +1,148 @@
+"""Training: ``train_and_evaluate(config, workdir)`` and the pure pieces it is built from.
+
+The pieces (``build``, ``init_state``, ``make_train_step``, ``make_eval_fn``) are pure functions
+of a ``RunConfig`` so ``sweep.py`` can vmap them over seeds and hyperparameters. The train step
+never crashes on a non-finite loss: it keeps the last good params and records the step in
+``state["diverged_at"]``; the host reads that every ``log_every`` steps (no per-step sync).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from rnn_spectra import config as config_lib
+from rnn_spectra.config import RunConfig
+from rnn_spectra.model import SequenceModel, count_params
+from rnn_spectra.optim import make_optimizer
+from rnn_spectra.tasks import Task, get_task
+
+# Streams derived from the seed; fixed so a resumed run and a sweep member draw the same numbers.
+INIT_STREAM, DATA_STREAM, EVAL_STREAM, PROBE_STREAM = 0, 1, 2, 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything built from a RunConfig that does not hold arrays."""
+
+    run: RunConfig
+    task: Task
+    model: SequenceModel
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+
+
+def build(run: RunConfig) -> Experiment:
+    task = get_task(run.task.name, run.task.seq_len)
+    model = SequenceModel(run.model, task.input_size, task.output_size, task.readout)
+    tx, schedule = make_optimizer(run.optim, run.train.steps)
+    return Experiment(run, task, model, tx, schedule)
+
+
+def stream_key(seed: int | jax.Array, stream: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.PRNGKey(seed), stream)
+
+
+def init_state(exp: Experiment, seed: int | jax.Array) -> dict:
+    """Training state pytree: params, opt_state, step, data key and the divergence marker."""
+    params = exp.model.init(stream_key(seed, INIT_STREAM))
+    return {
+        "params": params,
+        "opt_state": exp.tx.init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "key": stream_key(seed, DATA_STREAM),
+        # 1-based step whose loss or gradient was non-finite; -1 while the run is healthy.
+        "diverged_at": jnp.full((), -1, jnp.int32),
+    }
+
+
+def make_train_step(exp: Experiment, tx: optax.GradientTransformation | None = None):
+    """``train_step(state) -> (state, metrics)``; not jitted here so sweeps can vmap it first."""
+    task, model, batch_size = exp.task, exp.model, exp.run.train.batch_size
+    tx = tx or exp.tx
+
+    def loss_fn(params, inputs, targets):
+        outputs = model.apply(params, inputs)
+        return task.loss(outputs, targets), outputs
+
+    def train_step(state):
+        step = state["step"]
+        inputs, targets = task.batch(jax.random.fold_in(state["key"], step), batch_size)
+        (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"], inputs, targets
+        )
+        grad_norm = optax.global_norm(grads)  # before clipping: the quantity the theory is about
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        healthy = state["diverged_at"] < 0
+        keep_new = finite & healthy
+        pick = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(keep_new, a, b), new, old)
+        new_state = {
+            "params": pick(params, state["params"]),
+            "opt_state": pick(opt_state, state["opt_state"]),
+            "step": step + 1,
+            "key": state["key"],
+            "diverged_at": jnp.where(healthy & ~finite, step + 1, state["diverged_at"]),
+        }
+        metrics = task.metrics(outputs, targets)
+        metrics["grad_norm"] = grad_norm
+        metrics["learning_rate"] = jnp.asarray(exp.schedule(step), jnp.float32)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_fn(exp: Experiment, seed: int | jax.Array | None = None):
+    """``eval_fn(params[, seed]) -> metrics`` on the fixed held-out set (``EVAL_STREAM`` batches).
+
+    Means over batches, except metrics named ``max_*`` which take the max.
+    """
+    task, model, tr = exp.task, exp.model, exp.run.train
+
+    def eval_fn(params, seed=seed if seed is not None else exp.run.seed):
+        eval_key = stream_key(seed, EVAL_STREAM)
+
+        def one(i):
+            inputs, targets = task.batch(jax.random.fold_in(eval_key, i), tr.eval_batch_size)
+            return task.metrics(model.apply(params, inputs), targets)
+
+        per_batch = jax.lax.map(one, jnp.arange(tr.eval_batches))
+        return {k: (jnp.max(v) if k.startswith("max_") else jnp.mean(v)) for k, v in per_batch.items()}
+
+    return eval_fn
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Train one run into ``workdir`` (resuming it if it holds a checkpoint); returns summary.json."""
+    from rnn_spectra.run_loop import RunLoop  # the host side: files, checkpoints, signals
+
+    return RunLoop(config_lib.resolve(config), config, workdir).run()
+
+
+def summary_line(summary: dict) -> str:
+    """One human line for the console."""
+    ev = summary.get("final_eval") or {}
+    parts = [f"status={summary['status']}", f"steps={summary.get('steps_completed')}"]
+    if "loss" in ev:
+        parts.append(f"eval_loss={ev['loss']:.4g} (baseline {summary['baseline']:.4g})")
+    if summary.get("diverged_step") is not None:
+        parts.append(f"diverged at step {summary['diverged_step']}")
+    parts.append(f"wall={summary.get('wall_time_s', 0):.1f}s")
+    return " ".join(parts)
+
+
+def print_err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+__all__ = [
+    "Experiment", "build", "init_state", "make_train_step", "make_eval_fn",
+    "train_and_evaluate", "count_params", "stream_key",
+]
