@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -73,7 +72,7 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation | None = N
 
     def train_step(state):
         step = state["step"]
-        inputs, targets = task.batch(jax.random.fold_in(state["key"], step), batch_size)
+        inputs, targets = task.train_batch(state["key"], step, batch_size)
         (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"], inputs, targets
         )
@@ -110,7 +109,7 @@ def make_eval_fn(exp: Experiment, seed: int | jax.Array | None = None):
         eval_key = stream_key(seed, EVAL_STREAM)
 
         def one(i):
-            inputs, targets = task.batch(jax.random.fold_in(eval_key, i), tr.eval_batch_size)
+            inputs, targets = task.eval_batch(eval_key, i, tr.eval_batch_size)
             return task.metrics(model.apply(params, inputs), targets)
 
         per_batch = jax.lax.map(one, jnp.arange(tr.eval_batches))

@@ -32,7 +32,17 @@ class Task(abc.ABC):
         return self.seq_len
 
     @abc.abstractmethod
-    def batch(self, key: Array, batch_size: int) -> tuple[Array, Array]: ...
+    def batch(self, key: Array, batch_size: int) -> tuple[Array, Array]:
+        """A fresh batch drawn from ``key`` (synthetic tasks draw every batch anew)."""
+
+    def train_batch(self, data_key: Array, step: Array, batch_size: int) -> tuple[Array, Array]:
+        """The training batch of optimizer step ``step`` (0-based): a pure function of both, so
+        resuming at a step replays exactly. Dataset tasks override this (epoch shuffles)."""
+        return self.batch(jax.random.fold_in(data_key, step), batch_size)
+
+    def eval_batch(self, eval_key: Array, index: Array, batch_size: int) -> tuple[Array, Array]:
+        """Held-out batch ``index`` of the fixed eval set (disjoint stream from training)."""
+        return self.batch(jax.random.fold_in(eval_key, index), batch_size)
 
     @abc.abstractmethod
     def loss(self, outputs: Array, targets: Array) -> Array:
