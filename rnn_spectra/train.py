@@ -19,7 +19,7 @@ import optax
 from rnn_spectra import config as config_lib
 from rnn_spectra.config import RunConfig
 from rnn_spectra.model import SequenceModel, count_params
-from rnn_spectra.optim import make_optimizer
+from rnn_spectra.optim import learning_rate, make_optimizer
 from rnn_spectra.tasks import Task, get_task
 
 # Streams derived from the seed; fixed so a resumed run and a sweep member draw the same numbers.
@@ -92,7 +92,7 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation | None = N
         }
         metrics = task.metrics(outputs, targets)
         metrics["grad_norm"] = grad_norm
-        metrics["learning_rate"] = jnp.asarray(exp.schedule(step), jnp.float32)
+        metrics["learning_rate"] = learning_rate(state["opt_state"], exp.schedule, step)
         return new_state, metrics
 
     return train_step
