@@ -73,6 +73,22 @@ def cmd_train(args, overrides) -> int:
     return 0
 
 
+def cmd_study(args, overrides) -> int:
+    from rnn_spectra.study import run_study
+
+    record = run_study(args.preset, args.workdir, report=not args.no_report)
+    print(f"{args.workdir}: study {record['preset']} done in {record['wall_time_s']:.0f}s"
+          + ("" if args.no_report else f"; report: {os.path.join(args.workdir, 'report.md')}"))
+    return 0
+
+
+def cmd_report(args, overrides) -> int:
+    from rnn_spectra.report import write_report
+
+    print(write_report(args.workdir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnn-spectra",
@@ -85,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="config file with get_config() (omit to resume --workdir)")
     train.add_argument("--workdir", required=True, help="the run's directory")
     train.set_defaults(func=cmd_train, takes_overrides=True)
+
+    from rnn_spectra.study import PRESETS
+
+    study = sub.add_parser("study", help="train every variant of the question as vmapped sweeps, "
+                           "then write the report (re-run to resume)")
+    study.add_argument("--preset", default="cpu",
+                       help=f"grid to run: {', '.join(f'{k} ({p.description})' for k, p in PRESETS.items())}")
+    study.add_argument("--workdir", required=True, help="the study's directory")
+    study.add_argument("--no-report", action="store_true", help="train only")
+    study.set_defaults(func=cmd_study)
+
+    report = sub.add_parser("report", help="(re)write report.md, results.json and figures/ of a study")
+    report.add_argument("--workdir", required=True, help="a study directory")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

@@ -23,7 +23,7 @@ from rnn_spectra.optim import learning_rate, make_optimizer
 from rnn_spectra.tasks import Task, get_task
 
 # Streams derived from the seed; fixed so a resumed run and a sweep member draw the same numbers.
-INIT_STREAM, DATA_STREAM, EVAL_STREAM, PROBE_STREAM = 0, 1, 2, 3
+INIT_STREAM, DATA_STREAM, EVAL_STREAM, PROBE_STREAM, TEST_STREAM = 0, 1, 2, 3, 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,24 +98,40 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation | None = N
     return train_step
 
 
-def make_eval_fn(exp: Experiment, seed: int | jax.Array | None = None):
-    """``eval_fn(params[, seed]) -> metrics`` on the fixed held-out set (``EVAL_STREAM`` batches).
+def make_eval_fn(exp: Experiment):
+    """``eval_fn(params, seed=run.seed, stream=EVAL_STREAM, chunk=0) -> metrics`` on held-out data.
 
-    Means over batches, except metrics named ``max_*`` which take the max.
+    One chunk is ``train.eval_batches`` fixed batches of the given stream: ``EVAL_STREAM`` is the
+    validation set used during training (and for choosing hyperparameters in a sweep);
+    ``TEST_STREAM`` is a separate set for the numbers a report quotes, made of as many chunks as
+    wanted (``evaluate``) with the same compiled function. Means over batches, except metrics
+    named ``max_*`` which take the max.
     """
     task, model, tr = exp.task, exp.model, exp.run.train
 
-    def eval_fn(params, seed=seed if seed is not None else exp.run.seed):
-        eval_key = stream_key(seed, EVAL_STREAM)
+    def eval_fn(params, seed=exp.run.seed, stream=EVAL_STREAM, chunk=0):
+        key = stream_key(seed, stream)
 
         def one(i):
-            inputs, targets = task.eval_batch(eval_key, i, tr.eval_batch_size)
+            inputs, targets = task.eval_batch(key, chunk * tr.eval_batches + i, tr.eval_batch_size)
             return task.metrics(model.apply(params, inputs), targets)
 
         per_batch = jax.lax.map(one, jnp.arange(tr.eval_batches))
-        return {k: (jnp.max(v) if k.startswith("max_") else jnp.mean(v)) for k, v in per_batch.items()}
+        return reduce_metrics(per_batch, axis=0)
 
     return eval_fn
+
+
+def reduce_metrics(stacked: dict, axis: int) -> dict:
+    """Combine per-batch metrics: max for ``max_*``, mean otherwise (equal-sized batches)."""
+    return {k: (jnp.max(v, axis) if k.startswith("max_") else jnp.mean(v, axis))
+            for k, v in stacked.items()}
+
+
+def evaluate(eval_fn, params, seed, stream: int, chunks: int) -> dict:
+    """``chunks`` chunks of ``stream`` with one compiled ``eval_fn`` (works vmapped, too)."""
+    parts = [eval_fn(params, seed, stream, c) for c in range(chunks)]
+    return reduce_metrics({k: jnp.stack([p[k] for p in parts]) for k in parts[0]}, axis=0)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

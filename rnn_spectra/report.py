@@ -1,0 +1,299 @@
+"""The study's report from its workdir alone: ``W/results.json``, ``W/report.md``, ``W/figures/``.
+
+Each table row is a variant (cell / init / clipping) at its *own* best setting (learning rate,
+clip threshold), chosen by mean validation loss over seeds; the numbers quoted are on a separate
+test set. Every sentence of "Findings" is generated from those numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+
+import numpy as np
+
+from rnn_spectra import workdir as wd
+from rnn_spectra.errors import WorkdirError
+from rnn_spectra.spectral_rows import lyapunov_top, sigma_max
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_members(workdir: str) -> tuple[dict, list[dict]]:
+    """study.json and, per member, its record + summary + metrics + spectra rows."""
+    study_path = wd.path(workdir, "study.json")
+    if not os.path.exists(study_path):
+        raise WorkdirError(f"{workdir} is not a study (no study.json); run `rnn-spectra study` first")
+    study = wd.read_json(study_path)
+    members = []
+    for rec in study["members"]:
+        d = os.path.join(workdir, rec["relpath"])
+        summary_path = wd.path(d, wd.SUMMARY)
+        if not os.path.exists(summary_path):
+            continue  # not trained yet (an interrupted study reports what it has)
+        members.append({
+            **rec,
+            "dir": d,
+            "summary": wd.read_json(summary_path),
+            "metrics": wd.read_jsonl(wd.path(d, wd.METRICS)),
+            "spectra": wd.read_jsonl(wd.path(d, wd.SPECTRA)),
+        })
+    if not members:
+        raise WorkdirError(f"{workdir}: no member has finished yet; nothing to report")
+    return study, members
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def _eval_rows(m: dict) -> list[dict]:
+    return [r for r in m["metrics"] if r.get("split") == "eval"]
+
+
+def _val_loss(m: dict) -> float:
+    v = m["summary"].get("final_eval", {}).get("loss", math.inf)
+    return v if isinstance(v, (int, float)) and math.isfinite(v) else math.inf
+
+
+def choose_best(members: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """(table, row) -> the seeds of the setting with the lowest mean validation loss."""
+    by_setting: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for m in members:
+        by_setting[(m["table"], m["row"])][m["setting"]].append(m)
+    best = {}
+    for key, settings in by_setting.items():
+        # Fewer divergences first, then lower mean validation loss.
+        def rank(item):
+            seeds = item[1]
+            diverged = sum(s["summary"]["status"] == "diverged" for s in seeds)
+            return (diverged == len(seeds), float(np.mean([_val_loss(s) for s in seeds])), item[0])
+
+        best[key] = min(settings.items(), key=rank)[1]
+    return best
+
+
+# ----------------------------------------------------------------------------- one row
+
+
+def _first_step(m: dict, predicate) -> tuple[int | None, float | None]:
+    for r in _eval_rows(m):
+        if predicate(r):
+            return r["step"], r.get("wall_time")
+    return None, None
+
+
+def _solved_row(task: str, baseline: float):
+    if task == "adding":
+        return lambda r: r.get("max_sq_err", math.inf) <= 0.04
+    return lambda r: r.get("loss", math.inf) < 0.1 * baseline
+
+
+def _stat(values: list[float]) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return None, None
+    return float(np.mean(vals)), float(np.std(vals))
+
+
+def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -> dict:
+    task = table.split("_T")[0]
+    s0 = seeds[0]["summary"]
+    baseline = s0["baseline"]
+    test_losses = [m["summary"].get("test", {}).get("loss", math.nan) for m in seeds]
+    solved_pred = _solved_row(task, baseline)
+    solve_steps = [_first_step(m, solved_pred)[0] for m in seeds]
+    target = [_first_step(m, lambda r: r.get("loss", math.inf) < target_fraction * baseline)
+              for m in seeds]
+    sig0 = [sigma_max(m["spectra"][0]) if m["spectra"] else None for m in seeds]
+    sig1 = [sigma_max(m["spectra"][-1]) if m["spectra"] else None for m in seeds]
+    lam0 = [lyapunov_top(m["spectra"][0]) if m["spectra"] else None for m in seeds]
+    lam1 = [lyapunov_top(m["spectra"][-1]) if m["spectra"] else None for m in seeds]
+    loss_mean, loss_sd = _stat(test_losses)
+    reached = [t for t in target if t[0] is not None]
+    return {
+        "table": table,
+        "task": task,
+        "variant": row,
+        "setting": seeds[0]["setting"],
+        "learning_rate": seeds[0]["learning_rate"],
+        "clip": seeds[0]["clip"],
+        "clip_value": seeds[0]["clip_value"] if seeds[0]["clip"] != "none" else None,
+        "params": s0["num_params"],
+        "seeds": len(seeds),
+        "test_loss_mean": loss_mean,
+        "test_loss_sd": loss_sd,
+        "baseline": baseline,
+        "beats_baseline": loss_mean is not None and loss_mean < baseline,
+        "seeds_solved": sum(bool(m["summary"].get("solved")) for m in seeds),
+        "seeds_diverged": sum(m["summary"]["status"] == "diverged" for m in seeds),
+        "diverged_steps": [m["summary"].get("diverged_step") for m in seeds
+                           if m["summary"]["status"] == "diverged"],
+        "steps_to_solve": (float(np.median([s for s in solve_steps if s is not None]))
+                           if any(s is not None for s in solve_steps) else None),
+        "target_fraction": target_fraction,
+        "steps_to_target": float(np.median([t[0] for t in reached])) if reached else None,
+        "seconds_to_target": float(np.median([t[1] for t in reached])) if reached else None,
+        "sigma_max_init": _stat(sig0)[0],
+        "sigma_max_end": _stat(sig1)[0],
+        "lyapunov_top_init": _stat(lam0)[0],
+        "lyapunov_top_end": _stat(lam1)[0],
+        "group_wall_time_s": s0["wall_time_s"],
+        "group_members": s0.get("sweep", {}).get("members", 1),
+        "member_dirs": [m["relpath"] for m in seeds],
+    }
+
+
+def build_results(workdir: str) -> dict:
+    study, members = load_members(workdir)
+    frac = study.get("preset_fields", {}).get("target_fraction", 0.5)
+    best = choose_best(members)
+    rows = [summarise(t, r, seeds, frac) for (t, r), seeds in best.items()]
+    order = {name: i for i, name in enumerate(dict.fromkeys(m["table"] for m in study["members"]))}
+    rows.sort(key=lambda r: (order.get(r["table"], 99), r["test_loss_mean"] if r["test_loss_mean"]
+                             is not None else math.inf))
+    return {"preset": study["preset"], "machine": study.get("machine"), "jax": study.get("jax"),
+            "started": study.get("started"), "finished": study.get("finished"),
+            "wall_time_s": study.get("wall_time_s"), "members": len(members), "rows": rows}
+
+
+# ----------------------------------------------------------------------------- findings
+
+
+def _fmt(x, digits=3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}g}"
+
+
+def findings(results: dict) -> list[str]:
+    """Sentences generated from the numbers in the table; no hand-written conclusions."""
+    out = []
+    by_table = defaultdict(list)
+    for r in results["rows"]:
+        by_table[r["table"]].append(r)
+    for table, rows in by_table.items():
+        base = rows[0]["baseline"]
+        beat = [r for r in rows if r["beats_baseline"]]
+        solved = [r for r in rows if r["seeds_solved"]]
+        text = (f"**{table}** (baseline {_fmt(base, 4)}): {len(beat)} of {len(rows)} variants beat "
+                f"the baseline on average")
+        if beat:
+            best = min(beat, key=lambda r: r["test_loss_mean"])
+            text += (f"; the best is {best['variant']} at {best['setting']} with test loss "
+                     f"{_fmt(best['test_loss_mean'])} ({_fmt(best['test_loss_mean'] / base, 2)}× "
+                     "baseline)")
+        text += f". {len(solved)} variants solve the task in at least one seed"
+        text += (": " + ", ".join(f"{r['variant']} ({r['seeds_solved']}/{r['seeds']})" for r in solved)
+                 if solved else "") + "."
+        out.append(text)
+        diverged = [r for r in rows if r["seeds_diverged"]]
+        for r in diverged:
+            out.append(
+                f"{table}: {r['variant']} diverged in {r['seeds_diverged']}/{r['seeds']} seeds even at "
+                f"its best setting ({r['setting']}); σ_max(W_s) at init {_fmt(r['sigma_max_init'])}, "
+                f"top Lyapunov exponent at init {_fmt(r['lyapunov_top_init'])} per step."
+            )
+        stuck = [r for r in rows if not r["beats_baseline"] and not r["seeds_diverged"]]
+        if stuck:
+            lams = [r["lyapunov_top_end"] for r in stuck if r["lyapunov_top_end"] is not None]
+            sigs = [r["sigma_max_end"] for r in stuck if r["sigma_max_end"] is not None]
+            out.append(
+                f"{table}: {len(stuck)} variants stay at or above the baseline without diverging"
+                + (f"; at the end their top Lyapunov exponent lies in [{_fmt(min(lams))}, "
+                   f"{_fmt(max(lams))}] per step and σ_max(W_s) in [{_fmt(min(sigs))}, "
+                   f"{_fmt(max(sigs))}]" if lams and sigs else "") + "."
+            )
+        families = defaultdict(list)
+        for r in rows:
+            families[_family(r["variant"])].append(r)
+        best_by_family = {f: min(rs, key=lambda r: r["test_loss_mean"] if r["test_loss_mean"]
+                                 is not None else math.inf) for f, rs in families.items()}
+        ranking = sorted(best_by_family.items(), key=lambda kv: kv[1]["test_loss_mean"]
+                         if kv[1]["test_loss_mean"] is not None else math.inf)
+        out.append(f"{table}: best of each family, ranked: " + "; ".join(
+            f"{f} {_fmt(r['test_loss_mean'])} ({r['variant']})" for f, r in ranking) + ".")
+    none_div = [r for r in results["rows"] if r["clip"] == "none" and r["seeds_diverged"]]
+    clip_div = [r for r in results["rows"] if r["clip"] != "none" and r["seeds_diverged"]]
+    out.append(f"Across all tables, {len(none_div)} variant rows without clipping and "
+               f"{len(clip_div)} with clipping diverged in at least one seed at their best setting.")
+    return out
+
+
+def _family(variant: str) -> str:
+    cell = variant.split("/")[0]
+    return {"irnn": "ReLU", "relu_rnn": "ReLU", "tanh_rnn": "tanh", "lstm": "LSTM", "gru": "GRU"}.get(
+        cell, cell)
+
+
+# ----------------------------------------------------------------------------- markdown
+
+COLUMNS = [
+    ("variant", "variant", str),
+    ("setting", "best setting", str),
+    ("params", "params", str),
+    ("test_loss", "test loss (mean ± sd)", None),
+    ("seeds_solved", "solved", None),
+    ("seeds_diverged", "diverged", None),
+    ("steps_to_solve", "steps to solve", _fmt),
+    ("target", "to target (steps / s)", None),
+    ("sigma", "σ_max(W_s) init → end", None),
+    ("lyap", "λ₁ init → end", None),
+    ("group_wall_time_s", "wall (s)", lambda x: f"{x:.0f}"),
+]
+
+
+def _cell(r: dict, key: str, fmt) -> str:
+    if key == "test_loss":
+        return f"{_fmt(r['test_loss_mean'], 3)} ± {_fmt(r['test_loss_sd'], 2)}"
+    if key in ("seeds_solved", "seeds_diverged"):
+        return f"{r[key]}/{r['seeds']}"
+    if key == "target":
+        return f"{_fmt(r['steps_to_target'])} / {_fmt(r['seconds_to_target'], 2)}"
+    if key == "sigma":
+        return f"{_fmt(r['sigma_max_init'])} → {_fmt(r['sigma_max_end'])}"
+    if key == "lyap":
+        return f"{_fmt(r['lyapunov_top_init'], 2)} → {_fmt(r['lyapunov_top_end'], 2)}"
+    return fmt(r[key])
+
+
+def render_markdown(results: dict, figures: list[str]) -> str:
+    lines = [f"# Study report: preset `{results['preset']}`", ""]
+    lines += [f"Machine: {results['machine']}; jax {results['jax']}; started {results['started']}, "
+              f"finished {results['finished']}; {results['members']} trained members; study wall "
+              f"time {_fmt(results['wall_time_s'], 4)} s.", ""]
+    lines += ["Each row is a variant at its own best setting (learning rate, clip threshold), chosen "
+              "by mean validation loss over seeds; losses are on a separate test set. *Solved*: "
+              "adding — no test sample with squared error > 0.04 (Pascanu et al. 2013); copying — "
+              "test loss < 10% of the baseline. *To target*: first evaluation below "
+              f"{results['rows'][0]['target_fraction']:g}× the baseline (median over seeds that "
+              "reach it; seconds are the wall time of the vmapped program that trained the whole "
+              "group). σ_max and λ₁ (top Lyapunov exponent, natural log per step) are averaged over "
+              "seeds, measured on a fixed probe batch.", ""]
+    lines += ["## Findings", ""] + [f"- {s}" for s in findings(results)] + [""]
+    current = None
+    for r in results["rows"]:
+        if r["table"] != current:
+            current = r["table"]
+            lines += ["", f"## {current} — baseline {_fmt(r['baseline'], 4)}", ""]
+            lines += ["| " + " | ".join(c[1] for c in COLUMNS) + " |",
+                      "|" + "---|" * len(COLUMNS)]
+        lines.append("| " + " | ".join(_cell(r, k, f) for k, _, f in COLUMNS) + " |")
+    if figures:
+        lines += ["", "## Figures", ""]
+        for f in figures:
+            lines += [f"![{os.path.basename(f)}]({f})", ""]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(workdir: str) -> str:
+    """Write results.json, figures/ and report.md into the study workdir; return report.md's path."""
+    from rnn_spectra.report_figures import make_figures
+
+    results = build_results(workdir)
+    wd.write_json(wd.path(workdir, "results.json"), results)
+    figures = make_figures(workdir, results)
+    path = wd.path(workdir, "report.md")
+    with open(path, "w") as f:
+        f.write(render_markdown(results, figures))
+    return path

@@ -1,0 +1,310 @@
+"""The study: every variant of the question (tanh vs ReLU vs gated; init; clipping) on long-range
+tasks, each at its own best hyperparameters, trained as vmapped sweeps; then the report.
+
+``run_study(preset, workdir)`` expands a preset into member configs (variant x clipping x
+learning rate x clip threshold x seed x task/T), groups them by program (``sweep.py``), trains
+each group once, and writes ``W/study.json`` plus one ordinary workdir per member under
+``W/runs/``. Re-running the same command resumes: finished groups are skipped, a preempted group
+continues from its last stacked checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import os
+import platform
+import sys
+import time
+
+import jax
+
+from rnn_spectra import config as config_lib
+from rnn_spectra import workdir as wd
+from rnn_spectra.errors import WorkdirError, unknown_name
+from rnn_spectra.sweep import SAME_PROGRAM, SweepGroup, export_member_checkpoints, group_by_program
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One row of the study's tables: a cell with its recurrent init (clipping is crossed in)."""
+
+    cell: str
+    recurrent_init: str
+    init_scale: float
+    optim: str | None = None  # None: the preset's optimizer
+    label: str = ""
+    learning_rates: tuple[float, ...] | None = None  # None: the preset's grid
+    clips: tuple[str, ...] | None = None  # None: the preset's clipping modes
+
+    @property
+    def name(self) -> str:
+        return self.label or f"{self.cell}/{self.recurrent_init}"
+
+
+# The question's variants. Init scales follow REFERENCES.md: tanh N(0, 1/N); ReLU N(0, 2/N)
+# (He); orthogonal gain 1; IRNN W = I; np-RNN top eigenvalue 1.
+BASE_VARIANTS = (
+    Variant("tanh_rnn", "normal", 1.0),
+    Variant("tanh_rnn", "orthogonal", 1.0),
+    Variant("relu_rnn", "normal", math.sqrt(2.0)),
+    Variant("relu_rnn", "orthogonal", 1.0),
+    Variant("irnn", "identity", 1.0),
+    Variant("relu_rnn", "np_rnn", 1.0),
+    Variant("lstm", "orthogonal", 1.0),
+    Variant("gru", "orthogonal", 1.0),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    tasks: tuple[tuple[str, int], ...]  # (task, T)
+    variants: tuple[Variant, ...]
+    clips: tuple[str, ...]  # clipping modes crossed with every variant
+    learning_rates: tuple[float, ...]
+    clip_values: tuple[float, ...]  # thresholds tried where clipping is on
+    seeds: tuple[int, ...]
+    hidden_size: int
+    steps: int
+    batch_size: int
+    optimizer: str = "adam"
+    eval_every: int = 100
+    eval_batches: int = 2
+    eval_batch_size: int = 128
+    test_chunks: int = 4  # test set: test_chunks x eval_batches x eval_batch_size samples
+    log_every: int = 25
+    spectral_every: int = 100
+    checkpoint_every: int = 0
+    target_fraction: float = 0.5  # time-to-target: first eval below this x baseline
+    overrides: tuple[tuple[str, object], ...] = ()  # other config keys
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        name="smoke", description="seconds; for tests and notebooks",
+        tasks=(("adding", 8),), variants=BASE_VARIANTS,
+        clips=("none", "global_norm"), learning_rates=(1e-2,), clip_values=(1.0,), seeds=(0, 1),
+        hidden_size=8, steps=20, batch_size=8, eval_every=10, eval_batches=1, eval_batch_size=32,
+        test_chunks=2, log_every=5, spectral_every=10,
+    ),
+    "cpu": Preset(
+        name="cpu", description="the whole grid on a 2-core CPU in about ten minutes",
+        tasks=(("adding", 50), ("adding", 100), ("copying", 20), ("copying", 50)),
+        variants=BASE_VARIANTS, clips=("none", "global_norm"), learning_rates=(1e-3, 1e-2),
+        clip_values=(1.0,), seeds=(0, 1), hidden_size=32, steps=600, batch_size=32,
+        eval_every=100, eval_batches=2, eval_batch_size=128, test_chunks=4, log_every=50,
+        spectral_every=150,
+    ),
+    "paper": Preset(
+        name="paper",
+        description="uRNN protocol (H=128, RMSProp 1e-3, element-wise clip 1) and the IRNN "
+                    "protocol (SGD, norm clip 1); for accelerators, checkpointed and resumable",
+        tasks=(("adding", 100), ("adding", 200), ("adding", 400), ("copying", 100),
+               ("copying", 200)),
+        variants=BASE_VARIANTS + (Variant(
+            "irnn", "identity", 1.0, optim="sgd", label="irnn/identity/sgd",
+            learning_rates=(1e-4, 1e-3, 1e-2), clips=("none", "global_norm")),),
+        clips=("none", "value"), learning_rates=(1e-3,), clip_values=(1.0,), seeds=(0, 1, 2),
+        hidden_size=128, steps=100_000, batch_size=50, optimizer="rmsprop", eval_every=1000,
+        eval_batches=4, eval_batch_size=500, test_chunks=5, log_every=200, spectral_every=5000,
+        checkpoint_every=2000, overrides=(("optim.rmsprop_decay", 0.9),),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise unknown_name("study preset", name, PRESETS)
+    return PRESETS[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    task: str
+    seq_len: int
+    variant: Variant
+    clip: str
+    clip_value: float
+    learning_rate: float
+    seed: int
+
+    @property
+    def table(self) -> str:
+        return f"{self.task}_T{self.seq_len}"
+
+    @property
+    def row(self) -> str:
+        """Variant x clipping: one row of a table."""
+        return f"{self.variant.name}/clip={self.clip}"
+
+    @property
+    def setting(self) -> str:
+        cv = f"_c{self.clip_value:g}" if self.clip != "none" else ""
+        return f"lr{self.learning_rate:g}{cv}"
+
+    @property
+    def relpath(self) -> str:
+        return os.path.join("runs", self.table, self.row.replace("/", "__"), f"{self.setting}_s{self.seed}")
+
+
+def expand(preset: Preset) -> list[Member]:
+    members = []
+    for task, t in preset.tasks:
+        for v in preset.variants:
+            for clip in v.clips or preset.clips:
+                for lr in v.learning_rates or preset.learning_rates:
+                    for cv in (preset.clip_values if clip != "none" else (0.0,)):
+                        for seed in preset.seeds:
+                            members.append(Member(task, t, v, clip, cv, lr, seed))
+    return members
+
+
+def member_config(preset: Preset, m: Member):
+    c = config_lib.default_config()
+    c.seed = m.seed
+    c.task.name, c.task.seq_len = m.task, m.seq_len
+    c.model.cell, c.model.hidden_size = m.variant.cell, preset.hidden_size
+    c.model.recurrent_init, c.model.init_scale = m.variant.recurrent_init, m.variant.init_scale
+    c.optim.name = m.variant.optim or preset.optimizer
+    c.optim.learning_rate = m.learning_rate
+    c.optim.clip = m.clip
+    c.optim.clip_value = m.clip_value if m.clip != "none" else 1.0
+    c.train.steps, c.train.batch_size = preset.steps, preset.batch_size
+    c.train.eval_every, c.train.log_every = preset.eval_every, preset.log_every
+    c.train.eval_batches, c.train.eval_batch_size = preset.eval_batches, preset.eval_batch_size
+    c.train.progress = False
+    c.spectral.every = preset.spectral_every
+    c.checkpoint.every_steps = preset.checkpoint_every
+    c.checkpoint.keep = 3
+    for key, value in preset.overrides:
+        section, leaf = key.split(".")
+        c[section][leaf] = value
+    return c
+
+
+def _group_name(m: Member, cfg) -> str:
+    cell = SAME_PROGRAM.get(m.variant.cell, m.variant.cell)
+    clip = "global_norm" if cfg.optim.clip == "none" else cfg.optim.clip
+    return f"{m.table}/{cell}_{cfg.optim.name}_{clip}"
+
+
+class Console:
+    """One status line per group on stderr: which programs, step, best loss, ETA."""
+
+    def __init__(self, total_groups: int):
+        self.total, self.index, self.t0 = total_groups, 0, time.perf_counter()
+        self.group_t0 = self.t0
+
+    def start(self, name: str, members: int) -> None:
+        self.index += 1
+        self.group_t0 = time.perf_counter()
+        print(f"[{self.index}/{self.total}] {name}: {members} members in one program",
+              file=sys.stderr, flush=True)
+
+    def __call__(self, name, step, steps, info) -> None:
+        spent = time.perf_counter() - self.group_t0
+        eta = spent / step * (steps - step) if step else math.nan
+        print(f"\r  step {step}/{steps}  best loss {info['best_loss']:.4g}  "
+              f"running {info['running']}/{info['members']}  diverged {info['diverged']}  "
+              f"ETA {eta:.0f}s   ", end="" if step < steps else "\n", file=sys.stderr, flush=True)
+
+
+def run_study(preset_name: str, workdir: str, *, report: bool = True) -> dict:
+    """Train the whole preset into ``workdir`` (resuming if it holds part of it); then report."""
+    preset = get_preset(preset_name)
+    study_path = wd.path(workdir, "study.json")
+    if os.path.exists(study_path):
+        old = wd.read_json(study_path)
+        if old.get("preset") != preset.name:
+            raise WorkdirError(f"{workdir} holds a study of preset {old.get('preset')!r}, not "
+                               f"{preset.name!r}; use another --workdir")
+    elif os.path.isdir(workdir) and os.listdir(workdir):
+        raise WorkdirError(f"{workdir} is not empty and holds no study.json; use a new --workdir")
+    os.makedirs(workdir, exist_ok=True)
+    members = expand(preset)
+    configs = [member_config(preset, m) for m in members]
+    runs = [config_lib.resolve(c) for c in configs]
+    groups = group_by_program(runs)
+    t0 = time.perf_counter()
+    record = {
+        "preset": preset.name, "description": preset.description,
+        "preset_fields": _preset_dict(preset),
+        "members": [dict(relpath=m.relpath, table=m.table, row=m.row, setting=m.setting,
+                         seed=m.seed, learning_rate=m.learning_rate, clip=m.clip,
+                         clip_value=m.clip_value, group=_group_name(m, configs[i]))
+                    for i, m in enumerate(members)],
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} ({jax.devices()[0].device_kind}, {os.cpu_count()} cores)",
+        "jax": jax.__version__,
+    }
+    wd.write_json(study_path, record)
+    console = Console(len(groups))
+    group_times = {}
+    for idx in groups:
+        name = _group_name(members[idx[0]], configs[idx[0]])
+        dirs = [os.path.join(workdir, members[i].relpath) for i in idx]
+        if all(_finished(d) for d in dirs):
+            console.start(name + " (done, skipped)", len(idx))
+            continue
+        console.start(name, len(idx))
+        group = SweepGroup([configs[i] for i in idx], dirs, os.path.join(workdir, "groups", name),
+                           name=name, test_chunks=preset.test_chunks)
+        gt = time.perf_counter()
+        summaries = group.run(progress=console)
+        group_times[name] = time.perf_counter() - gt
+        if any(s["status"] == "interrupted" for s in summaries):
+            raise WorkdirError(f"study interrupted in group {name}; run the same command to resume")
+    record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+    record["wall_time_s"] = time.perf_counter() - t0 + record.get("wall_time_s", 0.0)
+    wd.write_json(study_path, record)
+    if report:
+        from rnn_spectra.report import write_report
+
+        write_report(workdir)
+    return record
+
+
+def export_best_checkpoints(workdir: str, relpaths: list[str]) -> None:
+    """Give the report's chosen members their own checkpoints (init and end) for analysis."""
+    from rnn_spectra.train import build, init_state
+    import jax.numpy as jnp
+
+    for rel in relpaths:
+        w = os.path.join(workdir, rel)
+        summary = wd.read_json(wd.path(w, wd.SUMMARY))
+        sweep = summary["sweep"]
+        if os.path.isdir(wd.path(w, wd.CHECKPOINTS)):
+            continue
+        cfg = config_lib.default_config()
+        cfg.update_from_flattened_dict(_flatten(wd.read_json(wd.path(w, wd.CONFIG))))
+        exp = build(config_lib.resolve(cfg))
+        one = init_state(exp, 0)
+        template = jax.tree_util.tree_map(lambda x: jnp.stack([x] * sweep["members"]), one)
+        group_dir = os.path.normpath(os.path.join(w, sweep["group_dir"]))
+        export_member_checkpoints(group_dir, sweep["index"], template, w)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _finished(member_dir: str) -> bool:
+    path = wd.path(member_dir, wd.SUMMARY)
+    if not os.path.exists(path):
+        return False
+    return wd.read_json(path).get("status") in ("completed", "diverged")
+
+
+def _preset_dict(p: Preset) -> dict:
+    d = dataclasses.asdict(p)
+    d["variants"] = [v.name for v in p.variants]
+    return d
