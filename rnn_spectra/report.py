@@ -15,7 +15,7 @@ import numpy as np
 
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
-from rnn_spectra.spectral_rows import lyapunov_top, sigma_max
+from rnn_spectra.spectral.rows import lyapunov_top, sigma_max
 
 # ----------------------------------------------------------------------------- loading
 

@@ -227,7 +227,7 @@ class SweepGroup:
         from rnn_spectra.spectral.monitor import SpectralMonitor
 
         monitor = SpectralMonitor(self.exp)
-        monitor.vmapped = jax.jit(jax.vmap(monitor.measure_arrays))
+        monitor.vmapped = jax.jit(jax.vmap(monitor.arrays_fn))
         return monitor
 
     def _write_spectra(self, monitor, params, step: int, statuses) -> None:
