@@ -260,31 +260,38 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True) -> dict:
     record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     record["wall_time_s"] = time.perf_counter() - t0 + record.get("wall_time_s", 0.0)
     wd.write_json(study_path, record)
-    if report:
-        from rnn_spectra.report import write_report
+    from rnn_spectra.report import build_results, write_report
 
+    # The chosen setting's first seed of every row gets its own checkpoints (init and end), so
+    # `rnn-spectra analyze` and the notebooks can open it like a single run.
+    export_best_checkpoints(workdir, [r["member_dirs"][0] for r in build_results(workdir)["rows"]])
+    if report:
         write_report(workdir)
     return record
 
 
 def export_best_checkpoints(workdir: str, relpaths: list[str]) -> None:
     """Give the report's chosen members their own checkpoints (init and end) for analysis."""
-    from rnn_spectra.train import build, init_state
     import jax.numpy as jnp
 
+    from rnn_spectra.train import build, init_state
+
+    by_group: dict[str, dict[int, str]] = {}
     for rel in relpaths:
         w = os.path.join(workdir, rel)
-        summary = wd.read_json(wd.path(w, wd.SUMMARY))
-        sweep = summary["sweep"]
         if os.path.isdir(wd.path(w, wd.CHECKPOINTS)):
             continue
+        sweep = wd.read_json(wd.path(w, wd.SUMMARY))["sweep"]
+        group_dir = os.path.normpath(os.path.join(w, sweep["group_dir"]))
+        by_group.setdefault(group_dir, {})[sweep["index"]] = w
+    for group_dir, members in by_group.items():
+        w = next(iter(members.values()))
         cfg = config_lib.default_config()
         cfg.update_from_flattened_dict(_flatten(wd.read_json(wd.path(w, wd.CONFIG))))
-        exp = build(config_lib.resolve(cfg))
-        one = init_state(exp, 0)
-        template = jax.tree_util.tree_map(lambda x: jnp.stack([x] * sweep["members"]), one)
-        group_dir = os.path.normpath(os.path.join(w, sweep["group_dir"]))
-        export_member_checkpoints(group_dir, sweep["index"], template, w)
+        one = init_state(build(config_lib.resolve(cfg)), 0)
+        size = wd.read_json(wd.path(w, wd.SUMMARY))["sweep"]["members"]
+        template = jax.tree_util.tree_map(lambda x: jnp.stack([x] * size), one)
+        export_member_checkpoints(group_dir, template, members)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -259,19 +259,17 @@ class SweepGroup:
         }
 
 
-def export_member_checkpoints(group_dir: str, index: int, template_state, member_workdir: str,
-                              steps: Sequence[int] | None = None) -> list[int]:
-    """Copy member ``index`` of the group's stacked checkpoints into its own workdir, so
-    ``rnn-spectra analyze`` and the notebooks load it like any single run."""
+def export_member_checkpoints(group_dir: str, template_state, members: dict[int, str]) -> None:
+    """Copy members ``{index: workdir}`` of the group's stacked checkpoints into their own
+    workdirs, so ``rnn-spectra analyze`` and the notebooks load them like any single run.
+    Each stacked step is restored once, whatever the number of members exported."""
     src = Checkpointer(os.path.join(group_dir, wd.CHECKPOINTS), keep=1000)
-    dst = Checkpointer(wd.path(member_workdir, wd.CHECKPOINTS), keep=1000)
+    dst = {i: Checkpointer(wd.path(w, wd.CHECKPOINTS), keep=1000) for i, w in members.items()}
     try:
-        done = []
-        for s in steps if steps is not None else src.steps():
+        for s in src.steps():
             stacked, meta = src.restore(template_state, step=s)
-            dst.save(s, member(stacked, index), meta)
-            done.append(s)
-        return done
+            for i, ckpt in dst.items():
+                ckpt.save(s, member(stacked, i), meta)
     finally:
-        src.close()
-        dst.close()
+        for ckpt in [src, *dst.values()]:
+            ckpt.close()
