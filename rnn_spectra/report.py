@@ -102,7 +102,8 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
     baseline = s0["baseline"]
     test_losses = [m["summary"].get("test", {}).get("loss", math.nan) for m in seeds]
     solved_pred = _solved_row(task, baseline)
-    solve_steps = [_first_step(m, solved_pred)[0] for m in seeds]
+    # Over the seeds that pass the test-set criterion: their first validation eval that passes it.
+    solve_steps = [_first_step(m, solved_pred)[0] for m in seeds if m["summary"].get("solved")]
     target = [_first_step(m, lambda r: r.get("loss", math.inf) < target_fraction * baseline)
               for m in seeds]
     sig0 = [sigma_max(m["spectra"][0]) if m["spectra"] else None for m in seeds]

@@ -1,0 +1,140 @@
+"""The study end to end on the smoke preset, the report from a hand-made workdir, the notebooks."""
+
+import glob
+import json
+import math
+import os
+
+import pytest
+
+from rnn_spectra import workdir as wd
+from rnn_spectra.errors import WorkdirError
+from rnn_spectra.report import build_results, findings, write_report
+from rnn_spectra.study import PRESETS, expand, run_study
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("study") / "smoke")
+    run_study("smoke", workdir)
+    return workdir
+
+
+def test_smoke_study_end_to_end(smoke_study):
+    preset = PRESETS["smoke"]
+    results = json.load(open(os.path.join(smoke_study, "results.json")))
+    # One row per variant x clipping mode and table, each at its chosen setting.
+    assert len(results["rows"]) == len(preset.tasks) * len(preset.variants) * len(preset.clips)
+    assert results["members"] == len(expand(preset))
+    for r in results["rows"]:
+        assert r["seeds"] == len(preset.seeds)
+        assert r["sigma_max_init"] is not None and r["lyapunov_top_init"] is not None
+        assert math.isclose(r["baseline"], 1 / 6)
+    # Orthogonal and identity inits start with sigma_max = 1 exactly (to float precision).
+    ortho = [r for r in results["rows"] if "/orthogonal/" in r["variant"] or "/identity/" in r["variant"]]
+    assert all(abs(r["sigma_max_init"] - 1.0) < 1e-4 for r in ortho)
+    report = open(os.path.join(smoke_study, "report.md")).read()
+    assert "## Findings" in report and "| variant |" in report
+    for fig in glob.glob(os.path.join(smoke_study, "figures", "*.png")):
+        assert os.path.relpath(fig, smoke_study) in report
+    assert len(glob.glob(os.path.join(smoke_study, "figures", "*.png"))) == 4 * len(preset.tasks)
+    # Every member has spectra from init to the end, and the report's rows have checkpoints.
+    for r in results["rows"]:
+        first = os.path.join(smoke_study, r["member_dirs"][0])
+        spectra = wd.read_jsonl(os.path.join(first, "spectra.jsonl"))
+        assert spectra[0]["step"] == 0 and "lyapunov/mean" in spectra[0]
+        assert sorted(os.listdir(os.path.join(first, "checkpoints")))[:1] == ["0"]
+
+
+def test_rerunning_a_finished_study_skips_its_groups(smoke_study, capsys):
+    before = os.path.getmtime(os.path.join(smoke_study, "runs"))
+    run_study("smoke", smoke_study, report=False)
+    assert "(done, skipped)" in capsys.readouterr().err
+    assert os.path.getmtime(os.path.join(smoke_study, "runs")) == before
+    with pytest.raises(WorkdirError, match="preset 'smoke'"):
+        run_study("cpu", smoke_study)
+
+
+@pytest.mark.parametrize("notebook", sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.py"))),
+                         ids=os.path.basename)
+def test_notebook_executes(notebook, smoke_study, monkeypatch):
+    jupytext = pytest.importorskip("jupytext")
+    nbclient = pytest.importorskip("nbclient")
+    results = json.load(open(os.path.join(smoke_study, "results.json")))
+    member = os.path.join(smoke_study, results["rows"][0]["member_dirs"][0])
+    monkeypatch.setenv("RNN_SPECTRA_WORKDIR", member)
+    monkeypatch.setenv("RNN_SPECTRA_STUDY", smoke_study)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    book = jupytext.read(notebook)
+    nbclient.NotebookClient(book, timeout=600, kernel_name="python3").execute()
+    # The paired .ipynb is committed without outputs and holds the same code.
+    paired = jupytext.read(notebook[:-3] + ".ipynb")
+    assert [c.source for c in paired.cells] == [c.source for c in jupytext.read(notebook).cells]
+    assert all(not c.get("outputs") for c in paired.cells if c.cell_type == "code")
+
+
+# ----------------------------------------------------------------------------- hand-made workdir
+
+
+def _member(workdir, rel, *, test_loss, status="completed", diverged_step=None, solved=False,
+            eval_losses=(), sigma=(1.0, 1.0), lam=(-0.1, -0.05)):
+    d = os.path.join(workdir, rel)
+    os.makedirs(d)
+    wd.write_json(os.path.join(d, "summary.json"), {
+        "status": status, "diverged_step": diverged_step, "baseline": 1 / 6, "num_params": 97,
+        "final_eval": {"loss": test_loss}, "test": {"loss": test_loss, "max_sq_err": 0.01 if solved else 1.0},
+        "solved": solved, "wall_time_s": 12.0, "sweep": {"members": 4},
+    })
+    wd.append_jsonl(os.path.join(d, "metrics.jsonl"), [
+        {"step": 10 * (i + 1), "split": "eval", "loss": v, "max_sq_err": 0.01 if v < 0.01 else 1.0,
+         "wall_time": 1.0 + i} for i, v in enumerate(eval_losses)])
+    wd.append_jsonl(os.path.join(d, "spectra.jsonl"), [
+        {"step": s, "sv/W_s": [sg, 0.5], "lyapunov/mean": [lm, -1.0], "lags": [1, 2, 4],
+         "jac_log_norm/mean": [0.0, -0.5, -1.0], "grad_flow/t": [1, 2, 3],
+         "grad_flow/log_norm": [-2.0, -1.0, 0.0]}
+        for s, sg, lm in zip((0, 30), sigma, lam)])
+
+
+def test_report_from_a_fixture_workdir(tmp_path):
+    w = str(tmp_path / "study")
+    members = []
+    for row, setting, seed, kw in [
+        ("good/clip=global_norm", "lr0.01_c1", 0, dict(test_loss=0.004, solved=True, eval_losses=(0.1, 0.005, 0.004))),
+        ("good/clip=global_norm", "lr0.01_c1", 1, dict(test_loss=0.006, eval_losses=(0.1, 0.05, 0.006))),
+        ("good/clip=global_norm", "lr0.001_c1", 0, dict(test_loss=0.15, eval_losses=(0.17, 0.16, 0.15))),
+        ("good/clip=global_norm", "lr0.001_c1", 1, dict(test_loss=0.15, eval_losses=(0.17, 0.16, 0.15))),
+        ("bad/clip=none", "lr0.01", 0, dict(test_loss=0.17, status="diverged", diverged_step=7,
+                                            sigma=(2.5, 2.5), lam=(0.3, 0.3))),
+        ("bad/clip=none", "lr0.01", 1, dict(test_loss=0.17, eval_losses=(0.18, 0.17, 0.17), sigma=(2.5, 2.4),
+                                            lam=(0.3, 0.2))),
+    ]:
+        rel = f"runs/adding_T8/{row.replace('/', '__')}/{setting}_s{seed}"
+        _member(w, rel, **kw)
+        lr = float(setting.split("_")[0][2:])
+        members.append({"relpath": rel, "table": "adding_T8", "row": row, "setting": setting,
+                        "seed": seed, "learning_rate": lr, "clip": row.split("=")[1],
+                        "clip_value": 1.0})
+    wd.write_json(os.path.join(w, "study.json"), {"preset": "fixture", "members": members,
+                                                  "preset_fields": {"target_fraction": 0.5}})
+    results = build_results(w)
+    good, bad = results["rows"]
+    assert good["variant"] == "good/clip=global_norm" and good["setting"] == "lr0.01_c1"
+    assert good["test_loss_mean"] == pytest.approx(0.005) and good["test_loss_sd"] == pytest.approx(0.001)
+    assert (good["seeds_solved"], good["seeds_diverged"], good["steps_to_solve"]) == (1, 0, 20)
+    assert good["steps_to_target"] == 20  # first eval below 0.5 x 1/6 in both seeds
+    assert good["beats_baseline"] and not bad["beats_baseline"]
+    assert bad["seeds_diverged"] == 1 and bad["diverged_steps"] == [7]
+    assert bad["sigma_max_init"] == pytest.approx(2.5) and bad["lyapunov_top_init"] == pytest.approx(0.3)
+    text = findings(results)
+    assert text[0].startswith("**adding_T8** (baseline 0.1667): 1 of 2 variants beat the baseline")
+    assert "good/clip=global_norm at lr0.01_c1 with test loss 0.005" in text[0]
+    assert any("bad/clip=none diverged in 1/2 seeds" in s and "σ_max(W_s) at init 2.5" in s for s in text)
+    path = write_report(w)
+    assert "| good/clip=global_norm | lr0.01_c1 | 97 | 0.005 ± 0.001 | 1/2 | 0/2 | 20 |" in open(path).read()
+
+
+def test_report_on_a_directory_that_is_not_a_study(tmp_path):
+    with pytest.raises(WorkdirError, match="not a study"):
+        build_results(str(tmp_path))
