@@ -22,7 +22,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -m ''
 
 study: $(STAMP)
-	$(VENV)/bin/rnn-spectra train --config configs/adding.py --workdir $(STUDY_DIR)
+	$(VENV)/bin/rnn-spectra study --preset cpu --workdir $(STUDY_DIR)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
