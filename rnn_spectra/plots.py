@@ -1,0 +1,204 @@
+"""Figures of the spectral measurements (matplotlib, Agg backend: files, no display needed).
+
+Every function takes plain arrays (or spectra.jsonl rows), draws on ``ax`` if given (so the study
+can compose panels), and returns the figure; ``save(fig, path)`` writes a PNG. Titles, labelled
+axes with units and legends are always set, so a figure reads without its caption. Logs are
+natural logs, as everywhere in ``rnn_spectra``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _axes(ax, figsize=(6.4, 4.2)):
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=figsize, constrained_layout=True)
+    return fig, ax
+
+
+def to_float(a) -> np.ndarray:
+    """Float array with the JSON spellings of non-finite values ("nan", "-inf") turned back."""
+    return np.asarray(a, dtype=np.float64)
+
+
+def _emphasis(label: str, highlight: str | None) -> dict:
+    if highlight is None:
+        return {}
+    return {"lw": 2.5, "zorder": 3} if label == highlight else {"lw": 1.2, "ls": "--", "alpha": 0.8}
+
+
+def save(fig, path: str, dpi: int = 120) -> str:
+    """Write ``fig`` to ``path`` (directories created) and close it; returns the path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def singular_values_over_training(steps: Sequence[int], sv_by_matrix: Mapping[str, np.ndarray],
+                                  title: str | None = None, ax=None):
+    """Singular values of each recurrent matrix vs training step.
+
+    ``sv_by_matrix[name]`` is (S, k): the k recorded singular values at each of the S steps.
+    Largest and smallest are drawn bold, the median dashed, the rest faint; sigma = 1 (the
+    vanishing/exploding boundary for tanh and ReLU) is marked. Several matrices (gates) get one
+    panel each, unless ``ax`` is given.
+    """
+    title = title or "Singular values of the recurrent matrices during training"
+    if ax is None and len(sv_by_matrix) > 1:
+        cols = 2
+        rows = (len(sv_by_matrix) + 1) // 2
+        fig, axes = plt.subplots(rows, cols, figsize=(10, 3.2 * rows), constrained_layout=True,
+                                 sharex=True, squeeze=False)
+        for panel, (name, sv) in zip(axes.flat, sv_by_matrix.items()):
+            _sv_panel(panel, steps, {name: sv}, f"{name}")
+        for panel in list(axes.flat)[len(sv_by_matrix):]:
+            panel.set_visible(False)
+        fig.suptitle(title)
+        return fig
+    fig, ax = _axes(ax)
+    _sv_panel(ax, steps, sv_by_matrix, title)
+    return fig
+
+
+def _sv_panel(ax, steps, sv_by_matrix, title):
+    steps = np.asarray(steps)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    mark = "o" if len(steps) < 3 else None
+    for i, (name, sv) in enumerate(sv_by_matrix.items()):
+        sv = to_float(sv)
+        color = colors[i % len(colors)]
+        if sv.shape[1] > 2:
+            ax.plot(steps, sv[:, 1:-1], color=color, alpha=0.08, lw=0.6)
+        ax.plot(steps, sv[:, 0], color=color, lw=2, marker=mark, label=f"{name}: largest σ")
+        ax.plot(steps, np.median(sv, axis=1), color=color, lw=1.2, ls="--", marker=mark, label=f"{name}: median σ")
+        ax.plot(steps, sv[:, -1], color=color, lw=1.2, ls=":", marker=mark, label=f"{name}: smallest σ")
+    ax.axhline(1.0, color="k", lw=0.8, alpha=0.6, label="σ = 1")
+    values = np.concatenate([to_float(v).ravel() for v in sv_by_matrix.values()] or [np.ones(1)])
+    positive = values[np.isfinite(values) & (values > 0)]
+    # A log axis over less than a decade shows no tick labels; linear reads better there.
+    log_axis = positive.size > 0 and positive.max() / positive.min() > 10
+    if log_axis:
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("singular value σ of W" + (" (log scale)" if log_axis else ""))
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+
+
+def jacobian_norm_vs_lag(series: Mapping[str, tuple[Sequence[int], np.ndarray]],
+                         title: str | None = None, ax=None, highlight: str | None = None):
+    """``ln ||dh_T/dh_{T-k}||_2`` vs lag k; ``series[label] = (lags (L,), values)``.
+
+    Plotted as the natural log on a linear axis — a log-scale plot that survives values like
+    e^2000 — with the lag on a log axis. Values (L,), or (B, L) per probe sequence, drawn as the
+    mean with the min–max band. The ``highlight`` label is drawn bold, on top.
+    """
+    fig, ax = _axes(ax)
+    for label, (lags, v) in series.items():
+        lags, v = np.asarray(lags), to_float(v)
+        if v.ndim == 2:
+            ok = np.where(np.isfinite(v), v, np.nan)
+            line, = ax.plot(lags, np.nanmean(ok, axis=0), marker="o", ms=3,
+                            label=f"{label} (mean, band: min–max over sequences)",
+                            **_emphasis(label, highlight))
+            ax.fill_between(lags, np.nanmin(ok, axis=0), np.nanmax(ok, axis=0), color=line.get_color(), alpha=0.2)
+        else:
+            ax.plot(lags, v, marker="o", ms=3, label=label, **_emphasis(label, highlight))
+    ax.axhline(0.0, color="k", lw=0.8, alpha=0.6, label="norm 1 (no growth or decay)")
+    ax.set_xscale("log")
+    ax.set_xlabel("lag k = T − t (time steps, log scale)")
+    ax.set_ylabel("ln ‖∂h_T/∂h_(T−k)‖₂ (nats)")
+    ax.set_title(title or "Long-range Jacobian norm vs lag")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def product_spectrum_vs_lag(lags: Sequence[int], log_sv: np.ndarray, title: str | None = None,
+                            max_lines: int = 64, ax=None):
+    """All singular values of ``dh_T/dh_{T-k}`` vs lag: log_sv (L, n), natural logs, descending."""
+    fig, ax = _axes(ax)
+    lags, log_sv = np.asarray(lags), to_float(log_sv)
+    n = log_sv.shape[1]
+    idx = np.unique(np.linspace(0, n - 1, min(n, max_lines)).round().astype(int))
+    cmap = plt.get_cmap("viridis")
+    for j in idx:
+        ax.plot(lags, log_sv[:, j], color=cmap(j / max(n - 1, 1)), lw=0.8, alpha=0.8)
+    ax.plot(lags, log_sv[:, 0], color="k", lw=2, label="largest σ₁")
+    ax.axhline(0.0, color="k", lw=0.8, ls="--", alpha=0.6, label="σ = 1")
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, n))
+    fig.colorbar(sm, ax=ax, label="index i of σ_i (1 = largest)")
+    ax.set_xscale("log")
+    ax.set_xlabel("lag k = T − t (time steps, log scale)")
+    ax.set_ylabel("ln σ_i(∂s_T/∂s_(T−k)) (nats)")
+    ax.set_title(title or "Singular values of the Jacobian product vs lag")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def lyapunov_spectrum(exponents: Mapping[str, np.ndarray], title: str | None = None, ax=None):
+    """Lyapunov exponents lambda_i vs index i, one line per label; values in nats per step."""
+    fig, ax = _axes(ax)
+    for label, lam in exponents.items():
+        lam = to_float(lam)
+        ax.plot(np.arange(1, lam.shape[-1] + 1), lam, marker="o", ms=3, label=label)
+    ax.axhline(0.0, color="k", lw=0.8, alpha=0.6, label="λ = 0 (neutral)")
+    ax.set_xlabel("exponent index i (1 = largest)")
+    ax.set_ylabel("Lyapunov exponent λ_i (nats per time step)")
+    ax.set_title(title or "Lyapunov spectrum of the state dynamics")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def gradient_flow(series: Mapping[str, tuple[Sequence[int], np.ndarray]], title: str | None = None,
+                  ax=None, highlight: str | None = None):
+    """``ln ||dL/dh_t||`` vs time step t; ``series[label] = (t (P,), values (P,))``; the
+    ``highlight`` label is drawn bold, on top."""
+    fig, ax = _axes(ax)
+    for label, (t, v) in series.items():
+        ax.plot(np.asarray(t), to_float(v), label=label, **_emphasis(label, highlight))
+    ax.set_xlabel("time step t of the sequence")
+    ax.set_ylabel("ln ‖∂L/∂h_t‖₂ (nats)")
+    ax.set_title(title or "Gradient flow: loss gradient w.r.t. the hidden state at each step")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def rows_series(rows: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, stacked values) of ``key`` across spectra.jsonl rows that have it."""
+    picked = [r for r in rows if key in r]
+    return (np.asarray([r["step"] for r in picked]),
+            np.asarray([to_float(r[key]) for r in picked]))
+
+
+def pick_rows(rows: Sequence[Mapping], count: int = 5) -> list[Mapping]:
+    """Up to ``count`` rows evenly spread over training (always the first and the last)."""
+    if len(rows) <= count:
+        return list(rows)
+    idx = np.unique(np.linspace(0, len(rows) - 1, count).round().astype(int))
+    return [rows[i] for i in idx]
+
+
+def sv_matrices(rows: Sequence[Mapping]) -> dict[str, np.ndarray]:
+    """{matrix name: (S, k)} singular values over the rows (full ``sv/`` or top+bottom extremes)."""
+    if not rows:
+        return {}
+    out = {}
+    for key in rows[0]:
+        if key.startswith("sv/"):
+            out[key[3:]] = rows_series(rows, key)[1]
+        elif key.startswith("sv_top/"):
+            name = key[len("sv_top/"):]
+            top = rows_series(rows, key)[1]
+            bottom = rows_series(rows, f"sv_bottom/{name}")[1]
+            out[name] = np.concatenate([top, bottom], axis=1)
+    return out

@@ -1,0 +1,36 @@
+"""Spectral measurements of recurrent nets: why a ReLU RNN, a tanh RNN, an LSTM or a GRU learns a
+long-range task or fails.
+
+A *state* is the flattened carry (LSTM: c and h concatenated), a 1-D array of size n; a *step
+function* is ``step_fn(s, x) -> s_next``. ``make_step_fn(model, cell_params)`` builds it for any
+registered cell. All logs are natural logs.
+
+    cs = make_step_fn(model, params["cell"])
+    J = step_jacobians(cs.step_fn, cs.s0, xs_TxD)          # (T, n, n), J[t] = ds_{t+1}/ds_t
+    P = jacobian_products(J)                               # (T, n, n), P[t] = ds_T/ds_t
+    log_sv = product_log_singular_values(J)                # (T, n), stable for any T
+    lam = lyapunov_spectrum(cs.step_fn, cs.s0, xs_TxD, k=8)  # (8,), nats per step
+"""
+
+from rnn_spectra.spectral.cellstep import CellStep, SpectralInputError, make_step_fn
+from rnn_spectra.spectral.gradient_flow import gradient_flow, model_gradient_flow
+from rnn_spectra.spectral.jacobians import (
+    jacobian_products,
+    jacobian_products_at_lags,
+    lag_log_norms,
+    log_spaced_lags,
+    step_jacobians,
+    trajectory,
+)
+from rnn_spectra.spectral.lyapunov import lyapunov_from_jacobians, lyapunov_spectrum
+from rnn_spectra.spectral.matrices import matrix_spectrum, singular_values, spectral_radius
+from rnn_spectra.spectral.product_spectrum import product_log_singular_values
+
+__all__ = [
+    "CellStep", "SpectralInputError", "make_step_fn",
+    "trajectory", "step_jacobians", "jacobian_products", "jacobian_products_at_lags",
+    "lag_log_norms", "log_spaced_lags", "product_log_singular_values",
+    "lyapunov_spectrum", "lyapunov_from_jacobians",
+    "gradient_flow", "model_gradient_flow",
+    "matrix_spectrum", "spectral_radius", "singular_values",
+]

@@ -1,0 +1,129 @@
+"""The spectral monitor of a training run: one JSON row per measurement in WORKDIR/spectra.jsonl.
+
+``run_loop.py`` builds ``SpectralMonitor(exp)`` once and calls ``measure(params, step)`` every
+``spectral.every`` steps. The array part, ``measure_arrays(params)``, is one pure jitted function
+of the params only (the probe batch is fixed at construction), so a sweep can ``jax.vmap`` it
+over the stacked params of many members and compile it once.
+
+Row keys (natural logs throughout; "state" is the flattened carry, LSTM: c and h):
+
+- ``sv/<M>``: singular values of each recurrent (H, H) matrix M (``W_s``, or one per gate:
+  ``W_i W_f W_g W_o`` / ``W_r W_z W_n``), descending; for H > 1024 ``sv_top/<M>`` and
+  ``sv_bottom/<M>`` (64 each) instead. ``spectral_radius/<M>``: max |eigenvalue|.
+- ``lags``: the lags k; ``jac_log_norm/per_probe`` (B, L): ``ln ||ds_T/ds_{T-k}||_2`` for each
+  probe sequence; ``jac_log_norm/mean`` (L,): its mean over the probe sequences.
+- ``lyapunov/per_probe`` (B, k) and ``lyapunov/mean`` (k,): the top k Lyapunov exponents, nats per
+  step, along each probe trajectory (from the zero state, so they include the transient).
+- ``grad_flow/t`` (P,): 1-based time steps t; ``grad_flow/log_norm`` (P,): ``ln ||dL/dS_t||`` of
+  the task loss on the whole probe batch (S_t the (B, n) states), subsampled to at most
+  ``spectral.grad_flow_points`` evenly spaced steps (always the first and the last).
+- ``probe_loss``: the task loss on the probe batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from rnn_spectra.cells import get_cell_spec, recurrent_matrices
+from rnn_spectra.errors import ConfigError
+from rnn_spectra.spectral.cellstep import make_step_fn
+from rnn_spectra.spectral.gradient_flow import model_gradient_flow
+from rnn_spectra.spectral.jacobians import lag_log_norms, log_spaced_lags, trajectory
+from rnn_spectra.spectral.lyapunov import lyapunov_spectrum
+from rnn_spectra.spectral.matrices import spectral_radius
+from rnn_spectra.train import PROBE_STREAM, stream_key
+
+FULL_SV_MAX = 1024  # up to this H every singular value is recorded; above, the 64 extremes
+SV_EXTREMES = 64
+
+
+def probe_batch(exp, batch_size: int | None = None):
+    """The run's fixed probe batch (inputs_BxTxD, targets), from its own PRNG stream."""
+    sp = exp.run.spectral
+    return exp.task.batch(stream_key(exp.run.seed, PROBE_STREAM), batch_size or sp.probe_batch_size)
+
+
+def flow_points(T: int, points: int) -> np.ndarray:
+    """0-based time indices of the gradient-flow profile: all T, or ``points`` evenly spaced."""
+    if T <= points:
+        return np.arange(T)
+    return np.unique(np.round(np.linspace(0, T - 1, points)).astype(np.int64))
+
+
+class SpectralMonitor:
+    """``measure(params, step) -> row`` (a JSON-able dict); ``measure_arrays(params) -> arrays``.
+
+    ``measure_arrays`` is jitted; ``arrays_fn`` is the same function unjitted (to vmap, then jit,
+    over a sweep's stacked params); ``to_row(host_arrays, step)`` turns one member's arrays into
+    its row.
+    """
+
+    def __init__(self, exp):
+        sp, model = exp.run.spectral, exp.model
+        self.exp, self.model, self.task = exp, model, exp.task
+        self.cell = model.config.cell
+        self.inputs, self.targets = probe_batch(exp)
+        T = int(self.inputs.shape[1])
+        self.state_size = int(ravel_pytree(model.initial_carry(()))[0].shape[0])
+        if sp.lyapunov_k > self.state_size:
+            raise ConfigError(
+                f"spectral.lyapunov_k={sp.lyapunov_k} exceeds the state size n={self.state_size} of "
+                f"cell {self.cell!r} (hidden_size={model.config.hidden_size}); "
+                f"set --config.spectral.lyapunov_k to at most {self.state_size}"
+            )
+        if not isinstance(sp.grad_flow_points, int) or sp.grad_flow_points < 2:
+            raise ConfigError(f"spectral.grad_flow_points must be an int >= 2, got {sp.grad_flow_points!r}")
+        self.k = sp.lyapunov_k
+        self.lags = log_spaced_lags(T, sp.num_lags)
+        self.flow_t = flow_points(T, sp.grad_flow_points)
+        self.gates = get_cell_spec(self.cell).gates
+        self.arrays_fn = self._arrays
+        self.measure_arrays = jax.jit(self._arrays)
+
+    def static(self) -> dict:
+        """The row entries that never change during a run (axes of the arrays)."""
+        return {"lags": self.lags.tolist(), "grad_flow/t": (self.flow_t + 1).tolist(),
+                "lyapunov_k": self.k, "probe_batch_size": int(self.inputs.shape[0]),
+                "cell": self.cell}
+
+    def _arrays(self, params) -> dict:
+        out = {}
+        hidden = self.model.config.hidden_size
+        for name, W in recurrent_matrices(self.cell, params["cell"]).items():
+            sv = jnp.linalg.svd(W, compute_uv=False)
+            if hidden <= FULL_SV_MAX:
+                out[f"sv/{name}"] = sv
+            else:
+                out[f"sv_top/{name}"] = sv[:SV_EXTREMES]
+                out[f"sv_bottom/{name}"] = sv[-SV_EXTREMES:]
+            out[f"spectral_radius/{name}"] = spectral_radius(W)
+        cs = make_step_fn(self.model, params["cell"])
+
+        def per_sequence(xs):
+            states = trajectory(cs.step_fn, cs.s0, xs)  # shared by both measurements
+            return (lag_log_norms(cs.step_fn, cs.s0, xs, self.lags, states=states),
+                    lyapunov_spectrum(cs.step_fn, cs.s0, xs, self.k, method="jvp", states=states))
+
+        jac, lyap = jax.vmap(per_sequence)(self.inputs)
+        out["jac_log_norm/per_probe"], out["jac_log_norm/mean"] = jac, jnp.mean(jac, axis=0)
+        out["lyapunov/per_probe"], out["lyapunov/mean"] = lyap, jnp.mean(lyap, axis=0)
+        flow, loss = model_gradient_flow(self.model, params, self.inputs, self.targets, self.task.loss,
+                                         return_loss=True)
+        out["grad_flow/log_norm"] = jnp.log(flow[self.flow_t])
+        out["probe_loss"] = loss
+        return out
+
+    def measure(self, params, step: int) -> dict:
+        """One spectra.jsonl row for ``params`` at training step ``step``."""
+        return self.to_row(jax.device_get(self.measure_arrays(params)), step)
+
+    def to_row(self, arrays: dict, step: int) -> dict:
+        """The JSON row for host ``arrays`` of one run (a sweep slices its vmapped arrays)."""
+        row = {"step": int(step), **self.static()}
+        for key, value in arrays.items():
+            value = np.asarray(value)
+            row[key] = value.item() if value.ndim == 0 else value.tolist()
+        return row

@@ -1,0 +1,417 @@
+"""Spectral module: identities against independent computations (jacfwd of the whole unroll,
+float64 numpy SVD of explicit products, analytic linear systems, restarted backprop)."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from rnn_spectra import config as config_lib
+from rnn_spectra.cells import CELLS
+from rnn_spectra.errors import ConfigError, UserError
+from rnn_spectra.model import ModelConfig, SequenceModel
+from rnn_spectra.spectral import (
+    SpectralInputError,
+    gradient_flow,
+    jacobian_products,
+    jacobian_products_at_lags,
+    lag_log_norms,
+    lyapunov_from_jacobians,
+    lyapunov_spectrum,
+    make_step_fn,
+    matrix_spectrum,
+    model_gradient_flow,
+    product_log_singular_values,
+    spectral_radius,
+    step_jacobians,
+    trajectory,
+)
+from rnn_spectra.tasks import get_task
+
+H, D, T = 3, 2, 7
+
+
+@pytest.fixture
+def x64():
+    """Float64 for a reference computation; restored afterwards."""
+    with jax.enable_x64(True):
+        yield
+
+
+def tiny_model(cell, hidden=H, input_size=D, readout="last", output_size=1):
+    return SequenceModel(ModelConfig(cell=cell, hidden_size=hidden, bias_init=0.1),
+                         input_size, output_size, readout)
+
+
+def tiny_params(model, seed=0):
+    params = model.init(jax.random.PRNGKey(seed))
+    # Scale W_s up so the Jacobians are far from the identity and the gates far from 1/2
+    # (IndRNN's diagonal u, expRNN's skew generator A: the params W_s is derived from).
+    name = next(k for k in ("W_s", "u", "A") if k in params["cell"])
+    params["cell"] = {**params["cell"], name: 1.3 * params["cell"][name]}
+    return params
+
+
+def _xs(seed=1, steps=T, d=D):
+    return jax.random.normal(jax.random.PRNGKey(seed), (steps, d))
+
+
+def _unroll_from(step_fn, xs, t):
+    """s_T as a function of s_t: the whole remaining unroll, the thing we never differentiate per t."""
+
+    def f(s):
+        for u in range(t, xs.shape[0]):
+            s = step_fn(s, xs[u])
+        return s
+
+    return f
+
+
+# ----------------------------------------------------------------------------- Jacobians
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_step_jacobians_and_products_match_jacfwd_of_whole_unroll(cell):
+    model = tiny_model(cell)
+    cs = make_step_fn(model, tiny_params(model)["cell"])
+    xs = _xs()
+    states = trajectory(cs.step_fn, cs.s0, xs)
+    assert cs.state_size == ravel_pytree(model.initial_carry(()))[0].size
+    J = step_jacobians(cs.step_fn, cs.s0, xs)
+    P = jacobian_products(J)
+    P_assoc = jacobian_products(J, method="associative")
+    assert J.shape == P.shape == (T, cs.state_size, cs.state_size)
+    for t in (0, 3, T - 1):
+        ref = jax.jit(jax.jacfwd(_unroll_from(cs.step_fn, xs, t)))(states[t])
+        np.testing.assert_allclose(P[t], ref, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(P_assoc[t], ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(J[T - 1], P[T - 1])  # the last product is the last step alone
+    # The products are not trivial (else the test could not fail).
+    assert float(jnp.max(jnp.abs(P[0] - jnp.eye(cs.state_size)))) > 1e-2
+    lags = [1, 4, T]
+    np.testing.assert_allclose(jacobian_products_at_lags(J, lags), P[T - np.array(lags)], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_flat_state_is_the_model_carry(cell):
+    """The flattened state and ``hidden`` agree with the model's own unroll (LSTM: (c, h))."""
+    model = tiny_model(cell)
+    params = tiny_params(model)
+    cs = make_step_fn(model, params["cell"])
+    xs = _xs()
+    states = trajectory(cs.step_fn, cs.s0, xs)
+    hidden, carries = model.unroll(params["cell"], xs[None], return_carries=True)
+    flat = jax.vmap(lambda c: ravel_pytree(c)[0])(jax.tree_util.tree_map(lambda a: a[:, 0], carries))
+    np.testing.assert_allclose(states[1:], flat, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(jax.vmap(cs.hidden)(states[1:]), hidden[:, 0], rtol=1e-6, atol=1e-6)
+
+
+def test_lag_log_norms_match_explicit_products():
+    model = tiny_model("relu_rnn", hidden=4)
+    cs = make_step_fn(model, tiny_params(model)["cell"])
+    xs = _xs(steps=12)
+    P = jacobian_products(step_jacobians(cs.step_fn, cs.s0, xs))
+    lags = [1, 2, 5, 12]
+    ref = np.log(np.linalg.norm(np.asarray(P)[12 - np.array(lags)], ord=2, axis=(1, 2)))
+    np.testing.assert_allclose(lag_log_norms(cs.step_fn, cs.s0, xs, lags), ref, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- product spectra
+def _explicit_log_sv(J):
+    P, out = np.eye(J.shape[1]), []
+    for t in range(J.shape[0] - 1, -1, -1):
+        P = P @ J[t]
+        with np.errstate(divide="ignore"):
+            out.append(np.log(np.linalg.svd(P, compute_uv=False)))
+    return np.asarray(out[::-1])
+
+
+def test_product_log_singular_values_match_float64_svd(x64):
+    rng = np.random.default_rng(0)
+    J = rng.normal(size=(6, 5, 5))
+    ref = _explicit_log_sv(J)
+    out64 = np.asarray(product_log_singular_values(jnp.asarray(J)))
+    assert out64.dtype == np.float64
+    np.testing.assert_allclose(out64, ref, rtol=0, atol=1e-9)
+    out32 = np.asarray(product_log_singular_values(jnp.asarray(J, jnp.float32)))
+    np.testing.assert_allclose(out32, ref, rtol=0, atol=2e-4)
+    assert np.all(np.diff(out32, axis=1) <= 0)  # descending
+    lagged = np.asarray(product_log_singular_values(jnp.asarray(J), lags=[1, 3, 6]))
+    np.testing.assert_allclose(lagged, ref[[5, 3, 0]], atol=1e-9)
+
+
+def test_product_log_singular_values_with_dead_units(x64):
+    """ReLU-like Jacobians (rows zeroed): live singular values exact, rank-deficient ones -inf."""
+    rng = np.random.default_rng(1)
+    W = rng.normal(size=(6, 6)) * 2 / np.sqrt(6)
+    J = np.stack([(rng.random(6) > 0.3)[:, None] * W for _ in range(8)])
+    ref = _explicit_log_sv(J)
+    out = np.asarray(product_log_singular_values(jnp.asarray(J, jnp.float32)))
+    live = ref > ref[:, :1] - 14  # above float64 round-off of the explicit product
+    np.testing.assert_allclose(out[live], ref[live], rtol=0, atol=2e-4)
+    rank = np.array([np.linalg.matrix_rank(np.linalg.multi_dot([*J[t:][::-1], np.eye(6)])) for t in range(8)])
+    for t in range(8):
+        assert np.all(np.isneginf(out[t, rank[t]:]) | (out[t, rank[t]:] < ref[t, 0] - 14))
+    assert np.all(np.isfinite(out[live]))
+
+
+def test_overflow_product_stays_finite_and_exact():
+    """W = 1.5 I over T = 5000: plain float32 products overflow; ours give 5000 ln 1.5 = 2027.3."""
+    step = lambda s, x: 1.5 * s + x  # noqa: E731
+    s0, xs = jnp.zeros(3), jnp.zeros((5000, 1))
+    J = step_jacobians(step, s0, xs)
+    assert not np.all(np.isfinite(np.asarray(jacobian_products(J)[0])))  # the naive way breaks
+    lags = [1, 100, 5000]
+    out = np.asarray(product_log_singular_values(J, lags=lags))
+    expected = np.log(1.5) * np.asarray(lags, np.float64)
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, np.repeat(expected[:, None], 3, axis=1), rtol=2e-6)
+    np.testing.assert_allclose(lag_log_norms(step, s0, xs, lags), expected, rtol=2e-6)
+    np.testing.assert_allclose(lyapunov_spectrum(step, s0, xs, k=2), [np.log(1.5)] * 2, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_product_log_singular_values_graded_tanh_spectrum(x64):
+    """n = 16, T = 40, tanh-like Jacobians: singular values spread over ~90 nats, far beyond what
+    a float32 SVD of the product resolves; every one above float64 round-off must match."""
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=(16, 16)) / 4
+    J = np.stack([(1 - np.tanh(rng.normal(size=16)) ** 2)[:, None] * W for _ in range(40)])
+    ref = _explicit_log_sv(J)
+    out = np.asarray(product_log_singular_values(jnp.asarray(J, jnp.float32)))
+    live = ref > ref[:, :1] - 30
+    assert (ref[0, 0] - ref[0][live[0]].min()) > 20  # graded: beyond float32's ~16 nats
+    np.testing.assert_allclose(out[live], ref[live], rtol=0, atol=5e-4)
+
+
+# ----------------------------------------------------------------------------- analytic linear case
+def _linear_case(d, seed=0):
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(len(d), len(d))))
+    W = jnp.asarray(q @ np.diag(d) @ q.T, jnp.float32)
+    return W, (lambda s, x: W @ s + x)
+
+
+def test_linear_system_lyapunov_and_lag_spectra():
+    d = np.array([1.2, -0.9, 0.5, 0.1])
+    W, step = _linear_case(d)
+    steps = 1000
+    xs = 0.1 * jax.random.normal(jax.random.PRNGKey(0), (steps, 4))
+    want = np.sort(np.log(np.abs(d)))[::-1]
+    for method in ("jvp", "jacobian"):
+        lam = np.asarray(lyapunov_spectrum(step, jnp.zeros(4), xs, method=method))
+        np.testing.assert_allclose(lam, want, atol=3e-3)
+    J = jnp.broadcast_to(W, (60, 4, 4))
+    lags = np.array([1, 3, 10, 60])
+    out = np.asarray(product_log_singular_values(J, lags=lags))
+    np.testing.assert_allclose(out, lags[:, None] * want[None, :], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("cell,reorth_every", [("tanh_rnn", 1), ("lstm", 3)])
+def test_lyapunov_matrix_free_matches_materialised(cell, reorth_every):
+    model = tiny_model(cell, hidden=4)
+    cs = make_step_fn(model, tiny_params(model)["cell"])
+    xs = _xs(steps=40)
+    free = lyapunov_spectrum(cs.step_fn, cs.s0, xs, k=3, reorth_every=reorth_every, method="jvp")
+    per_step = lyapunov_spectrum(cs.step_fn, cs.s0, xs, k=3, reorth_every=reorth_every, method="jacobian")
+    stored = lyapunov_from_jacobians(step_jacobians(cs.step_fn, cs.s0, xs), k=3, reorth_every=reorth_every)
+    np.testing.assert_allclose(free, stored, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(per_step, stored, rtol=1e-4, atol=1e-5)
+    assert free.shape == (3,) and np.all(np.diff(np.asarray(free)) <= 0)
+
+
+def test_lyapunov_sum_is_log_det_growth():
+    """k = n: the exponents sum to the mean ln|det J| (volume growth), an identity of the QR method."""
+    model = tiny_model("gru", hidden=4)
+    cs = make_step_fn(model, tiny_params(model)["cell"])
+    xs = _xs(steps=30)
+    J = step_jacobians(cs.step_fn, cs.s0, xs)
+    lam = lyapunov_from_jacobians(J)
+    logdet = np.mean(np.linalg.slogdet(np.asarray(J, np.float64))[1])
+    np.testing.assert_allclose(float(jnp.sum(lam)), logdet, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- gradient flow
+@pytest.mark.parametrize("cell,task_name", [("lstm", "adding"), ("relu_rnn", "copying"), ("gru", "adding")])
+def test_gradient_flow_matches_adjoint_recursion(cell, task_name):
+    """One backward pass through zero perturbations == the adjoint recursion
+    a_t = dL/ds_t|partial + a_{t+1} J[t+1] with explicit per-sequence Jacobians."""
+    task = get_task(config_lib.TaskConfig(task_name, 4))
+    model = SequenceModel(ModelConfig(cell=cell, hidden_size=3, bias_init=0.1),
+                          task.input_size, task.output_size, task.readout)
+    params = tiny_params(model)
+    inputs, targets = task.batch(jax.random.PRNGKey(3), 2)
+    flow = np.asarray(model_gradient_flow(model, params, inputs, targets, task.loss))
+    steps = inputs.shape[1]
+    assert flow.shape == (steps,)
+    cs = make_step_fn(model, params["cell"])
+    states = jax.vmap(lambda xs: trajectory(cs.step_fn, cs.s0, xs)[1:], out_axes=1)(inputs)  # (T, B, n)
+    J = np.asarray(jax.vmap(lambda xs: step_jacobians(cs.step_fn, cs.s0, xs))(inputs))  # (B, T, n, n)
+
+    def loss_of_states(st):  # every state an independent variable: partial derivatives only
+        out = model.head.apply({"params": params["readout"]}, jax.vmap(jax.vmap(cs.hidden))(st))
+        return task.loss(out[-1] if model.readout == "last" else jnp.swapaxes(out, 0, 1), targets)
+
+    partial = np.asarray(jax.grad(loss_of_states)(states))
+    adj = partial.copy()
+    for t in range(steps - 2, -1, -1):  # states[t] = s_{t+1}; ds_{t+2}/ds_{t+1} = J[t+1]
+        adj[t] += np.einsum("bi,bij->bj", adj[t + 1], J[:, t + 1])
+    ref = np.sqrt(np.sum(adj.reshape(steps, -1) ** 2, axis=1))
+    np.testing.assert_allclose(flow, ref, rtol=2e-4, atol=1e-7)
+    assert np.ptp(np.log(flow)) > 0.1  # not a constant profile
+
+
+def test_gradient_flow_equals_cotangent_times_jacobian_products():
+    """Readout at the last step: dL/ds_t = dL/ds_T @ P[t], P from ``jacobian_products``."""
+    model = tiny_model("tanh_rnn", hidden=4)
+    cs = make_step_fn(model, tiny_params(model)["cell"])
+    xs = _xs(steps=9)
+    target = jnp.arange(4.0)
+    loss = lambda states: jnp.sum((states[-1] - target) ** 2)  # noqa: E731
+    flow = gradient_flow(cs.step_fn, cs.s0, xs, loss)
+    states = trajectory(cs.step_fn, cs.s0, xs)
+    g_T = jax.grad(lambda s: jnp.sum((s - target) ** 2))(states[-1])
+    P = jacobian_products(step_jacobians(cs.step_fn, cs.s0, xs))
+    # flow[t-1] belongs to s_t; P[t] = ds_T/ds_t, and ds_T/ds_T = I.
+    ref = [np.linalg.norm(g_T @ P[t]) for t in range(1, 9)] + [np.linalg.norm(g_T)]
+    np.testing.assert_allclose(flow, ref, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- matrices
+def test_matrix_spectrum_and_device_spectral_radius():
+    rng = np.random.default_rng(2)
+    cases = [rng.normal(size=(12, 12)) / 3, np.linalg.qr(rng.normal(size=(6, 6)))[0],
+             np.triu(rng.normal(size=(5, 5)), 1), np.array([[0.5, 50.0], [0.0, 0.5]])]
+    for W in cases:
+        spec = matrix_spectrum(W)
+        eig = np.linalg.eigvals(W)
+        np.testing.assert_allclose(spec["spectral_radius"], np.max(np.abs(eig)), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(spec["singular_values"], np.linalg.svd(W, compute_uv=False))
+        np.testing.assert_allclose(float(spectral_radius(jnp.asarray(W, jnp.float32))),
+                                   spec["spectral_radius"], rtol=1e-4, atol=1e-6)
+        assert np.all(np.diff(np.abs(spec["eigenvalues"])) <= 1e-12)
+    assert matrix_spectrum(np.diag([2.0, 0.0]))["condition_number"] == float("inf")
+    assert matrix_spectrum(np.diag([2.0, 0.5]))["condition_number"] == pytest.approx(4.0)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_inputs_raise_one_line_errors():
+    model = tiny_model("lstm")
+    params = tiny_params(model)
+    cs = make_step_fn(model, params["cell"])
+    with pytest.raises(SpectralInputError, match=r"k=9 Lyapunov exponents .* n=6 dimensions; choose 1 <= k <= 6"):
+        lyapunov_spectrum(cs.step_fn, cs.s0, _xs(), k=9)
+    with pytest.raises(SpectralInputError, match=r"input step must have shape \(2,\)"):
+        step_jacobians(cs.step_fn, cs.s0, jnp.zeros((T, 3)))
+    with pytest.raises(SpectralInputError, match=r"state must have shape \(6,\)"):
+        step_jacobians(cs.step_fn, jnp.zeros(3), _xs())
+    other = tiny_model("lstm", hidden=5)
+    with pytest.raises(SpectralInputError, match=r"\['W_s'\] \(12, 3\) \(expected \(20, 5\)\)"):
+        make_step_fn(other, params["cell"])
+    with pytest.raises(SpectralInputError, match=r"lags must be integers in \[1, 7\]"):
+        lag_log_norms(cs.step_fn, cs.s0, _xs(), [0, 3])
+    with pytest.raises(SpectralInputError, match=r"J must have shape \(T, n, n\)"):
+        product_log_singular_values(jnp.zeros((4, 3, 2)))
+    with pytest.raises(SpectralInputError, match="unknown method 'foo'"):
+        jacobian_products(jnp.zeros((2, 3, 3)), method="foo")
+    with pytest.raises(SpectralInputError, match="reorth_every must be a positive int"):
+        lyapunov_from_jacobians(jnp.zeros((2, 3, 3)), reorth_every=0)
+    assert issubclass(SpectralInputError, UserError) and issubclass(SpectralInputError, ValueError)
+
+
+def test_monitor_refuses_more_exponents_than_states(tiny_config):
+    from rnn_spectra.spectral.monitor import SpectralMonitor
+    from rnn_spectra.train import build
+
+    tiny_config.spectral.lyapunov_k = 9  # hidden_size 8, tanh: n = 8
+    with pytest.raises(ConfigError, match="lyapunov_k=9 exceeds the state size n=8"):
+        SpectralMonitor(build(config_lib.resolve(tiny_config)))
+
+
+# ----------------------------------------------------------------------------- monitor and analyze
+def test_monitor_row_is_consistent_and_vmaps(tiny_config):
+    from rnn_spectra.spectral.monitor import SpectralMonitor, probe_batch
+    from rnn_spectra.train import build, init_state
+
+    tiny_config.model.cell = "lstm"
+    tiny_config.spectral.lyapunov_k = 3
+    tiny_config.spectral.grad_flow_points = 4
+    exp = build(config_lib.resolve(tiny_config))
+    monitor = SpectralMonitor(exp)
+    params = init_state(exp, 0)["params"]
+    row = monitor.measure(params, 7)
+    json.loads(json.dumps(row))  # JSON-able as it is
+    assert row["step"] == 7
+    for gate in ("W_i", "W_f", "W_g", "W_o"):
+        assert len(row[f"sv/{gate}"]) == 8 and row[f"sv/{gate}"] == sorted(row[f"sv/{gate}"], reverse=True)
+        assert row[f"spectral_radius/{gate}"] > 0
+    lags = row["lags"]
+    assert lags[0] == 1 and lags[-1] == 10 and len(lags) <= tiny_config.spectral.num_lags
+    assert np.shape(row["jac_log_norm/per_probe"]) == (tiny_config.spectral.probe_batch_size, len(lags))
+    assert len(row["lyapunov/mean"]) == 3
+    assert row["grad_flow/t"] == [1, 4, 7, 10] and len(row["grad_flow/log_norm"]) == 4
+    # The monitor's matrix-free lag norms equal the top singular values of the explicit products.
+    inputs, _ = probe_batch(exp)
+    cs = make_step_fn(exp.model, params["cell"])
+    top = product_log_singular_values(step_jacobians(cs.step_fn, cs.s0, inputs[0]), lags=lags)[:, 0]
+    np.testing.assert_allclose(row["jac_log_norm/per_probe"][0], top, rtol=1e-4, atol=1e-4)
+    # A sweep vmaps the arrays over stacked members: same numbers as one member at a time.
+    other = init_state(exp, 1)["params"]
+    stacked = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), params, other)
+    both = jax.vmap(monitor.measure_arrays)(stacked)
+    single = monitor.measure_arrays(other)
+    for key, value in single.items():
+        np.testing.assert_allclose(both[key][1], value, rtol=1e-4, atol=1e-5, err_msg=key)
+    member_row = monitor.to_row(jax.tree_util.tree_map(lambda a: np.asarray(a)[1], both), 7)
+    assert member_row.keys() == monitor.measure(other, 7).keys()
+
+
+def _train_tiny(workdir, every=3):
+    from rnn_spectra import cli
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = ["train", "--config", os.path.join(here, "configs", "adding.py"), "--workdir", workdir,
+            "--config.task.seq_len=6", "--config.model.hidden_size=4", "--config.train.steps=6",
+            "--config.train.batch_size=4", "--config.train.eval_every=6", "--config.train.eval_batches=1",
+            "--config.train.eval_batch_size=8", "--config.train.log_every=3",
+            "--config.train.progress=false", f"--config.spectral.every={every}",
+            "--config.spectral.lyapunov_k=2"]
+    assert cli.main(args) == 0
+
+
+def test_analyze_cli_end_to_end(tmp_path, capsys):
+    from rnn_spectra import cli
+    from rnn_spectra import workdir as wd
+
+    run = str(tmp_path / "run")
+    _train_tiny(run)
+    rows = wd.read_jsonl(os.path.join(run, wd.SPECTRA))
+    assert [r["step"] for r in rows] == [0, 3, 6]
+    out = str(tmp_path / "figs")
+    assert cli.main(["analyze", "--workdir", run, "--out", out]) == 0
+    npz = np.load(os.path.join(out, "spectra_step6.npz"))
+    assert int(npz["step"]) == 6
+    L = len(npz["lags"])
+    assert npz["product_log_sv"].shape == (4, L, 4) and npz["lyapunov"].shape == (4, 4)
+    assert npz["grad_flow_log_norm"].shape == (6,) and npz["sv/W_s"].shape == (4,)
+    # analyze (graded SVD of explicit Jacobians) agrees with the monitor (matrix-free VJPs).
+    np.testing.assert_allclose(npz["jac_log_norm"], rows[-1]["jac_log_norm/per_probe"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(npz["grad_flow_log_norm"], rows[-1]["grad_flow/log_norm"], rtol=1e-4, atol=1e-4)
+    for name in ("w_singular_values", "jacobian_norm_vs_lag", "product_spectrum_vs_lag",
+                 "lyapunov_spectrum", "gradient_flow"):
+        assert os.path.getsize(os.path.join(out, f"{name}.png")) > 10_000
+    capsys.readouterr()
+
+    # Bad input: one line on stderr, exit code 2, naming what is available.
+    assert cli.main(["analyze", "--workdir", run, "--step", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no checkpoint at step 4" in err and "available: [6]" in err and "\n" not in err
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / wd.CONFIG).write_text(open(os.path.join(run, wd.CONFIG)).read())
+    assert cli.main(["analyze", "--workdir", str(bare)]) == 2
+    assert "no checkpoints in" in capsys.readouterr().err
+    assert cli.main(["analyze", "--workdir", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (bare / wd.CHECKPOINTS).exists()  # analysing never creates run files
