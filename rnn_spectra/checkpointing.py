@@ -3,12 +3,21 @@
 Kept in one place so a later move to Orbax's v1 API is local. A checkpoint holds the whole
 training state pytree (params, optimizer state, step, PRNG key, divergence marker) plus a small
 JSON ``meta`` item; the resolved config lives beside it in the workdir's config.json.
+
+Damage is expected, not exceptional: a run may be killed at any moment. Orbax writes each step
+into a temporary directory and renames it when complete, so a kill mid-save leaves only a
+temporary directory (cleaned up on the next start); anything else that fails to read is skipped
+with a ``CheckpointWarning`` naming it, and moved aside to ``<directory>.damaged/`` once an older
+good checkpoint has been found (the resumed run will write those steps again).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
+import shutil
 import time
 import warnings
 
@@ -17,7 +26,39 @@ import orbax.checkpoint as ocp
 
 from rnn_spectra.errors import WorkdirError
 
-log = logging.getLogger(__name__)
+# Orbax's metrics side-file name inside a step directory (``<step>/metrics/metrics``).
+_METRICS_FILE = os.path.join("metrics", "metrics")
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped (damaged) or moved aside."""
+
+
+class _DropMissingMetricsNoise(logging.Filter):
+    # Orbax warns on every save without metrics once best_fn is set; saves between evals are
+    # expected to have none, so the message is noise on every periodic checkpoint.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+_NOISE_FILTER = _DropMissingMetricsNoise()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+
+def _is_shape_mismatch(e: BaseException) -> bool:
+    # Orbax's messages when the stored tree does not fit the template: a model of another shape
+    # or another cell, not a damaged file. Matched on text (Orbax has no dedicated exception
+    # types for these); anything unmatched is treated as damage, which still ends in an error
+    # if no checkpoint fits.
+    text = str(e)
+    return isinstance(e, ValueError) and (
+        "not compatible with the stored shape" in text or "Structure mismatch" in text
+        or "tree structures do not match" in text or "does not match the stored dtype" in text
+    )
 
 
 class Checkpointer:
@@ -26,27 +67,44 @@ class Checkpointer:
     def __init__(self, directory: str, *, every_steps: int = 0, every_minutes: float = 0.0,
                  keep: int = 3, best_metric: str = "eval_loss"):
         self.directory = os.path.abspath(directory)
+        self.damaged_directory = self.directory + ".damaged"
         self.every_steps = every_steps
         self.every_minutes = every_minutes
         self._last_save_time = time.monotonic()
         self._last_saved_step: int | None = None
+        if os.path.lexists(self.directory) and not os.path.isdir(self.directory):
+            raise WorkdirError(
+                f"{self.directory} exists but is not a directory; move it away (checkpoints are "
+                "written there) and run again"
+            )
+        self._quarantine_unreadable_metrics()
+        metric = lambda m: m[best_metric]  # noqa: E731
         policy = ocp.checkpoint_managers.AnyPreservationPolicy([
             ocp.checkpoint_managers.LatestN(keep),
-            ocp.checkpoint_managers.BestN(
-                get_metric_fn=lambda m: m[best_metric], reverse=True, n=1,
-                keep_checkpoints_without_metrics=False,
-            ),
+            # reverse=True sorts descending and BestN keeps the tail: the lowest eval loss.
+            ocp.checkpoint_managers.BestN(get_metric_fn=metric, reverse=True, n=1,
+                                          keep_checkpoints_without_metrics=False),
         ])
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
+            # best_fn only makes Orbax write the metrics to disk; without it a restarted manager
+            # sees no metrics and the best checkpoint is deleted by the first save after resume.
+            best_fn=metric,
+            best_mode="min",
             create=True,
+            cleanup_tmp_directories=True,  # saves cut short by a kill
             enable_async_checkpointing=True,
         )
+        logging.getLogger("absl").addFilter(_NOISE_FILTER)
         try:
             self.manager = ocp.CheckpointManager(self.directory, options=options)
-        except PermissionError as e:
-            raise WorkdirError(f"cannot write checkpoints to {self.directory}: {e.strerror}") from None
+        except OSError as e:
+            raise WorkdirError(
+                f"cannot use checkpoint directory {self.directory}: {e.strerror or e}; "
+                "check its permissions and free space"
+            ) from None
 
+    # ------------------------------------------------------------------ saving
     def due(self, step: int) -> bool:
         """Whether the periodic policy asks for a save after ``step`` completed steps."""
         if self.every_steps and step % self.every_steps == 0:
@@ -55,10 +113,16 @@ class Checkpointer:
             return True
         return False
 
-    def save(self, step: int, state, meta: dict, metrics: dict | None = None) -> None:
-        """Asynchronous save; returns once the device arrays are copied out."""
+    def save(self, step: int, state, meta: dict, metrics: dict | None = None) -> bool:
+        """Asynchronous save; returns once the arrays are copied off the device buffers.
+
+        ``metrics`` (e.g. ``{"eval_loss": x}``) ranks the checkpoint for keep-best; pass it only
+        at steps that were evaluated. Returns False if ``step`` is already saved.
+        """
         if step == self._last_saved_step or step in self.manager.all_steps():
-            return
+            return False
+        if metrics is not None and not all(math.isfinite(v) for v in metrics.values()):
+            metrics = None  # a non-finite eval cannot be "best"; JSON cannot hold it either
         self.manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -67,27 +131,30 @@ class Checkpointer:
         )
         self._last_saved_step = step
         self._last_save_time = time.monotonic()
+        return True
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    # ------------------------------------------------------------------ restoring
     def restore(self, template, step: int | None = None):
         """Restore (state, meta) at ``step``, or at the latest readable step if None.
 
         A damaged checkpoint (truncated file, half-written directory) is skipped with a warning
-        naming it, and the one before it is tried; if none is readable, a WorkdirError.
+        naming it, and the one before it is tried; damaged ones newer than the restored step are
+        moved aside. A checkpoint whose arrays do not fit ``template`` (another model shape) is a
+        WorkdirError at once, and so is finding no readable checkpoint; then nothing is moved.
         """
         steps = self.steps()
-        if step is not None:
-            if step not in steps:
-                raise WorkdirError(
-                    f"no checkpoint at step {step} in {self.directory}; available: {steps or 'none'}"
-                )
-            candidates = [step]
-        else:
-            candidates = steps[::-1]
+        if not steps:
+            raise WorkdirError(f"no checkpoints in {self.directory}")
+        if step is not None and step not in steps:
+            raise WorkdirError(f"no checkpoint at step {step} in {self.directory}; available: {steps}")
+        candidates = [step] if step is not None else steps[::-1]
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+        damaged = []
         for s in candidates:
+            where = os.path.join(self.directory, str(s))
             try:
                 restored = self.manager.restore(
                     s,
@@ -95,20 +162,68 @@ class Checkpointer:
                         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
                     ),
                 )
-                return restored.state, restored.meta
-            except Exception as e:  # orbax raises many types for damaged files; skip and say which
-                warnings.warn(
-                    f"skipping damaged checkpoint {os.path.join(self.directory, str(s))}: "
-                    f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                    stacklevel=2,
-                )
-        if not candidates:
-            raise WorkdirError(f"no checkpoints in {self.directory}")
-        raise WorkdirError(f"no readable checkpoint in {self.directory} (tried steps {candidates})")
+            except Exception as e:  # orbax raises many types for damaged files; classify, skip
+                if _is_shape_mismatch(e):
+                    raise WorkdirError(
+                        f"checkpoint {where} does not fit this model ({_first_line(e)}); it was "
+                        "written with another config or another version of rnn_spectra: resume "
+                        "with those, or use a new --workdir"
+                    ) from None
+                warnings.warn(f"skipping damaged checkpoint {where}: {_first_line(e)}",
+                              CheckpointWarning, stacklevel=2)
+                damaged.append(s)
+                continue
+            if not isinstance(restored.meta, dict):
+                warnings.warn(f"skipping damaged checkpoint {where}: meta is not a JSON object",
+                              CheckpointWarning, stacklevel=2)
+                damaged.append(s)
+                continue
+            for d in damaged:  # newer than s: the resumed run writes these steps again
+                self._move_aside(d)
+            if damaged:
+                self.manager.reload()
+            return restored.state, restored.meta
+        raise WorkdirError(
+            f"no readable checkpoint in {self.directory} (tried steps {candidates}, all damaged); "
+            f"move the directory away to restart the run from step 0, or use a new --workdir"
+        )
 
+    def _move_aside(self, step: int, part: str = "") -> None:
+        """Move step directory ``step`` (or its sub-directory ``part``) to the damaged folder."""
+        src = os.path.join(self.directory, str(step), part).rstrip(os.sep)
+        name = f"{step}.{part}" if part else str(step)
+        os.makedirs(self.damaged_directory, exist_ok=True)
+        dst, n = os.path.join(self.damaged_directory, name), 1
+        while os.path.lexists(dst):
+            dst, n = os.path.join(self.damaged_directory, f"{name}.{n}"), n + 1
+        shutil.move(src, dst)
+        warnings.warn(f"moved damaged {src} to {dst}", CheckpointWarning, stacklevel=3)
+
+    def _quarantine_unreadable_metrics(self) -> None:
+        # Orbax reads every step's metrics file while constructing the manager and lets a JSON
+        # error escape, so one torn metrics file would make every checkpoint unreachable. The
+        # arrays may still be good: move only the metrics aside (the step loses its keep-best
+        # ranking); the restore itself checks the rest.
+        if not os.path.isdir(self.directory):
+            return
+        for name in sorted(os.listdir(self.directory)):
+            path = os.path.join(self.directory, name, _METRICS_FILE)
+            if not name.isdigit() or not os.path.exists(path):
+                continue
+            try:
+                with open(path, "rb") as f:
+                    json.loads(f.read())
+            except (OSError, ValueError) as e:
+                warnings.warn(f"damaged checkpoint metrics {path}: {_first_line(e)}",
+                              CheckpointWarning, stacklevel=3)
+                self._move_aside(int(name), os.path.dirname(_METRICS_FILE))
+
+    # ------------------------------------------------------------------ shutdown
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.manager.wait_until_finished()
+        finally:
+            self.manager.close()

@@ -24,6 +24,7 @@ from rnn_spectra.config import RunConfig
 from rnn_spectra.errors import ConfigError, WorkdirError
 from rnn_spectra.train import build, init_state, make_eval_fn, make_train_step
 from rnn_spectra.model import count_params
+from rnn_spectra.optim import make_schedule
 
 # Keys that may change when a run is continued: they extend it or change only its bookkeeping.
 RESUMABLE_KEYS = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
@@ -110,9 +111,10 @@ class RunLoop:
     def _prepare_workdir(self) -> None:
         w = self.workdir
         if os.path.exists(w) and not os.path.isdir(w):
-            raise WorkdirError(f"workdir {w} exists and is not a directory")
+            raise WorkdirError(f"workdir {w} exists and is not a directory; pick another --workdir")
         if os.path.isdir(w) and os.listdir(w) and not wd.is_run(w):
-            allowed = {".lock"}
+            # A run killed during its first second may leave only these behind; it is still ours.
+            allowed = {".lock", *wd.stale_temp_files(w)}
             if set(os.listdir(w)) - allowed:
                 raise WorkdirError(
                     f"{w} is not empty and is not a run (no {wd.CONFIG}); pick a new or empty --workdir"
@@ -124,14 +126,21 @@ class RunLoop:
         if not os.access(w, os.W_OK):
             raise WorkdirError(f"workdir {w} is not writable; check its permissions")
 
-    def _check_existing(self) -> dict | None:
-        """Refuse a different config; return the old summary (or None for a fresh workdir)."""
+    def _check_existing(self) -> tuple[dict | None, dict | None]:
+        """Refuse a different config; return the old (config, summary), or Nones for a new run."""
         w = self.workdir
         if not wd.is_run(w):
-            return None
+            return None, None
         old = wd.read_json(wd.path(w, wd.CONFIG))
+        if not isinstance(old, dict):
+            raise WorkdirError(f"{wd.path(w, wd.CONFIG)} is damaged (not a JSON object); "
+                               "restore it or use a new --workdir")
         new = self.config.to_dict()
-        diffs = [d for d in config_differences(old, new) if d not in RESUMABLE_KEYS]
+        defaults = config_lib.default_config().to_dict()
+        # A key added to the code after this run started, at its default, is no change: the
+        # run's config simply predates it. Anything else outside RESUMABLE_KEYS is refused.
+        diffs = [d for d in config_differences(old, new) if d not in RESUMABLE_KEYS
+                 and not (_missing(old, d) and _get(new, d) == _get(defaults, d))]
         if diffs:
             shown = ", ".join(f"{d} ({_get(old, d)!r} -> {_get(new, d)!r})" for d in diffs[:4])
             raise ConfigError(
@@ -139,7 +148,33 @@ class RunLoop:
                 f"(only {', '.join(RESUMABLE_KEYS)} may change on resume)"
             )
         summary_path = wd.path(w, wd.SUMMARY)
-        return wd.read_json(summary_path) if os.path.exists(summary_path) else None
+        summary = wd.read_json(summary_path, hint="delete it to resume from the checkpoints") \
+            if os.path.lexists(summary_path) else None
+        if summary is not None and not isinstance(summary, dict):
+            raise WorkdirError(f"{summary_path} is damaged; delete it to resume from the checkpoints")
+        return old, summary
+
+    def _refuse_diverged(self, diverged_step, last_good_step) -> None:
+        raise WorkdirError(
+            f"the run in {self.workdir} diverged at step {diverged_step} (its last good "
+            f"checkpoint, step {last_good_step}, is kept in {wd.path(self.workdir, wd.CHECKPOINTS)}); "
+            "resuming would diverge again: change the config and use a new --workdir"
+        )
+
+    def _check_schedule(self, old_config: dict | None, start: int) -> None:
+        """Refuse a train.steps change that would rewrite the learning rates of done steps."""
+        old_steps = _get(old_config or {}, "train.steps")
+        run = self.run_cfg
+        if start == 0 or not isinstance(old_steps, int) or old_steps == run.train.steps:
+            return
+        steps = jax.numpy.arange(start)
+        old = make_schedule(run.optim, old_steps)(steps)
+        if not bool(jax.numpy.array_equal(old, self.exp.schedule(steps))):
+            raise ConfigError(
+                f"train.steps {old_steps} -> {run.train.steps} changes the {run.optim.schedule!r} "
+                f"learning-rate schedule of the {start} steps {self.workdir} has already trained; "
+                "resume with the same train.steps, or start a new --workdir"
+            )
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
@@ -148,37 +183,45 @@ class RunLoop:
             return self._run_locked(guard)
 
     def _run_locked(self, guard: SignalGuard) -> dict:
-        exp, run, w = self.exp, self.run_cfg, self.workdir
-        old_summary = self._check_existing()
+        run, w = self.run_cfg, self.workdir
+        wd.remove_stale_temp_files(w)
+        old_config, old_summary = self._check_existing()
         if old_summary and old_summary.get("status") == "diverged":
-            raise WorkdirError(
-                f"the run in {w} diverged at step {old_summary.get('diverged_step')} "
-                f"(last good checkpoint: step {old_summary.get('last_good_step')}); retrying would "
-                "diverge again: change the config in a new --workdir"
-            )
+            self._refuse_diverged(old_summary.get("diverged_step"), old_summary.get("last_good_step"))
+        if old_config is None:
+            # Before anything else lands in the workdir: a run killed from here on is resumable.
+            wd.write_json(wd.path(w, wd.CONFIG), self.config.to_dict())
         ckpt = Checkpointer(wd.path(w, wd.CHECKPOINTS), every_steps=run.checkpoint.every_steps,
                             every_minutes=run.checkpoint.every_minutes, keep=run.checkpoint.keep)
         try:
-            return self._train(guard, ckpt, old_summary)
+            return self._train(guard, ckpt, old_config, old_summary)
         finally:
             ckpt.close()  # waits for the async save on every exit path
 
-    def _train(self, guard, ckpt: Checkpointer, old_summary) -> dict:
+    def _train(self, guard, ckpt: Checkpointer, old_config, old_summary) -> dict:
         exp, run, w = self.exp, self.run_cfg, self.workdir
         state = init_state(exp, run.seed)
         elapsed, best = 0.0, math.inf
         if ckpt.steps():
             state, meta = ckpt.restore(state)
-            elapsed, best = meta.get("wall_time_s", 0.0), meta.get("best_eval_loss", math.inf)
+            elapsed = float(meta.get("wall_time_s") or 0.0)
+            # None until the first finite eval: JSON has no inf.
+            best = math.inf if meta.get("best_eval_loss") is None else float(meta["best_eval_loss"])
         start = int(state["step"])
+        if int(state["diverged_at"]) >= 0:  # even if summary.json was never written
+            self._refuse_diverged(int(state["diverged_at"]), start)
         if old_summary and old_summary.get("status") == "completed" and start >= run.train.steps:
             print(f"{w}: already completed {start} steps (raise --config.train.steps to extend)",
                   file=sys.stderr)
             return old_summary
         if start > run.train.steps:
-            raise ConfigError(f"{w} is at step {start}, beyond train.steps={run.train.steps}")
-        for name in (wd.METRICS, wd.SPECTRA):  # rows past the restored step were never checkpointed
-            wd.truncate_jsonl(wd.path(w, name), start)
+            raise ConfigError(f"{w} is at step {start}, beyond train.steps={run.train.steps}; "
+                              f"resume with --config.train.steps={start} or more")
+        self._check_schedule(old_config, start)
+        # Rows past the restored step were never checkpointed; they are written again. The step-0
+        # spectrum is measured before training, so a restart from scratch measures it again.
+        wd.truncate_jsonl(wd.path(w, wd.METRICS), start)
+        wd.truncate_jsonl(wd.path(w, wd.SPECTRA), start if start else -1)
         wd.write_json(wd.path(w, wd.CONFIG), self.config.to_dict())
         if start:
             print(f"resuming {w} from step {start}", file=sys.stderr)
@@ -195,23 +238,32 @@ class RunLoop:
 
         progress = _progress(run, start)
         t0 = time.perf_counter() - elapsed
+        target, tr = run.train.steps, run.train
         status, diverged_step, final_eval, step = "completed", None, None, start
-        metrics = None
-        while step < run.train.steps:
+        while step < target:
+            if guard.requested and step == start:  # arrived during set-up, before any step
+                status = "interrupted"
+                break
             state, metrics = train_step(state)
             step += 1
-            last = step == run.train.steps
+            last = step == target
+            # Rows only at fixed steps (never at an interruption), so an interrupted and resumed
+            # run writes exactly the rows of an uninterrupted one.
+            log_now, eval_now = step % tr.log_every == 0 or last, step % tr.eval_every == 0 or last
+            due = ckpt.due(step)
+            # Divergence is read before anything is written or saved, so no row and no
+            # checkpoint ever comes from a step at or past the divergence.
+            if (log_now or eval_now or due or guard.requested) and int(state["diverged_at"]) >= 0:
+                status, diverged_step = "diverged", int(state["diverged_at"])
+                break
             rows = []
-            if step % run.train.log_every == 0 or last or guard.requested:
+            if log_now:
                 host = jax.device_get(metrics)
-                div = int(state["diverged_at"])
-                if div >= 0:
-                    status, diverged_step = "diverged", div
-                    break
-                rows.append({"step": step, "split": "train", **host, "wall_time": time.perf_counter() - t0})
+                rows.append({"step": step, "split": "train", **host,
+                             "wall_time": time.perf_counter() - t0})
                 progress.update(step - progress.n)
                 progress.set_postfix(loss=f"{host['loss']:.4g}", grad_norm=f"{host['grad_norm']:.3g}")
-            if step % run.train.eval_every == 0 or last:
+            if eval_now:
                 final_eval = jax.device_get(eval_fn(state["params"]))
                 rows.append({"step": step, "split": "eval", **final_eval,
                              "wall_time": time.perf_counter() - t0})
@@ -220,25 +272,38 @@ class RunLoop:
             wd.append_jsonl(wd.path(w, wd.METRICS), rows)
             if monitor and (step % run.spectral.every == 0 or last):
                 wd.append_jsonl(wd.path(w, wd.SPECTRA), [monitor.measure(state["params"], step)])
-            if ckpt.due(step) or last or guard.requested:
+            # Looked at only now: a signal may have come during the eval or the writes above.
+            stopping = last or guard.requested is not None
+            if stopping or due:
+                if int(state["diverged_at"]) >= 0:
+                    status, diverged_step = "diverged", int(state["diverged_at"])
+                    break
+                for name in (wd.METRICS, wd.SPECTRA):  # rows on disk before their checkpoint
+                    if os.path.exists(wd.path(w, name)):
+                        wd.append_jsonl(wd.path(w, name), [], fsync=True)
                 ckpt.save(step, state, self._meta(t0, best),
-                          metrics={"eval_loss": float(final_eval["loss"])}
-                          if final_eval is not None and step % run.train.eval_every == 0 else None)
-            if guard.requested and not last:
+                          metrics={"eval_loss": float(final_eval["loss"])} if eval_now else None)
+            if stopping and not last:
                 status = "interrupted"
                 break
         progress.close()
 
         last_good = step
         if status == "diverged":
-            # The masked step kept the last good params: checkpoint them under their own step.
+            # The masked steps kept the last good params and optimizer state: that state is the
+            # one after step diverged_step - 1, so it is checkpointed under that step.
             last_good = diverged_step - 1
             state = {**state, "step": jax.numpy.asarray(last_good, jax.numpy.int32)}
-            wd.truncate_jsonl(wd.path(w, wd.METRICS), last_good)
-            ckpt.save(last_good, state, self._meta(t0, best))
+            for name in (wd.METRICS, wd.SPECTRA):
+                wd.truncate_jsonl(wd.path(w, name), last_good)
+            if last_good > max(ckpt.steps(), default=-1):
+                ckpt.save(last_good, state, self._meta(t0, best))
             final_eval = jax.device_get(eval_fn(state["params"]))
             print(f"diverged: non-finite loss or gradient at step {diverged_step}; "
                   f"last good params (step {last_good}) are checkpointed", file=sys.stderr)
+        elif final_eval is None and status == "completed":
+            # Killed after its final checkpoint but before summary.json: nothing left to train.
+            final_eval = jax.device_get(eval_fn(state["params"]))
         summary = self._summary(status, last_good, diverged_step, final_eval, t0, best, ckpt)
         wd.write_json(wd.path(w, wd.SUMMARY), summary)
         return summary
@@ -266,6 +331,13 @@ class RunLoop:
             "checkpoint_steps": ckpt.steps(),
             "device": jax.devices()[0].device_kind,
         }
+
+
+def _missing(d: dict, dotted: str) -> bool:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        d = d.get(part) if isinstance(d, dict) else None
+    return not isinstance(d, dict) or leaf not in d
 
 
 def _get(d: dict, dotted: str):

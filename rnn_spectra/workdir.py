@@ -34,59 +34,137 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _fail(path: str, doing: str, e: OSError, hint: str) -> WorkdirError:
+    return WorkdirError(f"cannot {doing} {path}: {e.strerror or e}; {hint}")
+
+
 def write_json(path: str, obj: Any) -> None:
+    """Atomic: a kill at any moment leaves the old file or the new one."""
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(_clean(obj), f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_json(path: str) -> Any:
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(tmp, "w") as f:
+            json.dump(_clean(obj), f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise _fail(path, "write", e, "check the workdir's permissions and free space") from None
+
+
+def read_json(path: str, hint: str = "restore it from a backup or use a new --workdir") -> Any:
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
     except FileNotFoundError:
         raise WorkdirError(f"{path} does not exist") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise WorkdirError(f"cannot read {path}: {e}; the workdir may be damaged") from None
+    except OSError as e:
+        raise _fail(path, "read", e, hint) from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise WorkdirError(f"{path} is damaged (not JSON: {e}); {hint}") from None
 
 
-def append_jsonl(path: str, rows: Iterable[dict]) -> None:
-    with open(path, "a") as f:
-        for row in rows:
-            f.write(json.dumps(_clean(row), sort_keys=True) + "\n")
-        f.flush()
+def append_jsonl(path: str, rows: Iterable[dict], fsync: bool = False) -> None:
+    """Append rows; ``fsync`` before a checkpoint so no checkpoint is ever ahead of its rows."""
+    rows = list(rows)
+    if not rows and not fsync:
+        return
+    try:
+        with open(path, "a") as f:
+            for row in rows:
+                f.write(json.dumps(_clean(row), sort_keys=True) + "\n")
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+    except OSError as e:
+        raise _fail(path, "append to", e, "check the workdir's permissions and free space") from None
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """All complete rows; a torn last line (killed mid-write) is ignored."""
-    if not os.path.exists(path):
+    """All complete rows; a torn last line (killed mid-write) is ignored.
+
+    A damaged line anywhere else is an error naming it: silently dropping it would also drop
+    every row after it when a resume rewrites the file.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
         return []
+    except OSError as e:
+        raise _fail(path, "read", e, "check that it is a readable file") from None
+    lines = data.split(b"\n")
+    lines.pop()  # b"" when the file ends with a newline; otherwise an unfinished write: ignored
     rows = []
-    with open(path) as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+    for i, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            raise WorkdirError(
+                f"{path} line {i} is damaged (not a JSON object); fix or delete that line, "
+                "then run again"
+            )
+        rows.append(row)
     return rows
 
 
 def truncate_jsonl(path: str, max_step: int) -> None:
     """Keep rows with step <= max_step (and drop a torn tail): resume continues without duplicates."""
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return
-    rows = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
+    rows = read_jsonl(path)
+    kept = [r for r in rows if r.get("step", 0) <= max_step]
+    if len(kept) == len(rows) and _ends_cleanly(path):
+        return  # nothing to drop: leave the file (and its mtime) alone
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            for row in kept:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise _fail(path, "rewrite", e, "check the workdir's permissions and free space") from None
+
+
+def _ends_cleanly(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+FILES = (CONFIG, METRICS, SPECTRA, SUMMARY)
+
+
+def stale_temp_files(workdir: str) -> list[str]:
+    """Temp files of our atomic writes (``<name>.tmp.<pid>``) that a kill left behind."""
+    try:
+        names = os.listdir(workdir)
+    except OSError:
+        return []
+    return [n for n in names if any(n.startswith(f + ".tmp.") and n[len(f) + 5:].isdigit()
+                                    for f in FILES)]
+
+
+def remove_stale_temp_files(workdir: str) -> None:
+    """Call only while holding the workdir lock: then no other writer can own them."""
+    for name in stale_temp_files(workdir):
+        _remove_quietly(os.path.join(workdir, name))
 
 
 def path(workdir: str, name: str) -> str:
