@@ -18,6 +18,10 @@ class WorkdirError(UserError):
     """A workdir or checkpoint cannot be used as asked."""
 
 
+class DataError(UserError):
+    """A dataset's files are missing, corrupted or cannot be downloaded."""
+
+
 def unknown_name(kind: str, name: object, valid: Iterable[str]) -> ConfigError:
     """An error for a name not in a registry, listing the valid names (closest first)."""
     valid = sorted(valid)

@@ -16,6 +16,7 @@ import numpy as np
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
 from rnn_spectra.spectral.rows import lyapunov_top, sigma_max
+from rnn_spectra.tasks.images import SOLVED_ACCURACY
 
 # ----------------------------------------------------------------------------- loading
 
@@ -86,7 +87,9 @@ def _first_step(m: dict, predicate) -> tuple[int | None, float | None]:
 def _solved_row(task: str, baseline: float):
     if task == "adding":
         return lambda r: r.get("max_sq_err", math.inf) <= 0.04
-    return lambda r: r.get("loss", math.inf) < 0.1 * baseline
+    # Classification tasks (they report accuracy): the task's own criterion, SOLVED_ACCURACY.
+    return lambda r: (r["accuracy"] >= SOLVED_ACCURACY if "accuracy" in r
+                      else r.get("loss", math.inf) < 0.1 * baseline)
 
 
 def _stat(values: list[float]) -> tuple[float | None, float | None]:
@@ -101,6 +104,7 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
     s0 = seeds[0]["summary"]
     baseline = s0["baseline"]
     test_losses = [m["summary"].get("test", {}).get("loss", math.nan) for m in seeds]
+    test_acc = [m["summary"].get("test", {}).get("accuracy") for m in seeds]
     solved_pred = _solved_row(task, baseline)
     # Over the seeds that pass the test-set criterion: their first validation eval that passes it.
     solve_steps = [_first_step(m, solved_pred)[0] for m in seeds if m["summary"].get("solved")]
@@ -111,6 +115,7 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
     lam0 = [lyapunov_top(m["spectra"][0]) if m["spectra"] else None for m in seeds]
     lam1 = [lyapunov_top(m["spectra"][-1]) if m["spectra"] else None for m in seeds]
     loss_mean, loss_sd = _stat(test_losses)
+    acc_mean, acc_sd = _stat(test_acc)
     reached = [t for t in target if t[0] is not None]
     return {
         "table": table,
@@ -124,6 +129,8 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
         "seeds": len(seeds),
         "test_loss_mean": loss_mean,
         "test_loss_sd": loss_sd,
+        "test_accuracy_mean": acc_mean,  # classification tasks only (None elsewhere)
+        "test_accuracy_sd": acc_sd,
         "baseline": baseline,
         "beats_baseline": loss_mean is not None and loss_mean < baseline,
         "seeds_solved": sum(bool(m["summary"].get("solved")) for m in seeds),
@@ -266,7 +273,8 @@ def render_markdown(results: dict, figures: list[str]) -> str:
     lines += ["Each row is a variant at its own best setting (learning rate, clip threshold), chosen "
               "by mean validation loss over seeds; losses are on a separate test set. *Solved*: "
               "adding — no test sample with squared error > 0.04 (Pascanu et al. 2013); copying — "
-              "test loss < 10% of the baseline. *To target*: first evaluation below "
+              "test loss < 10% of the baseline; classification (digits, pixel MNIST) — test accuracy "
+              f"≥ {100 * SOLVED_ACCURACY:g}%. *To target*: first evaluation below "
               f"{results['rows'][0]['target_fraction']:g}× the baseline (median over seeds that "
               "reach it; seconds are the wall time of the vmapped program that trained the whole "
               "group). σ_max and λ₁ (top Lyapunov exponent, natural log per step) are averaged over "
@@ -280,11 +288,35 @@ def render_markdown(results: dict, figures: list[str]) -> str:
             lines += ["| " + " | ".join(c[1] for c in COLUMNS) + " |",
                       "|" + "---|" * len(COLUMNS)]
         lines.append("| " + " | ".join(_cell(r, k, f) for k, _, f in COLUMNS) + " |")
+    lines += accuracy_table(results)
     if figures:
         lines += ["", "## Figures", ""]
         for f in figures:
             lines += [f"![{os.path.basename(f)}]({f})", ""]
     return "\n".join(lines) + "\n"
+
+
+def accuracy_table(results: dict) -> list[str]:
+    """Markdown lines: test accuracy (%) of every variant on every classification table."""
+    rows = [r for r in results["rows"] if r.get("test_accuracy_mean") is not None]
+    if not rows:
+        return []
+    tables = list(dict.fromkeys(r["table"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    acc = {(r["table"], r["variant"]): r for r in rows}
+
+    def cell(t, v):
+        r = acc.get((t, v))
+        if r is None:
+            return "–"
+        return f"{100 * r['test_accuracy_mean']:.1f} ± {100 * (r['test_accuracy_sd'] or 0):.1f}"
+
+    lines = ["", "## Test accuracy (%), classification tasks", "",
+             f"Mean ± sd over seeds at each row's best setting (chosen by validation loss); chance "
+             f"10%; *solved* means ≥ {100 * SOLVED_ACCURACY:g}%.", "",
+             "| variant | " + " | ".join(tables) + " |", "|" + "---|" * (len(tables) + 1)]
+    lines += ["| " + v + " | " + " | ".join(cell(t, v) for t in tables) + " |" for v in variants]
+    return lines
 
 
 def write_report(workdir: str) -> str:

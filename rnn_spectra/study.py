@@ -37,6 +37,7 @@ class Variant:
     label: str = ""
     learning_rates: tuple[float, ...] | None = None  # None: the preset's grid
     clips: tuple[str, ...] | None = None  # None: the preset's clipping modes
+    tasks: tuple[str, ...] | None = None  # None: every task of the preset; else only these
 
     @property
     def name(self) -> str:
@@ -55,13 +56,22 @@ BASE_VARIANTS = (
     Variant("lstm", "orthogonal", 1.0),
     Variant("gru", "orthogonal", 1.0),
 )
+# Cells that constrain W_s instead (constrained_cells.py), each with its paper's init.
+CONSTRAINED_VARIANTS = (
+    Variant("indrnn", "uniform", 1.0),
+    Variant("antisymmetric", "normal", 1.0),
+    Variant("exprnn", "henaff", 1.0),
+)
+# The image tasks: (task, T, config overrides); permuted ones get their own table.
+DIGITS = (("digits", 64, ()), ("digits", 64, (("task.permuted", True),)))
+PIXEL_MNIST = (("pixel_mnist", 784, ()), ("pixel_mnist", 784, (("task.permuted", True),)))
 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
     name: str
     description: str
-    tasks: tuple[tuple[str, int], ...]  # (task, T)
+    tasks: tuple[tuple, ...]  # (task, T) or (task, T, ((config key, value), ...))
     variants: tuple[Variant, ...]
     clips: tuple[str, ...]  # clipping modes crossed with every variant
     learning_rates: tuple[float, ...]
@@ -92,8 +102,11 @@ PRESETS: dict[str, Preset] = {
     ),
     "cpu": Preset(
         name="cpu", description="the whole grid on a 2-core CPU in about ten minutes",
-        tasks=(("adding", 50), ("adding", 100), ("copying", 20), ("copying", 50)),
-        variants=BASE_VARIANTS, clips=("none", "global_norm"), learning_rates=(1e-3, 1e-2),
+        tasks=(("adding", 50), ("adding", 100), ("copying", 20), ("copying", 50))
+        + tuple((t, n, o + (("train.steps", 200),)) for t, n, o in DIGITS),
+        variants=BASE_VARIANTS + tuple(dataclasses.replace(v, tasks=("digits",))
+                                       for v in CONSTRAINED_VARIANTS),
+        clips=("none", "global_norm"), learning_rates=(1e-3, 1e-2),
         clip_values=(1.0,), seeds=(0, 1), hidden_size=32, steps=600, batch_size=32,
         eval_every=100, eval_batches=2, eval_batch_size=128, test_chunks=4, log_every=50,
         spectral_every=150,
@@ -103,8 +116,8 @@ PRESETS: dict[str, Preset] = {
         description="uRNN protocol (H=128, RMSProp 1e-3, element-wise clip 1) and the IRNN "
                     "protocol (SGD, norm clip 1); for accelerators, checkpointed and resumable",
         tasks=(("adding", 100), ("adding", 200), ("adding", 400), ("copying", 100),
-               ("copying", 200)),
-        variants=BASE_VARIANTS + (Variant(
+               ("copying", 200)) + PIXEL_MNIST,
+        variants=BASE_VARIANTS + CONSTRAINED_VARIANTS + (Variant(
             "irnn", "identity", 1.0, optim="sgd", label="irnn/identity/sgd",
             learning_rates=(1e-4, 1e-3, 1e-2), clips=("none", "global_norm")),),
         clips=("none", "value"), learning_rates=(1e-3,), clip_values=(1.0,), seeds=(0, 1, 2),
@@ -130,10 +143,12 @@ class Member:
     clip_value: float
     learning_rate: float
     seed: int
+    overrides: tuple[tuple[str, object], ...] = ()  # the task entry's own config keys
 
     @property
     def table(self) -> str:
-        return f"{self.task}_T{self.seq_len}"
+        perm = "_perm" if dict(self.overrides).get("task.permuted") else ""
+        return f"{self.task}{perm}_T{self.seq_len}"
 
     @property
     def row(self) -> str:
@@ -152,13 +167,15 @@ class Member:
 
 def expand(preset: Preset) -> list[Member]:
     members = []
-    for task, t in preset.tasks:
+    for task, t, *rest in preset.tasks:
         for v in preset.variants:
+            if v.tasks is not None and task not in v.tasks:
+                continue
             for clip in v.clips or preset.clips:
                 for lr in v.learning_rates or preset.learning_rates:
                     for cv in (preset.clip_values if clip != "none" else (0.0,)):
                         for seed in preset.seeds:
-                            members.append(Member(task, t, v, clip, cv, lr, seed))
+                            members.append(Member(task, t, v, clip, cv, lr, seed, *rest))
     return members
 
 
@@ -179,7 +196,7 @@ def member_config(preset: Preset, m: Member):
     c.spectral.every = preset.spectral_every
     c.checkpoint.every_steps = preset.checkpoint_every
     c.checkpoint.keep = 3
-    for key, value in preset.overrides:
+    for key, value in preset.overrides + m.overrides:
         section, leaf = key.split(".")
         c[section][leaf] = value
     return c

@@ -1,21 +1,33 @@
-"""Task registry: ``TASKS[name](seq_len=T)`` builds a task; ``get_task`` validates the name."""
+"""Task registry: ``get_task(task_config)`` builds the task a ``TaskConfig`` names (``TASKS``)."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from rnn_spectra.errors import ConfigError, unknown_name
 from rnn_spectra.tasks.adding import AddingTask
 from rnn_spectra.tasks.base import Task
 from rnn_spectra.tasks.copying import CopyingTask
+from rnn_spectra.tasks.images import DigitsTask, PixelMNISTTask
 
-TASKS: dict[str, type[Task]] = {"adding": AddingTask, "copying": CopyingTask}
+if TYPE_CHECKING:
+    from rnn_spectra.config import TaskConfig
+
+TASKS: dict[str, type[Task]] = {
+    "adding": AddingTask,
+    "copying": CopyingTask,
+    "digits": DigitsTask,
+    "pixel_mnist": PixelMNISTTask,
+}
 
 
-def get_task(name: str, seq_len: int) -> Task:
-    if name not in TASKS:
-        raise unknown_name("task", name, TASKS)
-    if not isinstance(seq_len, int) or seq_len < 2:
-        raise ConfigError(f"task.seq_len must be an integer >= 2, got {seq_len!r}")
-    return TASKS[name](seq_len=seq_len)
+def get_task(cfg: TaskConfig) -> Task:
+    """Validate the name and length, then ``TASKS[cfg.name].from_config(cfg)``."""
+    if cfg.name not in TASKS:
+        raise unknown_name("task", cfg.name, TASKS)
+    if not isinstance(cfg.seq_len, int) or cfg.seq_len < 2:
+        raise ConfigError(f"task.seq_len must be an integer >= 2, got {cfg.seq_len!r}")
+    return TASKS[cfg.name].from_config(cfg)
 
 
-__all__ = ["TASKS", "Task", "get_task", "AddingTask", "CopyingTask"]
+__all__ = ["TASKS", "Task", "get_task", "AddingTask", "CopyingTask", "DigitsTask", "PixelMNISTTask"]

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import jax
+
+from rnn_spectra.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rnn_spectra.config import TaskConfig
 
 Array = jax.Array
 
@@ -26,6 +31,16 @@ class Task(abc.ABC):
     output_size: ClassVar[int]
     readout: ClassVar[str]  # "last" or "all"
 
+    @classmethod
+    def from_config(cls, cfg: TaskConfig) -> Task:
+        """The task a ``TaskConfig`` names. Synthetic tasks read ``seq_len`` only; dataset tasks
+        override this to load their data."""
+        if cfg.permuted:
+            raise ConfigError(f"task.permuted applies to the image tasks, not {cfg.name!r}")
+        if cfg.data_dir is not None:
+            raise ConfigError(f"task.data_dir applies to pixel_mnist, not {cfg.name!r}")
+        return cls(seq_len=cfg.seq_len)
+
     @property
     def length(self) -> int:
         """Number of time steps of one input sequence."""
@@ -40,8 +55,14 @@ class Task(abc.ABC):
         resuming at a step replays exactly. Dataset tasks override this (epoch shuffles)."""
         return self.batch(jax.random.fold_in(data_key, step), batch_size)
 
-    def eval_batch(self, eval_key: Array, index: Array, batch_size: int) -> tuple[Array, Array]:
-        """Held-out batch ``index`` of the fixed eval set (disjoint stream from training)."""
+    def eval_batch(self, eval_key: Array, index: Array, batch_size: int,
+                   test: bool | Array = False) -> tuple[Array, Array]:
+        """Held-out batch ``index`` of the fixed eval set (disjoint stream from training).
+
+        ``test`` (a bool, or a traced one): the test set rather than validation. Synthetic tasks
+        need not look at it (``eval_key`` already differs per stream); dataset tasks pick the
+        split by it: validation is held out of the training split, test is the test split."""
+        del test
         return self.batch(jax.random.fold_in(eval_key, index), batch_size)
 
     @abc.abstractmethod

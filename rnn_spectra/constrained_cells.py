@@ -1,0 +1,237 @@
+"""Cells that answer the vanishing/exploding question by constraining W_s: IndRNN,
+AntisymmetricRNN and the orthogonal expRNN. Importing this module registers them in ``CELLS``
+(``cells.py`` imports it at its end), so they are built, trained, swept and measured like the others.
+
+Each cell is one step ``(carry, x_BxD) -> (carry, h_BxH)``, carry = h (B, H). What
+``recurrent_matrices`` returns as ``W_s`` (math orientation) for each:
+
+- ``indrnn``  (Li et al. 2018): h' = relu(W_x x + u * h + b). ``W_s = diag(u)``. The bound
+  ``|u_i| <= 2^(1/T)`` is enforced by the optimizer (a projection after every update,
+  ``optim.py``), so ``u`` in the params is always the u the cell uses.
+- ``antisymmetric`` (Chang et al. 2019): h' = h + eps * tanh(M h + W_x x + b), M = W - W^T - gamma I.
+  ``W_s = M``, the matrix inside the tanh. The state Jacobian is ``J = I + eps * diag(tanh') M``;
+  every eigenvalue of ``(J - I) / eps = D M`` (D = diag(tanh') in (0, 1]) has real part in
+  ``[-gamma * max(D), -gamma * min(D)]`` (Rayleigh quotient: v*(W - W^T)v is imaginary), so
+  ``Re(eig J) <= 1 - eps * gamma * min(D)``: no direction grows, and the margin is eps * gamma *
+  min(tanh') per step.
+- ``exprnn`` (Lezcano-Casado & Martinez-Rubio 2019): h' = modrelu(W h + W_x x, b), W = exp(S),
+  S = triu(A, 1) - triu(A, 1)^T skew-symmetric, so W is orthogonal for any A. ``W_s = exp(S)``.
+  The free parameter ``A`` gets its own learning rate (``optim.orthogonal_lr_factor``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jax.ad_checkpoint import checkpoint_name
+
+from rnn_spectra.cells import (
+    CELLS, PREACTIVATION, RECURRENT_INITS, CellSpec, Initializer, orthogonal_init,
+)
+
+Array = jax.Array
+
+# Param names the optimizer treats specially (optim.py): projected onto |u| <= bound; own lr.
+INDRNN_DIAG = "u"
+EXPRNN_SKEW = "A"
+
+
+# ----------------------------------------------------------------------------- initializers
+def uniform_init(scale: float) -> Initializer:
+    """Entries i.i.d. U[0, scale] (IndRNN's recurrent weights; it uses the diagonal)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return scale * jax.random.uniform(key, shape, dtype)
+
+    return init
+
+
+def _block_skew(angles: Array, n: int, dtype) -> Array:
+    """Block-diagonal skew-symmetric (n, n) with 2x2 blocks [[0, a], [-a, 0]] (odd n: last row 0)."""
+    s = jnp.zeros((n, n), dtype)
+    idx = jnp.arange(n // 2)
+    s = s.at[2 * idx, 2 * idx + 1].set(angles.astype(dtype))
+    return s.at[2 * idx + 1, 2 * idx].set(-angles.astype(dtype))
+
+
+def henaff_init(scale: float) -> Initializer:
+    """Henaff et al. 2016 as used by expRNN: block rotations, angles U[-pi, pi] (times scale)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        a = jax.random.uniform(key, (shape[0] // 2,), jnp.float32, -math.pi, math.pi)
+        return _block_skew(scale * a, shape[0], dtype)
+
+    return init
+
+
+def cayley_init(scale: float) -> Initializer:
+    """Helfrich et al. 2018 as used by expRNN: a = -sqrt((1 - cos t) / (1 + cos t)), t ~ U[0, pi/2]."""
+
+    def init(key, shape, dtype=jnp.float32):
+        t = jax.random.uniform(key, (shape[0] // 2,), jnp.float32, 0.0, math.pi / 2)
+        a = -jnp.sqrt((1.0 - jnp.cos(t)) / (1.0 + jnp.cos(t)))
+        return _block_skew(scale * a, shape[0], dtype)
+
+    return init
+
+
+# ----------------------------------------------------------------------------- cells
+class IndRNNCell(nn.Module):
+    """h' = relu(x W_x + u * h + b). Params: W_x (D, H), u (H,) = diag of the recurrent init, b (H,)."""
+
+    hidden_size: int
+    recurrent_init: Initializer = uniform_init(1.0)
+    input_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, carry: Array, x: Array) -> tuple[Array, Array]:
+        h = self.hidden_size
+        w_x = self.param("W_x", self.input_init, (x.shape[-1], h))
+
+        def diag(key, shape, dtype=jnp.float32):
+            return jnp.diag(self.recurrent_init(key, (h, h), dtype))
+
+        u = self.param(INDRNN_DIAG, diag, (h,))
+        b = self.param("b", self.bias_init, (h,))
+        new_h = jax.nn.relu(checkpoint_name(u * carry + x @ w_x + b, PREACTIVATION))
+        return new_h, new_h
+
+    def initialize_carry(self, batch_shape: tuple[int, ...]) -> Array:
+        return jnp.zeros((*batch_shape, self.hidden_size))
+
+
+def antisymmetric_matrix(w: Array, gamma: float) -> Array:
+    """M = W - W^T - gamma I (eigenvalues i*omega - gamma)."""
+    return w - jnp.swapaxes(w, -1, -2) - gamma * jnp.eye(w.shape[-1], dtype=w.dtype)
+
+
+class AntisymmetricCell(nn.Module):
+    """h' = h + epsilon * tanh((W - W^T - gamma I) h + x W_x + b). Params: W_x (D, H), W_s (H, H) = W, b."""
+
+    hidden_size: int
+    epsilon: float = 0.1  # step size of the forward-Euler discretisation
+    gamma: float = 0.01  # diffusion: shifts M's eigenvalues to real part -gamma
+    recurrent_init: Initializer = orthogonal_init(1.0)
+    input_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, carry: Array, x: Array) -> tuple[Array, Array]:
+        h = self.hidden_size
+        w_x = self.param("W_x", self.input_init, (x.shape[-1], h))
+        w = self.param("W_s", self.recurrent_init, (h, h))
+        b = self.param("b", self.bias_init, (h,))
+        m = antisymmetric_matrix(w, self.gamma)
+        z = checkpoint_name(carry @ m.T + x @ w_x + b, PREACTIVATION)
+        new_h = carry + self.epsilon * jnp.tanh(z)
+        return new_h, new_h
+
+    def initialize_carry(self, batch_shape: tuple[int, ...]) -> Array:
+        return jnp.zeros((*batch_shape, self.hidden_size))
+
+
+def skew(a: Array) -> Array:
+    """triu(A, 1) - triu(A, 1)^T: the skew-symmetric matrix A parametrises."""
+    upper = jnp.triu(a, 1)
+    return upper - jnp.swapaxes(upper, -1, -2)
+
+
+def exp_orthogonal(a: Array) -> Array:
+    """W = expm(skew(A)), orthogonal (and in SO(n)) for any A."""
+    return jax.scipy.linalg.expm(skew(a))
+
+
+def modrelu(z: Array, b: Array) -> Array:
+    """sign(z) * relu(|z| + b) (Arjovsky et al. 2016, real case)."""
+    return jnp.sign(z) * jax.nn.relu(jnp.abs(z) + b)
+
+
+class ExpRNNCell(nn.Module):
+    """h' = modrelu(exp(skew(A)) h + x W_x, b). Params: W_x (D, H), A (H, H), b (H,).
+
+    The modReLU bias starts at the constant bias init plus U[-0.01, 0.01] (expRNN's init; with b = 0
+    modReLU is the identity and the cell linear).
+    """
+
+    hidden_size: int
+    recurrent_init: Initializer = henaff_init(1.0)
+    input_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, carry: Array, x: Array) -> tuple[Array, Array]:
+        h = self.hidden_size
+        w_x = self.param("W_x", self.input_init, (x.shape[-1], h))
+        a = self.param(EXPRNN_SKEW, self.recurrent_init, (h, h))
+
+        def bias(key, shape, dtype=jnp.float32):
+            return self.bias_init(key, shape, dtype) + jax.random.uniform(key, shape, dtype, -0.01, 0.01)
+
+        b = self.param("b", bias, (h,))
+        return self.prepared_step({"W_x": w_x, "W_s": exp_orthogonal(a), "b": b}, carry, x)
+
+    # The model unrolls ``prepared_step`` with ``prepare_params`` computed once per sequence
+    # (SequenceModel.cell_step): XLA does not hoist the expm out of the scan, and inside it the
+    # step would cost an expm forward and an expm VJP per time step (~300x slower at T=400).
+    @staticmethod
+    def prepare_params(params) -> dict[str, Array]:
+        """Stored params -> the step's: ``W_s = exp(skew(A))`` (H, H), ``W_x``, ``b`` unchanged."""
+        return {"W_x": params["W_x"], "W_s": exp_orthogonal(params[EXPRNN_SKEW]), "b": params["b"]}
+
+    @staticmethod
+    def prepared_step(prepared, carry: Array, x: Array) -> tuple[Array, Array]:
+        z = checkpoint_name(carry @ prepared["W_s"].T + x @ prepared["W_x"], PREACTIVATION)
+        new_h = modrelu(z, prepared["b"])
+        return new_h, new_h
+
+    def initialize_carry(self, batch_shape: tuple[int, ...]) -> Array:
+        return jnp.zeros((*batch_shape, self.hidden_size))
+
+
+# ----------------------------------------------------------------------------- registration
+def _indrnn_matrices(params, **_) -> dict[str, Array]:
+    u = params[INDRNN_DIAG]
+    return {"W_s": u[..., :, None] * jnp.eye(u.shape[-1], dtype=u.dtype)}
+
+
+def _antisymmetric_matrices(params, *, gamma: float, **_) -> dict[str, Array]:
+    return {"W_s": antisymmetric_matrix(params["W_s"], gamma)}
+
+
+def _exprnn_matrices(params, **_) -> dict[str, Array]:
+    a = params[EXPRNN_SKEW]
+    fn = exp_orthogonal
+    for _ in range(a.ndim - 2):  # stacked params (sweeps): one expm per member
+        fn = jax.vmap(fn)
+    return {"W_s": fn(a)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstrainedCellSpec(CellSpec):
+    """A CellSpec whose W_s is derived from the params: ``matrices(params, **kwargs) -> {"W_s": ...}``."""
+
+    matrices: Callable[..., dict[str, Array]] | None = None
+
+
+def _spec(module, init, matrices, **kwargs) -> ConstrainedCellSpec:
+    return ConstrainedCellSpec(module, ("W_s",), init, 1.0, kwargs, matrices=matrices)
+
+
+RECURRENT_INITS.update({"uniform": uniform_init, "henaff": henaff_init, "cayley": cayley_init})
+CELLS.update({
+    "indrnn": _spec(IndRNNCell, "uniform", _indrnn_matrices),
+    "antisymmetric": _spec(AntisymmetricCell, "normal", _antisymmetric_matrices, epsilon=0.1, gamma=0.01),
+    "exprnn": _spec(ExpRNNCell, "henaff", _exprnn_matrices),
+})
+
+
+def indrnn_bound(seq_len: int) -> float:
+    """Li et al. 2018: |u| <= 2^(1/T) keeps the gradient through T steps within a factor 2."""
+    return 2.0 ** (1.0 / seq_len)
