@@ -89,6 +89,25 @@ def cmd_report(args, overrides) -> int:
     return 0
 
 
+def cmd_analyze(args, overrides) -> int:
+    from rnn_spectra.spectral.analyze import analyze_workdir
+
+    result = analyze_workdir(args.workdir, step=args.step, out=args.out)
+    print(f"{args.workdir}: step {result['step']} analysed -> {result['npz']}")
+    for path in result["figures"]:
+        print(f"  {path}")
+    return 0
+
+
+def cmd_data(args, overrides) -> int:
+    from rnn_spectra import datasets
+
+    data_dir = args.data_dir or datasets.default_data_dir(args.dataset)
+    for path in datasets.download_mnist(data_dir):
+        print(f"{path}: ok (MD5 verified)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnn-spectra",
@@ -102,7 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workdir", required=True, help="the run's directory")
     train.set_defaults(func=cmd_train, takes_overrides=True)
 
-    from rnn_spectra.study import PRESETS
+    analyze = sub.add_parser("analyze", help="spectra of one checkpoint of a run: .npz + PNG figures")
+    analyze.add_argument("--workdir", required=True, help="the run's directory")
+    analyze.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    analyze.add_argument("--out", default=None, help="output directory (default WORKDIR/analysis/step_N)")
+    analyze.set_defaults(func=cmd_analyze)
+
+    from rnn_spectra.presets import PRESETS
 
     study = sub.add_parser("study", help="train every variant of the question as vmapped sweeps, "
                            "then write the report (re-run to resume)")
@@ -111,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--workdir", required=True, help="the study's directory")
     study.add_argument("--no-report", action="store_true", help="train only")
     study.set_defaults(func=cmd_study)
+
+    data = sub.add_parser("data", help="fetch a dataset's files (checksum-verified)")
+    data_sub = data.add_subparsers(dest="action", required=True)
+    download = data_sub.add_parser("download", help="download into --data-dir (the default "
+                                   "task.data_dir: $RNN_SPECTRA_DATA/mnist or ~/.cache/rnn_spectra/mnist)")
+    download.add_argument("dataset", choices=["mnist"])
+    download.add_argument("--data-dir", default=None, help="folder to put the files in")
+    download.set_defaults(func=cmd_data)
 
     report = sub.add_parser("report", help="(re)write report.md, results.json and figures/ of a study")
     report.add_argument("--workdir", required=True, help="a study directory")
