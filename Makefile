@@ -25,7 +25,9 @@ study: $(STAMP)
 	$(VENV)/bin/rnn-spectra study --preset cpu --workdir $(STUDY_DIR)
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.run
+	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]' \
+		|| echo 'PyTorch could not be installed: its rows will be skipped'
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

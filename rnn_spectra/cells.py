@@ -17,11 +17,18 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from rnn_spectra.errors import ConfigError, unknown_name
 
 Array = jax.Array
 Initializer = Callable[..., Array]
+
+# Each cell tags the output of its recurrent matmul(s) with this name. Outside ``jax.checkpoint``
+# the tag does nothing; ``model.SequenceModel`` checkpoints its scan step with a policy that saves
+# only these arrays, so the backward pass keeps one (B, G*H) array per step instead of every gate
+# activation and recomputes the cheap element-wise part (fewer, smaller stores: faster on CPU).
+PREACTIVATION = "rnn_preactivation"
 
 
 # ----------------------------------------------------------------------------- initializers
@@ -111,6 +118,7 @@ ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 class ElmanCell(nn.Module):
     """h' = phi(W_s h + W_x x + b). Params: W_x (D, H), W_s (H, H) math orientation, b (H,)."""
 
+    tags_preactivation = True  # see PREACTIVATION (a plain class attribute, not a field)
     hidden_size: int
     activation: str = "tanh"
     recurrent_init: Initializer = orthogonal_init(1.0)
@@ -123,7 +131,8 @@ class ElmanCell(nn.Module):
         w_x = self.param("W_x", self.input_init, (x.shape[-1], h))
         w_s = self.param("W_s", self.recurrent_init, (h, h))
         b = self.param("b", self.bias_init, (h,))
-        new_h = ACTIVATIONS[self.activation](carry @ w_s.T + x @ w_x + b)
+        z = checkpoint_name(carry @ w_s.T + x @ w_x + b, PREACTIVATION)
+        new_h = ACTIVATIONS[self.activation](z)
         return new_h, new_h
 
     def initialize_carry(self, batch_shape: tuple[int, ...]) -> Array:
@@ -137,6 +146,7 @@ class LSTMCell(nn.Module):
     ``forget_bias`` (1.0 by default, Jozefowicz et al. 2015).
     """
 
+    tags_preactivation = True  # see PREACTIVATION (a plain class attribute, not a field)
     hidden_size: int
     recurrent_init: Initializer = orthogonal_init(1.0)
     input_init: Initializer = nn.initializers.lecun_normal()
@@ -155,7 +165,7 @@ class LSTMCell(nn.Module):
             return b.at[h : 2 * h].add(self.forget_bias)
 
         b = self.param("b", bias, (4 * h,))
-        z = h_prev @ w_s.T + x @ w_x + b
+        z = checkpoint_name(h_prev @ w_s.T + x @ w_x + b, PREACTIVATION)
         i, f, g, o = jnp.split(z, 4, axis=-1)
         c = jax.nn.sigmoid(f) * c_prev + jax.nn.sigmoid(i) * jnp.tanh(g)
         new_h = jax.nn.sigmoid(o) * jnp.tanh(c)
@@ -173,6 +183,7 @@ class GRUCell(nn.Module):
     n = tanh(W_in x + b_n + r * (W_hn h + b_hn)), h' = (1 - z) * n + z * h.
     """
 
+    tags_preactivation = True  # see PREACTIVATION (a plain class attribute, not a field)
     hidden_size: int
     recurrent_init: Initializer = orthogonal_init(1.0)
     input_init: Initializer = nn.initializers.lecun_normal()
@@ -186,7 +197,8 @@ class GRUCell(nn.Module):
         b = self.param("b", self.bias_init, (3 * h,))
         b_hn = self.param("b_hn", self.bias_init, (h,))
         xr, xz, xn = jnp.split(x @ w_x + b, 3, axis=-1)
-        hr, hz, hn = jnp.split(carry @ w_s.T, 3, axis=-1)
+        # Only the recurrent product is tagged: x @ W_x is cheap to recompute for small inputs.
+        hr, hz, hn = jnp.split(checkpoint_name(carry @ w_s.T, PREACTIVATION), 3, axis=-1)
         r = jax.nn.sigmoid(xr + hr)
         z = jax.nn.sigmoid(xz + hz)
         n = jnp.tanh(xn + r * (hn + b_hn))
@@ -257,7 +269,15 @@ def make_cell(
 
 def recurrent_matrices(cell_name: str, cell_params) -> dict[str, Array]:
     """The cell's recurrent (H, H) matrices by name: {"W_s"} or one per gate (math orientation)."""
-    gates = get_cell_spec(cell_name).gates
+    spec = get_cell_spec(cell_name)
+    if getattr(spec, "matrices", None) is not None:  # W_s derived from the params (constrained_cells)
+        return spec.matrices(cell_params, **spec.kwargs)
+    gates = spec.gates
     w_s = cell_params["W_s"]
     hidden = w_s.shape[-1]
     return {g: w_s[..., i * hidden : (i + 1) * hidden, :] for i, g in enumerate(gates)}
+
+
+# IndRNN, AntisymmetricRNN and expRNN live in their own module; importing it registers them in
+# CELLS and their initializers in RECURRENT_INITS (last, because it imports from this module).
+from rnn_spectra import constrained_cells as _constrained_cells  # noqa: E402,F401

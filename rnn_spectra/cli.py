@@ -83,10 +83,19 @@ def cmd_study(args, overrides) -> int:
 
 
 def cmd_report(args, overrides) -> int:
-    from rnn_spectra.report import write_report
+    from rnn_spectra.report import publish, write_report
 
     print(write_report(args.workdir))
+    if args.publish:
+        print(publish(args.workdir, args.publish, f"make study (rnn-spectra study --preset "
+                      f"{_study_preset(args.workdir)} --workdir {args.workdir})"))
     return 0
+
+
+def _study_preset(workdir: str) -> str:
+    from rnn_spectra import workdir as wd
+
+    return wd.read_json(wd.path(workdir, "study.json")).get("preset", "?")
 
 
 def cmd_analyze(args, overrides) -> int:
@@ -147,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="(re)write report.md, results.json and figures/ of a study")
     report.add_argument("--workdir", required=True, help="a study directory")
+    report.add_argument("--publish", metavar="DIR",
+                        help="also copy the report and figures to DIR/results.md, DIR/figures/ (docs)")
     report.set_defaults(func=cmd_report)
     return parser
 

@@ -26,6 +26,8 @@ from rnn_spectra.model import ModelConfig
 class TaskConfig:
     name: str = "adding"
     seq_len: int = 100
+    permuted: bool = False  # dataset tasks: one fixed pixel permutation (expRNN's seed 92916)
+    data_dir: str | None = None  # pixel_mnist: folder of the MNIST files (None: the default cache)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +40,7 @@ class OptimConfig:
     rmsprop_decay: float = 0.9
     clip: str = "global_norm"
     clip_value: float = 1.0
+    orthogonal_lr_factor: float = 0.1  # expRNN: learning rate of the skew generator A, relative
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +56,11 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SpectralConfig:
-    every: int = 0  # steps between spectral measurements (0: off)
+    every: int = 200  # steps between spectral measurements (0: off)
     probe_batch_size: int = 4  # fixed probe sequences the measurements average over
     num_lags: int = 12  # log-spaced lags at which log ||dh_T/dh_t|| is recorded
     lyapunov_k: int = 8  # top Lyapunov exponents recorded
+    grad_flow_points: int = 100  # most time steps of the gradient-flow profile kept per row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,12 +99,18 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # PRNG seed: params, data stream and eval set all derive from it
     c.task = ml_collections.ConfigDict()
-    c.task.name = "adding"  # adding | copying
-    c.task.seq_len = 100  # T: adding length / copying delay (copying sequences are T + 20 long)
+    c.task.name = "adding"  # adding | copying | digits | pixel_mnist
+    # T: adding length / copying delay (copying sequences are T + 20 long); datasets: the variant,
+    # digits 64 (pixels) or 8 (rows), pixel_mnist 784 (pixels), 196 (14x14 pixels) or 28 (rows)
+    c.task.seq_len = 100
+    c.task.permuted = False  # digits / pixel_mnist: fixed pixel permutation (permuted MNIST)
+    # pixel_mnist's files (None: $RNN_SPECTRA_DATA/mnist, else ~/.cache/rnn_spectra/mnist)
+    c.task.data_dir = config_dict.placeholder(str)
     c.model = ml_collections.ConfigDict()
-    c.model.cell = "tanh_rnn"  # tanh_rnn | relu_rnn | irnn | lstm | gru
+    c.model.cell = "tanh_rnn"  # tanh_rnn | relu_rnn | irnn | lstm | gru | indrnn | antisymmetric | exprnn
     c.model.hidden_size = 128  # H
-    c.model.recurrent_init = config_dict.placeholder(str)  # orthogonal | identity | normal | np_rnn
+    # orthogonal | identity | normal | np_rnn | uniform (IndRNN) | henaff | cayley (expRNN)
+    c.model.recurrent_init = config_dict.placeholder(str)
     c.model.init_scale = config_dict.placeholder(float)  # gain of W_s's init (None: cell default)
     c.model.input_init = "normal"  # normal | lecun_uniform | glorot_uniform (fan-in scaled)
     c.model.input_scale = 1.0  # std multiplier of the input kernel
@@ -117,6 +127,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim.rmsprop_decay = 0.9  # RMSProp decay of the squared-gradient average
     c.optim.clip = "global_norm"  # none | global_norm (Pascanu) | value (element-wise) | agc
     c.optim.clip_value = 1.0  # max global norm / max |g_i| / AGC ratio
+    c.optim.orthogonal_lr_factor = 0.1  # expRNN: lr of its skew parameter A = this x learning_rate
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000  # optimizer steps
     c.train.batch_size = 64
@@ -126,10 +137,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.log_every = 50  # steps between host pulls of the train metrics
     c.train.progress = True  # progress bar on stderr
     c.spectral = ml_collections.ConfigDict()
-    c.spectral.every = 0  # steps between spectral measurements -> spectra.jsonl (0: off)
+    c.spectral.every = 200  # steps between spectral measurements -> spectra.jsonl (0: off)
     c.spectral.probe_batch_size = 4  # fixed probe sequences the measurements use
     c.spectral.num_lags = 12  # log-spaced lags for log ||dh_T/dh_t||
     c.spectral.lyapunov_k = 8  # top Lyapunov exponents recorded
+    c.spectral.grad_flow_points = 100  # gradient-flow profile: at most this many evenly spaced t
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 0  # steps between Orbax checkpoints (0: only at the end)
     c.checkpoint.every_minutes = 0.0  # minutes between checkpoints (0: off)
@@ -284,6 +296,7 @@ def resolve(cfg: ml_collections.ConfigDict) -> RunConfig:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{name} must be >= 0, got {value!r}")
     _positive("optim.learning_rate", o.learning_rate, float)
+    _positive("optim.orthogonal_lr_factor", o.orthogonal_lr_factor, float)
     if o.clip != "none":
         _positive("optim.clip_value", o.clip_value, float)
     if m.init_scale is not None and m.init_scale <= 0:

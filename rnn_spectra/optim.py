@@ -3,13 +3,15 @@
 The peak learning rate and the clip threshold are *state*, not constants
 (``optax.inject_hyperparams``): a sweep vmaps ``tx.init`` over members with different values and
 trains them all with one compiled program, and a single run is numerically the same program.
-The chain is always ``[clip, direction, schedule multiplier, -learning_rate]``.
+The chain is always ``[clip, direction, schedule multiplier, -learning_rate, expRNN's own
+learning-rate factor, IndRNN's projection]`` (the last two masked to those cells' params).
 """
 
 from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -62,14 +64,48 @@ def _direction(cfg: OptimConfig) -> optax.GradientTransformation:
     raise unknown_name("optimizer", cfg.name, ["adam", "rmsprop", "sgd"])
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """``(tx, multiplier_schedule)``; clip first (on the raw gradient), then the optimizer."""
+def _named(name: str):
+    """Mask: the leaves whose tree path contains the dict key ``name``."""
+
+    def mask(tree):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: any(getattr(k, "key", None) == name for k in path), tree)
+
+    return mask
+
+
+def project_abs(bound: float) -> optax.GradientTransformation:
+    """Updates that land the params in [-bound, bound]: a projected step (IndRNN's |u| bound)."""
+
+    def update(updates, state, params):
+        if params is None:
+            raise ValueError("project_abs needs the params")
+        new = jax.tree_util.tree_map(lambda p, u: jnp.clip(p + u, -bound, bound) - p, params, updates)
+        return new, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int, *, recurrent_bound: float | None = None,
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """``(tx, multiplier_schedule)``; clip first (on the raw gradient), then the optimizer.
+
+    Two masked stages follow ``-learning_rate`` for every cell (a no-op where the params have no
+    such leaf, so the chain and the CLIP/LR positions are the same for all cells): expRNN's skew
+    generator ``A`` gets ``orthogonal_lr_factor`` times the learning rate (Lezcano-Casado 2019:
+    10x smaller), and IndRNN's ``u`` is projected onto ``|u| <= recurrent_bound`` (Li et al. 2018).
+    """
+    from rnn_spectra.constrained_cells import EXPRNN_SKEW, INDRNN_DIAG
+
     schedule = make_schedule(cfg, total_steps)
+    bound = math.inf if recurrent_bound is None else recurrent_bound
     tx = optax.chain(
         make_clip(cfg.clip, cfg.clip_value),
         _direction(cfg),
         optax.scale_by_schedule(schedule),
         optax.inject_hyperparams(optax.scale_by_learning_rate)(learning_rate=cfg.learning_rate),
+        optax.masked(optax.scale(cfg.orthogonal_lr_factor), _named(EXPRNN_SKEW)),
+        optax.masked(project_abs(bound), _named(INDRNN_DIAG)),
     )
     return tx, schedule
 

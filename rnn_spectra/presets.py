@@ -89,15 +89,15 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         name="cpu", description="the whole grid on a 2-core CPU in about ten minutes",
         tasks=(("adding", 50), ("adding", 100), ("copying", 20), ("copying", 50))
-        + tuple((t, n, o + (("train.steps", 200),)) for t, n, o in DIGITS),
+        + tuple((t, n, o + (("train.steps", 150),)) for t, n, o in DIGITS),
         # On digits only one reference per family joins the constrained cells, to fit the time.
         variants=tuple(v if v.name in DIGITS_REFERENCES else dataclasses.replace(v, tasks=("adding", "copying"))
                        for v in BASE_VARIANTS)
         + tuple(dataclasses.replace(v, tasks=("digits",)) for v in CONSTRAINED_VARIANTS),
         clips=("none", "global_norm"), learning_rates=(1e-3, 1e-2),
-        clip_values=(1.0,), seeds=(0, 1), hidden_size=32, steps=600, batch_size=32,
-        eval_every=100, eval_batches=2, eval_batch_size=128, test_chunks=4, log_every=50,
-        spectral_every=150,
+        clip_values=(1.0,), seeds=(0, 1), hidden_size=32, steps=500, batch_size=32,
+        eval_every=50, eval_batches=2, eval_batch_size=128, test_chunks=4, log_every=50,
+        spectral_every=250,
     ),
     "paper": Preset(
         name="paper",

@@ -18,6 +18,7 @@ import optax
 
 from rnn_spectra import config as config_lib
 from rnn_spectra.config import RunConfig
+from rnn_spectra.constrained_cells import indrnn_bound
 from rnn_spectra.model import SequenceModel, count_params
 from rnn_spectra.optim import learning_rate, make_optimizer
 from rnn_spectra.tasks import Task, get_task
@@ -38,9 +39,10 @@ class Experiment:
 
 
 def build(run: RunConfig) -> Experiment:
-    task = get_task(run.task.name, run.task.seq_len)
+    task = get_task(run.task)
     model = SequenceModel(run.model, task.input_size, task.output_size, task.readout)
-    tx, schedule = make_optimizer(run.optim, run.train.steps)
+    # IndRNN's |u| <= 2^(1/T), T the input length (a no-op for cells without u).
+    tx, schedule = make_optimizer(run.optim, run.train.steps, recurrent_bound=indrnn_bound(task.length))
     return Experiment(run, task, model, tx, schedule)
 
 
@@ -113,7 +115,8 @@ def make_eval_fn(exp: Experiment):
         key = stream_key(seed, stream)
 
         def one(i):
-            inputs, targets = task.eval_batch(key, chunk * tr.eval_batches + i, tr.eval_batch_size)
+            inputs, targets = task.eval_batch(key, chunk * tr.eval_batches + i, tr.eval_batch_size,
+                                              stream == TEST_STREAM)
             return task.metrics(model.apply(params, inputs), targets)
 
         per_batch = jax.lax.map(one, jnp.arange(tr.eval_batches))

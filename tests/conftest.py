@@ -23,4 +23,5 @@ def tiny_config():
     c.train.eval_batch_size = 16
     c.train.log_every = 5
     c.train.progress = False
+    c.spectral.every = 0  # tests that need spectra.jsonl turn it on (compiling the monitor costs seconds)
     return c
