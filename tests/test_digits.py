@@ -145,7 +145,7 @@ def test_study_presets_add_the_image_tasks_with_their_own_tables():
     # The constrained cells join the digits tables only; the synthetic grid is unchanged.
     assert not {m.variant.cell for m in cpu if m.task != "digits"} & {"indrnn", "antisymmetric", "exprnn"}
     cfgs = [config_lib.resolve(member_config(PRESETS["cpu"], m)) for m in digits[::7]]
-    assert {c.task.permuted for c in cfgs} == {False, True} and {c.train.steps for c in cfgs} == {200}
+    assert {c.task.permuted for c in cfgs} == {False, True} and {c.train.steps for c in cfgs} == {150}
     paper = {m.table for m in expand(PRESETS["paper"])}
     assert {"pixel_mnist_T784", "pixel_mnist_perm_T784"} <= paper
     # The shipped config file builds.
