@@ -157,6 +157,15 @@ def build_results(workdir: str) -> dict:
     frac = study.get("preset_fields", {}).get("target_fraction", 0.5)
     best = choose_best(members)
     rows = [summarise(t, r, seeds, frac) for (t, r), seeds in best.items()]
+    # Divergence over the whole grid of a row, not only at its chosen setting: an unclipped
+    # variant can look fine at its best learning rate and still blow up at the other ones.
+    runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for m in members:
+        runs[(m["table"], m["row"])].append(m)
+    for r in rows:
+        every = runs[(r["table"], r["variant"])]
+        r["runs_all_settings"] = len(every)
+        r["runs_diverged_all_settings"] = sum(m["summary"]["status"] == "diverged" for m in every)
     order = {name: i for i, name in enumerate(dict.fromkeys(m["table"] for m in study["members"]))}
     rows.sort(key=lambda r: (order.get(r["table"], 99), r["test_loss_mean"] if r["test_loss_mean"]
                              is not None else math.inf))
@@ -225,6 +234,19 @@ def findings(results: dict) -> list[str]:
     clip_div = [r for r in results["rows"] if r["clip"] != "none" and r["seeds_diverged"]]
     out.append(f"Across all tables, {len(none_div)} variant rows without clipping and "
                f"{len(clip_div)} with clipping diverged in at least one seed at their best setting.")
+    for clip_on in (False, True):
+        rs = [r for r in results["rows"] if (r["clip"] != "none") == clip_on
+              and r.get("runs_diverged_all_settings")]
+        total = sum(r["runs_all_settings"] for r in results["rows"] if (r["clip"] != "none") == clip_on)
+        div = sum(r["runs_diverged_all_settings"] for r in rs)
+        text = (f"Over every setting of the grid, {div} of {total} runs "
+                f"{'with' if clip_on else 'without'} clipping diverged")
+        if rs:
+            worst = sorted(rs, key=lambda r: -r["runs_diverged_all_settings"])[:4]
+            text += ", most in " + ", ".join(
+                f"{r['table']} {r['variant']} ({r['runs_diverged_all_settings']}/{r['runs_all_settings']}, "
+                f"σ_max(W_s) at init {_fmt(r['sigma_max_init'])})" for r in worst)
+        out.append(text + ".")
     return out
 
 
