@@ -40,12 +40,7 @@ def load_run_config(config_path: str | None, workdir: str, overrides: dict[str, 
     if config_path is None:
         if not wd.is_run(workdir):
             raise ConfigError(f"--config is required: {workdir} is not an existing run to resume")
-        cfg = config_lib.default_config()
-        stored = wd.read_json(wd.path(workdir, wd.CONFIG))
-        try:
-            cfg.update_from_flattened_dict(_flatten(stored))
-        except (KeyError, AttributeError, TypeError) as e:
-            raise ConfigError(f"{wd.path(workdir, wd.CONFIG)} is not a valid run config: {e}") from None
+        cfg = config_lib.config_from_workdir(workdir)
     else:
         cfg = config_lib.load_config_file(config_path)
     cfg.lock()
@@ -54,14 +49,6 @@ def load_run_config(config_path: str | None, workdir: str, overrides: dict[str, 
     return cfg
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def cmd_train(args, overrides) -> int:

@@ -222,8 +222,28 @@ def config_to_json(cfg: ml_collections.ConfigDict) -> str:
     return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
 
 
-def config_from_dict(d: dict) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(d)
+def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
+    """The run config stored in ``workdir/config.json``, on top of today's defaults (keys added
+    since the run was made take their default values)."""
+    from rnn_spectra import workdir as wd
+
+    path = wd.path(workdir, wd.CONFIG)
+    cfg = default_config()
+    try:
+        cfg.update_from_flattened_dict(_flatten_dict(wd.read_json(path)))
+    except (KeyError, AttributeError, TypeError) as e:
+        raise ConfigError(f"{path} is not a valid run config: {e}") from None
+    return cfg
+
+
+def _flatten_dict(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten_dict(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
 
 
 # ----------------------------------------------------------------------------- validation

@@ -196,22 +196,13 @@ def export_best_checkpoints(workdir: str, relpaths: list[str]) -> None:
         by_group.setdefault(group_dir, {})[sweep["index"]] = w
     for group_dir, members in by_group.items():
         w = next(iter(members.values()))
-        cfg = config_lib.default_config()
-        cfg.update_from_flattened_dict(_flatten(wd.read_json(wd.path(w, wd.CONFIG))))
+        cfg = config_lib.config_from_workdir(w)
         one = init_state(build(config_lib.resolve(cfg)), 0)
         size = wd.read_json(wd.path(w, wd.SUMMARY))["sweep"]["members"]
         template = jax.tree_util.tree_map(lambda x: jnp.stack([x] * size), one)
         export_member_checkpoints(group_dir, template, members)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def _finished(member_dir: str) -> bool:

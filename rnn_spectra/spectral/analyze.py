@@ -20,7 +20,7 @@ from rnn_spectra import config as config_lib
 from rnn_spectra import plots
 from rnn_spectra import workdir as wd
 from rnn_spectra.cells import recurrent_matrices
-from rnn_spectra.errors import ConfigError, WorkdirError
+from rnn_spectra.errors import WorkdirError
 from rnn_spectra.spectral.cellstep import make_step_fn
 from rnn_spectra.spectral.gradient_flow import model_gradient_flow
 from rnn_spectra.spectral.jacobians import log_spaced_lags, step_jacobians
@@ -32,14 +32,6 @@ from rnn_spectra.spectral.product_spectrum import product_log_singular_values
 DEFAULT_LAGS = 40  # log-spaced lags for the product spectra (each lag costs one batched SVD)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def load_experiment(workdir: str):
@@ -50,12 +42,7 @@ def load_experiment(workdir: str):
         raise WorkdirError(f"workdir {workdir} does not exist")
     if not wd.is_run(workdir):
         raise WorkdirError(f"{workdir} is not a run (no {wd.CONFIG}); pass the --workdir of a training run")
-    cfg = config_lib.default_config()
-    stored = wd.read_json(wd.path(workdir, wd.CONFIG))
-    try:
-        cfg.update_from_flattened_dict(_flatten(stored))
-    except (KeyError, AttributeError, TypeError) as e:
-        raise ConfigError(f"{wd.path(workdir, wd.CONFIG)} is not a valid run config: {e}") from None
+    cfg = config_lib.config_from_workdir(workdir)
     run = config_lib.resolve(cfg)
     return run, build(run)
 
