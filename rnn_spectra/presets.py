@@ -80,14 +80,14 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
-        name="smoke", description="seconds; for tests and notebooks",
+        name="smoke", description="about a minute (4 programs to compile); for tests and notebooks",
         tasks=(("adding", 8),), variants=BASE_VARIANTS,
         clips=("none", "global_norm"), learning_rates=(1e-2,), clip_values=(1.0,), seeds=(0, 1),
         hidden_size=8, steps=20, batch_size=8, eval_every=10, eval_batches=1, eval_batch_size=32,
         test_chunks=2, log_every=5, spectral_every=10,
     ),
     "cpu": Preset(
-        name="cpu", description="the whole grid on a 2-core CPU in about ten minutes",
+        name="cpu", description="the whole grid on a 2-core CPU in 10-15 minutes",
         tasks=(("adding", 50), ("adding", 100), ("copying", 20), ("copying", 50))
         + tuple((t, n, o + (("train.steps", 150),)) for t, n, o in DIGITS),
         # On digits only one reference per family joins the constrained cells, to fit the time.
