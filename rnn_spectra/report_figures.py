@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import defaultdict
 
 import matplotlib
@@ -44,6 +45,15 @@ def _legend_below(fig, ax) -> None:
         fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
     # Room for up to ~18 entries in three columns under the axes.
     fig.subplots_adjust(bottom=0.1 + 0.028 * math.ceil(len(handles) / 3) + 0.06)
+
+
+def _seed_mean_log10(per_seed: list[list[float | None]]) -> np.ndarray:
+    """Mean over seeds of natural-log values, in log10; missing and non-finite values skipped
+    (a point where every seed is non-finite stays NaN and is not drawn)."""
+    vals = np.asarray([[np.nan if v is None else v for v in s] for s in per_seed], dtype=float)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: "mean of empty slice"
+        return np.nanmean(np.where(np.isfinite(vals), vals, np.nan), axis=0) / LN10
 
 
 def _finish(fig, ax, title: str, path: str) -> str:
@@ -126,9 +136,7 @@ def _jacobian_figure(table, rows, data, out_dir):
             if not per_seed:
                 continue
             lags = np.asarray(per_seed[0][0])
-            vals = np.asarray([[np.nan if v is None else v for v in s[1]] for s in per_seed])
-            with np.errstate(invalid="ignore"):
-                y = np.nanmean(np.where(np.isfinite(vals), vals, np.nan), axis=0) / LN10
+            y = _seed_mean_log10([s[1] for s in per_seed])
             any_line = True
             ax.plot(lags, y, label=r["variant"] if which == -1 else None, **_style(r["variant"], colours))
     if not any_line:
@@ -160,9 +168,7 @@ def _flow_figure(table, rows, data, out_dir):
         if not per_seed or not per_seed[0][0]:
             continue
         t = np.asarray(per_seed[0][0])
-        vals = np.asarray([[np.nan if v is None else v for v in s[1]] for s in per_seed])
-        with np.errstate(invalid="ignore"):
-            y = np.nanmean(np.where(np.isfinite(vals), vals, np.nan), axis=0) / LN10
+        y = _seed_mean_log10([s[1] for s in per_seed])
         any_line = True
         ax.plot(t, y, label=r["variant"], **_style(r["variant"], colours))
     if not any_line:

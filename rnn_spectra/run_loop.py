@@ -304,7 +304,8 @@ class RunLoop:
         elif final_eval is None and status == "completed":
             # Killed after its final checkpoint but before summary.json: nothing left to train.
             final_eval = jax.device_get(eval_fn(state["params"]))
-        summary = self._summary(status, last_good, diverged_step, final_eval, t0, best, ckpt)
+        summary = self._summary(status, last_good, diverged_step, final_eval, t0, best, ckpt,
+                                count_params(state["params"]))
         wd.write_json(wd.path(w, wd.SUMMARY), summary)
         return summary
 
@@ -312,7 +313,7 @@ class RunLoop:
         return {"wall_time_s": time.perf_counter() - t0,
                 "best_eval_loss": best if math.isfinite(best) else None}
 
-    def _summary(self, status, step, diverged_step, final_eval, t0, best, ckpt) -> dict:
+    def _summary(self, status, step, diverged_step, final_eval, t0, best, ckpt, num_params) -> dict:
         exp = self.exp
         final = {k: float(v) for k, v in (final_eval or {}).items()}
         ckpt.wait()
@@ -326,7 +327,7 @@ class RunLoop:
             "best_eval_loss": best if math.isfinite(best) else None,
             "baseline": exp.task.baseline,
             "solved": exp.task.solved(final) if final else False,
-            "num_params": count_params(exp.model.init(jax.random.PRNGKey(0))),
+            "num_params": num_params,
             "wall_time_s": time.perf_counter() - t0,
             "checkpoint_steps": ckpt.steps(),
             "device": jax.devices()[0].device_kind,

@@ -151,7 +151,7 @@ class SweepGroup:
             if monitor:
                 self._write_spectra(monitor, state["params"], 0, statuses)
 
-        step, interrupted = start, False
+        step, interrupted, last_eval = start, False, None
         while step < tr.steps and any(s.status == "running" for s in statuses):
             state, metrics = train_step(state)
             step += 1
@@ -168,6 +168,7 @@ class SweepGroup:
                     progress(self.name, step, tr.steps, self._progress_info(host, statuses))
             if step % tr.eval_every == 0 or last:
                 ev = jax.device_get(eval_fn(state["params"], self.seeds, EVAL_STREAM, 0))
+                last_eval = (step, ev)
                 for i in self._running(statuses):
                     rows[i].append({"step": step, "split": "eval",
                                     **{k: v[i] for k, v in ev.items()}, "wall_time": now})
@@ -187,13 +188,15 @@ class SweepGroup:
         wall = time.perf_counter() - t0
         test = jax.device_get(evaluate(eval_fn, state["params"], self.seeds, TEST_STREAM,
                                        self.test_chunks))
-        val = jax.device_get(eval_fn(state["params"], self.seeds, EVAL_STREAM, 0))
+        val = last_eval[1] if last_eval and last_eval[0] == step else jax.device_get(
+            eval_fn(state["params"], self.seeds, EVAL_STREAM, 0))
+        num_params = count_params(member(state["params"], 0))
         summaries = []
         for i, (w, r, st) in enumerate(zip(self.workdirs, runs, statuses)):
             status = "interrupted" if interrupted and st.status == "running" else (
                 "completed" if st.status == "running" else st.status)
             s = self._summary(i, r, status, st, step, {k: float(v[i]) for k, v in val.items()},
-                              {k: float(v[i]) for k, v in test.items()}, wall, n)
+                              {k: float(v[i]) for k, v in test.items()}, wall, n, num_params)
             wd.write_json(wd.path(w, wd.SUMMARY), s)
             summaries.append(s)
         if interrupted:
@@ -236,7 +239,8 @@ class SweepGroup:
             row = monitor.to_row(member(arrays, i), step)
             wd.append_jsonl(wd.path(self.workdirs[i], wd.SPECTRA), [row])
 
-    def _summary(self, i, run: RunConfig, status, st: MemberStatus, step, val, test, wall, n) -> dict:
+    def _summary(self, i, run: RunConfig, status, st: MemberStatus, step, val, test, wall, n,
+                 num_params) -> dict:
         task = self.member_exps[i].task
         last_good = st.diverged_step - 1 if st.diverged_step is not None else step
         return {
@@ -249,7 +253,7 @@ class SweepGroup:
             "test": test,
             "baseline": task.baseline,
             "solved": task.solved(test),
-            "num_params": count_params(self.exp.model.init(jax.random.PRNGKey(0))),
+            "num_params": num_params,
             "wall_time_s": wall,
             "sweep": {"group": self.name,
                       # relative, so a study directory can be moved or copied whole
