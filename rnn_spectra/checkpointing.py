@@ -190,6 +190,8 @@ class Checkpointer:
 
     def _move_aside(self, step: int, part: str = "") -> None:
         """Move step directory ``step`` (or its sub-directory ``part``) to the damaged folder."""
+        if jax.process_index() != 0:  # one mover on a shared file system
+            return
         src = os.path.join(self.directory, str(step), part).rstrip(os.sep)
         name = f"{step}.{part}" if part else str(step)
         os.makedirs(self.damaged_directory, exist_ok=True)

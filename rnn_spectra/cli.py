@@ -60,10 +60,18 @@ def cmd_train(args, overrides) -> int:
     return 0
 
 
+# What a study's command line may change: where and how it runs, never what it trains.
+STUDY_OVERRIDABLE = ("parallel.", "checkpoint.")
+
+
 def cmd_study(args, overrides) -> int:
     from rnn_spectra.study import run_study
 
-    record = run_study(args.preset, args.workdir, report=not args.no_report)
+    refused = [k for k in overrides if not k.startswith(STUDY_OVERRIDABLE)]
+    if refused:
+        raise ConfigError(f"study takes only --config.parallel.* and --config.checkpoint.* "
+                          f"overrides (the grid is the preset's), not --config.{refused[0]}")
+    record = run_study(args.preset, args.workdir, report=not args.no_report, overrides=overrides)
     print(f"{args.workdir}: study {record['preset']} done in {record['wall_time_s']:.0f}s"
           + ("" if args.no_report else f"; report: {os.path.join(args.workdir, 'report.md')}"))
     return 0
@@ -71,7 +79,9 @@ def cmd_study(args, overrides) -> int:
 
 def cmd_report(args, overrides) -> int:
     from rnn_spectra.report import publish, write_report
+    from rnn_spectra.study import export_chosen_checkpoints
 
+    export_chosen_checkpoints(args.workdir)  # those already exported are skipped
     print(write_report(args.workdir))
     if args.publish:
         print(publish(args.workdir, args.publish, f"make study (rnn-spectra study --preset "
@@ -104,6 +114,16 @@ def cmd_data(args, overrides) -> int:
     return 0
 
 
+def add_distributed_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("multi-process (jax.distributed; every process runs the same command)")
+    g.add_argument("--distributed", default="auto", choices=["auto", "on", "off"],
+                   help="auto: initialise when launched by SLURM / Open MPI with several tasks, on "
+                        "a multi-host TPU slice, or with --coordinator (default auto)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (explicit launch)")
+    g.add_argument("--num-processes", type=int, help="number of processes (with --coordinator)")
+    g.add_argument("--process-id", type=int, help="this process's index (with --coordinator)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnn-spectra",
@@ -115,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog=f"example: {EXAMPLE}")
     train.add_argument("--config", help="config file with get_config() (omit to resume --workdir)")
     train.add_argument("--workdir", required=True, help="the run's directory")
+    add_distributed_flags(train)
     train.set_defaults(func=cmd_train, takes_overrides=True)
 
     analyze = sub.add_parser("analyze", help="spectra of one checkpoint of a run: .npz + PNG figures")
@@ -131,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"grid to run: {', '.join(f'{k} ({p.description})' for k, p in PRESETS.items())}")
     study.add_argument("--workdir", required=True, help="the study's directory")
     study.add_argument("--no-report", action="store_true", help="train only")
-    study.set_defaults(func=cmd_study)
+    add_distributed_flags(study)
+    study.set_defaults(func=cmd_study, takes_overrides=True)
 
     data = sub.add_parser("data", help="fetch a dataset's files (checksum-verified)")
     data_sub = data.add_subparsers(dest="action", required=True)
@@ -156,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides = split_overrides(extra) if getattr(args, "takes_overrides", False) else {}
         if extra and not getattr(args, "takes_overrides", False):
             raise ConfigError(f"unrecognised arguments: {' '.join(extra)}")
+        if hasattr(args, "distributed"):  # before anything touches a JAX backend
+            from rnn_spectra.parallel import initialize_distributed
+
+            initialize_distributed(args.distributed, args.coordinator, args.num_processes,
+                                   args.process_id)
         return args.func(args, overrides)
     except UserError as e:
         print(f"rnn-spectra {args.command}: error: {e}", file=sys.stderr)

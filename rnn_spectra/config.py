@@ -20,6 +20,7 @@ from ml_collections import config_dict
 
 from rnn_spectra.errors import ConfigError, unknown_name
 from rnn_spectra.model import ModelConfig
+from rnn_spectra.parallel import ParallelConfig, check_config as check_parallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +80,7 @@ class RunConfig:
     train: TrainConfig
     spectral: SpectralConfig
     checkpoint: CheckpointConfig
+    parallel: ParallelConfig
 
 
 SECTIONS = {
@@ -88,6 +90,7 @@ SECTIONS = {
     "train": TrainConfig,
     "spectral": SpectralConfig,
     "checkpoint": CheckpointConfig,
+    "parallel": ParallelConfig,
 }
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "warmup_constant")
@@ -146,6 +149,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 0  # steps between Orbax checkpoints (0: only at the end)
     c.checkpoint.every_minutes = 0.0  # minutes between checkpoints (0: off)
     c.checkpoint.keep = 3  # most recent checkpoints kept (plus the best by eval loss)
+    c.parallel = ml_collections.ConfigDict()
+    # auto: a run is data-parallel and a study shards its members when there are several
+    # devices | data (batch sharded, params replicated) | sweep (study members sharded) | none
+    c.parallel.mode = "auto"
+    c.parallel.num_devices = 0  # devices in the mesh (0: all, over every process)
     return c
 
 
@@ -321,6 +329,7 @@ def resolve(cfg: ml_collections.ConfigDict) -> RunConfig:
         _positive("optim.clip_value", o.clip_value, float)
     if m.init_scale is not None and m.init_scale <= 0:
         raise ConfigError(f"model.init_scale must be positive, got {m.init_scale!r}")
+    check_parallel(sections["parallel"])
     if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
         raise ConfigError(f"seed must be an integer, got {cfg.get('seed')!r}")
     return RunConfig(seed=cfg.seed, **sections)

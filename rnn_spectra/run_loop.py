@@ -7,6 +7,7 @@ checkpoint and continues exactly (same batches, same params) when started again.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import math
 import os
@@ -25,11 +26,12 @@ from rnn_spectra.errors import ConfigError, WorkdirError
 from rnn_spectra.train import build, init_state, make_eval_fn, make_train_step
 from rnn_spectra.model import count_params
 from rnn_spectra.optim import make_schedule
+from rnn_spectra.parallel import agree, is_writer, run_layout, to_host
 
 # Keys that may change when a run is continued: they extend it or change only its bookkeeping.
 RESUMABLE_KEYS = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
                   "spectral.every", "checkpoint.every_steps", "checkpoint.every_minutes",
-                  "checkpoint.keep")
+                  "checkpoint.keep", "parallel.mode", "parallel.num_devices")
 
 
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -106,6 +108,10 @@ class RunLoop:
     def __init__(self, run: RunConfig, config: ml_collections.ConfigDict, workdir: str):
         self.run_cfg, self.config, self.workdir = run, config, workdir
         self.exp = build(run)
+        self.layout = run_layout(run.parallel, run.train.batch_size)
+        # Under several processes all of them train; only process 0 touches the workdir's files
+        # (Orbax writes the checkpoints collectively).
+        self.writer = is_writer()
 
     # ------------------------------------------------------------------ set-up
     def _prepare_workdir(self) -> None:
@@ -179,16 +185,18 @@ class RunLoop:
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
         self._prepare_workdir()
-        with WorkdirLock(self.workdir), SignalGuard() as guard:
+        lock = WorkdirLock(self.workdir) if self.writer else contextlib.nullcontext()
+        with lock, SignalGuard() as guard:
             return self._run_locked(guard)
 
     def _run_locked(self, guard: SignalGuard) -> dict:
         run, w = self.run_cfg, self.workdir
-        wd.remove_stale_temp_files(w)
+        if self.writer:
+            wd.remove_stale_temp_files(w)
         old_config, old_summary = self._check_existing()
         if old_summary and old_summary.get("status") == "diverged":
             self._refuse_diverged(old_summary.get("diverged_step"), old_summary.get("last_good_step"))
-        if old_config is None:
+        if old_config is None and self.writer:
             # Before anything else lands in the workdir: a run killed from here on is resumable.
             wd.write_json(wd.path(w, wd.CONFIG), self.config.to_dict())
         ckpt = Checkpointer(wd.path(w, wd.CHECKPOINTS), every_steps=run.checkpoint.every_steps,
@@ -199,8 +207,9 @@ class RunLoop:
             ckpt.close()  # waits for the async save on every exit path
 
     def _train(self, guard, ckpt: Checkpointer, old_config, old_summary) -> dict:
-        exp, run, w = self.exp, self.run_cfg, self.workdir
-        state = init_state(exp, run.seed)
+        exp, run, w, layout = self.exp, self.run_cfg, self.workdir, self.layout
+        # Replicated over the mesh (a no-op on one device); a restore lands in the same layout.
+        state = layout.put(init_state(exp, run.seed))
         elapsed, best = 0.0, math.inf
         if ckpt.steps():
             state, meta = ckpt.restore(state)
@@ -220,28 +229,32 @@ class RunLoop:
         self._check_schedule(old_config, start)
         # Rows past the restored step were never checkpointed; they are written again. The step-0
         # spectrum is measured before training, so a restart from scratch measures it again.
-        wd.truncate_jsonl(wd.path(w, wd.METRICS), start)
-        wd.truncate_jsonl(wd.path(w, wd.SPECTRA), start if start else -1)
-        wd.write_json(wd.path(w, wd.CONFIG), self.config.to_dict())
-        if start:
-            print(f"resuming {w} from step {start}", file=sys.stderr)
+        if self.writer:
+            wd.truncate_jsonl(wd.path(w, wd.METRICS), start)
+            wd.truncate_jsonl(wd.path(w, wd.SPECTRA), start if start else -1)
+            wd.write_json(wd.path(w, wd.CONFIG), self.config.to_dict())
+            if start:
+                print(f"resuming {w} from step {start}", file=sys.stderr)
 
-        train_step = jax.jit(make_train_step(exp), donate_argnums=0)
-        eval_fn = jax.jit(make_eval_fn(exp))
+        shardings = {} if layout.mesh is None else {
+            "in_shardings": layout.replicated, "out_shardings": layout.replicated}
+        train_step = jax.jit(make_train_step(exp, layout=layout), donate_argnums=0, **shardings)
+        eval_fn = jax.jit(make_eval_fn(exp, layout=layout), **shardings)
+        write = self._writer_only
         monitor = None
         if run.spectral.every:
             from rnn_spectra.spectral.monitor import SpectralMonitor
 
             monitor = SpectralMonitor(exp)
             if start == 0:
-                wd.append_jsonl(wd.path(w, wd.SPECTRA), [monitor.measure(state["params"], 0)])
+                write(wd.append_jsonl, wd.path(w, wd.SPECTRA), [monitor.measure(state["params"], 0)])
 
-        progress = _progress(run, start)
+        progress = _progress(run, start, enabled=self.writer)
         t0 = time.perf_counter() - elapsed
         target, tr = run.train.steps, run.train
         status, diverged_step, final_eval, step = "completed", None, None, start
         while step < target:
-            if guard.requested and step == start:  # arrived during set-up, before any step
+            if guard.requested and step == start and jax.process_count() == 1:  # during set-up
                 status = "interrupted"
                 break
             state, metrics = train_step(state)
@@ -250,36 +263,39 @@ class RunLoop:
             # Rows only at fixed steps (never at an interruption), so an interrupted and resumed
             # run writes exactly the rows of an uninterrupted one.
             log_now, eval_now = step % tr.log_every == 0 or last, step % tr.eval_every == 0 or last
-            due = ckpt.due(step)
+            due, requested = self._stop_flags(step, log_now, ckpt, guard)
             # Divergence is read before anything is written or saved, so no row and no
             # checkpoint ever comes from a step at or past the divergence.
-            if (log_now or eval_now or due or guard.requested) and int(state["diverged_at"]) >= 0:
+            if (log_now or eval_now or due or requested) and int(state["diverged_at"]) >= 0:
                 status, diverged_step = "diverged", int(state["diverged_at"])
                 break
             rows = []
             if log_now:
-                host = jax.device_get(metrics)
+                host = to_host(metrics)
                 rows.append({"step": step, "split": "train", **host,
                              "wall_time": time.perf_counter() - t0})
                 progress.update(step - progress.n)
                 progress.set_postfix(loss=f"{host['loss']:.4g}", grad_norm=f"{host['grad_norm']:.3g}")
             if eval_now:
-                final_eval = jax.device_get(eval_fn(state["params"]))
+                final_eval = to_host(eval_fn(state["params"]))
                 rows.append({"step": step, "split": "eval", **final_eval,
                              "wall_time": time.perf_counter() - t0})
                 if math.isfinite(final_eval["loss"]):
                     best = min(best, float(final_eval["loss"]))
-            wd.append_jsonl(wd.path(w, wd.METRICS), rows)
+            write(wd.append_jsonl, wd.path(w, wd.METRICS), rows)
             if monitor and (step % run.spectral.every == 0 or last):
-                wd.append_jsonl(wd.path(w, wd.SPECTRA), [monitor.measure(state["params"], step)])
-            # Looked at only now: a signal may have come during the eval or the writes above.
-            stopping = last or guard.requested is not None
+                write(wd.append_jsonl, wd.path(w, wd.SPECTRA), [monitor.measure(state["params"], step)])
+            # Looked at only now: a signal may have come during the eval or the writes above
+            # (under several processes, only at log steps: see _stop_flags).
+            if jax.process_count() == 1:
+                requested = guard.requested is not None
+            stopping = last or requested
             if stopping or due:
                 if int(state["diverged_at"]) >= 0:
                     status, diverged_step = "diverged", int(state["diverged_at"])
                     break
                 for name in (wd.METRICS, wd.SPECTRA):  # rows on disk before their checkpoint
-                    if os.path.exists(wd.path(w, name)):
+                    if self.writer and os.path.exists(wd.path(w, name)):
                         wd.append_jsonl(wd.path(w, name), [], fsync=True)
                 ckpt.save(step, state, self._meta(t0, best),
                           metrics={"eval_loss": float(final_eval["loss"])} if eval_now else None)
@@ -295,19 +311,35 @@ class RunLoop:
             last_good = diverged_step - 1
             state = {**state, "step": jax.numpy.asarray(last_good, jax.numpy.int32)}
             for name in (wd.METRICS, wd.SPECTRA):
-                wd.truncate_jsonl(wd.path(w, name), last_good)
+                write(wd.truncate_jsonl, wd.path(w, name), last_good)
             if last_good > max(ckpt.steps(), default=-1):
                 ckpt.save(last_good, state, self._meta(t0, best))
-            final_eval = jax.device_get(eval_fn(state["params"]))
+            final_eval = to_host(eval_fn(state["params"]))
             print(f"diverged: non-finite loss or gradient at step {diverged_step}; "
                   f"last good params (step {last_good}) are checkpointed", file=sys.stderr)
         elif final_eval is None and status == "completed":
             # Killed after its final checkpoint but before summary.json: nothing left to train.
-            final_eval = jax.device_get(eval_fn(state["params"]))
+            final_eval = to_host(eval_fn(state["params"]))
         summary = self._summary(status, last_good, diverged_step, final_eval, t0, best, ckpt,
                                 count_params(state["params"]))
-        wd.write_json(wd.path(w, wd.SUMMARY), summary)
+        write(wd.write_json, wd.path(w, wd.SUMMARY), summary)
         return summary
+
+    def _writer_only(self, fn, *args):
+        if self.writer:
+            fn(*args)
+
+    def _stop_flags(self, step: int, log_now: bool, ckpt: Checkpointer, guard) -> tuple[bool, bool]:
+        """(checkpoint due, stop requested) after ``step``. Under several processes a signal or
+        the checkpoint clock may reach them at different steps: they compare notes at log steps
+        (one small all-gather) and act on the agreed flags; between log steps only the step-based
+        checkpoint period, the same everywhere, counts."""
+        due, requested = ckpt.due(step), guard.requested is not None
+        if jax.process_count() == 1:
+            return due, requested
+        if not log_now:
+            return bool(ckpt.every_steps and step % ckpt.every_steps == 0), False
+        return agree(due), agree(requested)
 
     def _meta(self, t0: float, best: float) -> dict:
         return {"wall_time_s": time.perf_counter() - t0,
@@ -331,6 +363,8 @@ class RunLoop:
             "wall_time_s": time.perf_counter() - t0,
             "checkpoint_steps": ckpt.steps(),
             "device": jax.devices()[0].device_kind,
+            "parallel": {"mode": self.layout.mode, "devices": self.layout.size,
+                         "processes": jax.process_count()},
         }
 
 
@@ -349,9 +383,9 @@ def _get(d: dict, dotted: str):
     return d
 
 
-def _progress(run: RunConfig, start: int):
+def _progress(run: RunConfig, start: int, enabled: bool = True):
     from tqdm.auto import tqdm
 
-    return tqdm(total=run.train.steps, initial=start, disable=not run.train.progress,
+    return tqdm(total=run.train.steps, initial=start, disable=not (run.train.progress and enabled),
                 desc=f"{run.model.cell}/{run.task.name}{run.task.seq_len}", file=sys.stderr,
                 dynamic_ncols=True, leave=False)

@@ -19,10 +19,12 @@ import sys
 import time
 
 import jax
+from jax.experimental import multihost_utils
 
 from rnn_spectra import config as config_lib
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
+from rnn_spectra.parallel import is_writer
 from rnn_spectra.presets import PRESETS, Preset, Variant, get_preset  # noqa: F401 (re-exported)
 from rnn_spectra.sweep import SAME_PROGRAM, SweepGroup, export_member_checkpoints, group_by_program
 
@@ -122,20 +124,28 @@ class Console:
               f"ETA {eta:.0f}s   ", end="" if step < steps else "\n", file=sys.stderr, flush=True)
 
 
-def run_study(preset_name: str, workdir: str, *, report: bool = True) -> dict:
-    """Train the whole preset into ``workdir`` (resuming if it holds part of it); then report."""
+def run_study(preset_name: str, workdir: str, *, report: bool = True,
+              overrides: dict[str, str] | None = None) -> dict:
+    """Train the whole preset into ``workdir`` (resuming if it holds part of it); then report.
+
+    ``overrides`` (``{"parallel.mode": "sweep", ...}``) apply to every member: where and how the
+    study runs (``parallel.*``, ``checkpoint.*``), never what it trains. Under several processes
+    every process trains, process 0 writes."""
     preset = get_preset(preset_name)
+    writer = is_writer()
     study_path = wd.path(workdir, "study.json")
     if os.path.exists(study_path):
         old = wd.read_json(study_path)
         if old.get("preset") != preset.name:
             raise WorkdirError(f"{workdir} holds a study of preset {old.get('preset')!r}, not "
                                f"{preset.name!r}; use another --workdir")
-    elif os.path.isdir(workdir) and os.listdir(workdir):
+    elif os.path.isdir(workdir) and os.listdir(workdir) and writer:
         raise WorkdirError(f"{workdir} is not empty and holds no study.json; use a new --workdir")
     os.makedirs(workdir, exist_ok=True)
     members = expand(preset)
     configs = [member_config(preset, m) for m in members]
+    for c in configs:
+        config_lib.apply_overrides(c, overrides or {})
     runs = [config_lib.resolve(c) for c in configs]
     groups = group_by_program(runs)
     t0 = time.perf_counter()
@@ -150,7 +160,10 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True) -> dict:
         "machine": f"{platform.node()} ({jax.devices()[0].device_kind}, {os.cpu_count()} cores)",
         "jax": jax.__version__,
     }
-    wd.write_json(study_path, record)
+    if writer:
+        wd.write_json(study_path, record)
+    if jax.process_count() > 1:  # the others wait until process 0 has claimed the workdir
+        multihost_utils.sync_global_devices("rnn_spectra study start")
     console = Console(len(groups))
     group_times = {}
     for idx in groups:
@@ -169,15 +182,29 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True) -> dict:
             raise WorkdirError(f"study interrupted in group {name}; run the same command to resume")
     record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     record["wall_time_s"] = time.perf_counter() - t0 + record.get("wall_time_s", 0.0)
+    if not writer:
+        return record
     wd.write_json(study_path, record)
-    from rnn_spectra.report import build_results, write_report
+    from rnn_spectra.report import write_report
 
-    # The chosen setting's first seed of every row gets its own checkpoints (init and end), so
-    # `rnn-spectra analyze` and the notebooks can open it like a single run.
-    export_best_checkpoints(workdir, [r["member_dirs"][0] for r in build_results(workdir)["rows"]])
+    if jax.process_count() == 1:
+        export_chosen_checkpoints(workdir)
+    else:
+        print(f"{workdir}: run `rnn-spectra report --workdir {workdir}` as one process to give "
+              "the chosen members their own checkpoints for `analyze` and the notebooks",
+              file=sys.stderr)
     if report:
         write_report(workdir)
     return record
+
+
+def export_chosen_checkpoints(workdir: str) -> None:
+    """The chosen setting's first seed of every row gets its own checkpoints (init and end), so
+    `rnn-spectra analyze` and the notebooks can open it like a single run (one process only:
+    the copies are plain single-device Orbax saves)."""
+    from rnn_spectra.report import build_results
+
+    export_best_checkpoints(workdir, [r["member_dirs"][0] for r in build_results(workdir)["rows"]])
 
 
 def export_best_checkpoints(workdir: str, relpaths: list[str]) -> None:

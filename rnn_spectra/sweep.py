@@ -11,6 +11,7 @@ spectra.jsonl, summary.json), so everything downstream treats it like a single r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -29,6 +30,7 @@ from rnn_spectra.checkpointing import Checkpointer
 from rnn_spectra.config import RunConfig
 from rnn_spectra.errors import ConfigError
 from rnn_spectra.model import count_params
+from rnn_spectra.parallel import agree, is_writer, padded_size, sweep_layout, to_host
 from rnn_spectra.run_loop import SignalGuard, WorkdirLock
 from rnn_spectra.train import (
     EVAL_STREAM, TEST_STREAM, build, evaluate, init_state, make_eval_fn, make_train_step,
@@ -93,7 +95,17 @@ class SweepGroup:
         self.exp = build(self.runs[0])
         self.member_exps = [build(r) for r in self.runs]
         self.test_chunks = test_chunks  # test set = test_chunks x eval_batches x eval_batch_size
-        self.seeds = jnp.asarray([r.seed for r in self.runs], jnp.int32)
+        # Members sharded over the devices (parallel.py); padded with copies of member 0 to a
+        # multiple of the device count. Padding is computed, never written or checkpointed.
+        self.layout = sweep_layout(self.runs[0].parallel, self.runs[0].train.batch_size)
+        self.n = len(self.runs)
+        self.n_pad = padded_size(self.n, self.layout)
+        self.seeds = self.layout.put(self._pad_list([r.seed for r in self.runs]).astype(np.int32),
+                                     self.layout.stacked)
+        self.writer = is_writer()
+
+    def _pad_list(self, items: list) -> np.ndarray:
+        return np.asarray(items + [items[0]] * (self.n_pad - self.n))
 
     # ------------------------------------------------------------------ pieces
     def init_states(self):
@@ -105,9 +117,27 @@ class SweepGroup:
         if len(structures) != 1:
             raise ConfigError(f"sweep group {self.name}: member states differ in structure "
                               "(mixing clip kinds other than none/global_norm?)")
-        return stack(states)
+        return self.layout.put(stack(states + states[:1] * (self.n_pad - self.n)),
+                               self.layout.stacked)
+
+    def _unpadded(self, state):
+        """The real members only (what a checkpoint holds, whatever the device count)."""
+        if self.n_pad == self.n:
+            return state
+        return jax.jit(lambda t: jax.tree_util.tree_map(lambda x: x[:self.n], t),
+                       out_shardings=self.layout.replicated)(state)
+
+    def _padded(self, state):
+        if self.n_pad == self.n:
+            return state
+        extra = self.n_pad - self.n
+        return jax.jit(lambda t: jax.tree_util.tree_map(
+            lambda x: jnp.concatenate([x, jnp.repeat(x[:1], extra, axis=0)]), t),
+            out_shardings=self.layout.stacked)(state)
 
     def _write_member_configs(self, start: int) -> None:
+        if not self.writer:
+            return
         for cfg, w in zip(self.configs, self.workdirs):
             os.makedirs(w, exist_ok=True)
             wd.write_json(wd.path(w, wd.CONFIG), cfg.to_dict())
@@ -117,7 +147,8 @@ class SweepGroup:
     # ------------------------------------------------------------------ the loop
     def run(self, progress: Callable[[str, int, int, dict], None] | None = None) -> list[dict]:
         os.makedirs(self.group_dir, exist_ok=True)
-        with WorkdirLock(self.group_dir), SignalGuard() as guard:
+        lock = WorkdirLock(self.group_dir) if self.writer else contextlib.nullcontext()
+        with lock, SignalGuard() as guard:
             ckpt = Checkpointer(os.path.join(self.group_dir, wd.CHECKPOINTS),
                                 every_steps=self.runs[0].checkpoint.every_steps,
                                 every_minutes=self.runs[0].checkpoint.every_minutes,
@@ -128,26 +159,30 @@ class SweepGroup:
                 ckpt.close()
 
     def _run(self, guard, ckpt: Checkpointer, progress) -> list[dict]:
-        exp, runs, tr = self.exp, self.runs, self.runs[0].train
+        exp, runs, tr, layout = self.exp, self.runs, self.runs[0].train, self.layout
         n = len(runs)
         state = self.init_states()
         elapsed = 0.0
         if ckpt.steps():
-            state, meta = ckpt.restore(state)
+            restored, meta = ckpt.restore(self._unpadded(state))
+            state = self._padded(restored)
             elapsed = meta.get("wall_time_s", 0.0)
-        start = int(state["step"][0])
+        start = int(to_host(state["step"])[0])
         self._write_member_configs(start)
         statuses = [MemberStatus() for _ in range(n)]
-        for i, d in enumerate(np.asarray(state["diverged_at"])):
+        for i, d in enumerate(to_host(state["diverged_at"])[:n]):
             if d >= 0:
                 statuses[i] = MemberStatus("diverged", int(d))
 
-        train_step = jax.jit(jax.vmap(make_train_step(exp)), donate_argnums=0)
-        eval_fn = jax.jit(jax.vmap(make_eval_fn(exp), in_axes=(0, 0, None, None)))
+        shardings = {} if layout.mesh is None else {
+            "in_shardings": layout.stacked, "out_shardings": layout.stacked}
+        train_step = jax.jit(jax.vmap(make_train_step(exp, layout=layout)), donate_argnums=0,
+                             **shardings)
+        eval_fn = jax.jit(jax.vmap(make_eval_fn(exp, layout=layout), in_axes=(0, 0, None, None)))
         monitor = self._monitor()
         t0 = time.perf_counter() - elapsed
         if start == 0:
-            ckpt.save(0, state, {"wall_time_s": 0.0})
+            ckpt.save(0, self._unpadded(state), {"wall_time_s": 0.0})
             if monitor:
                 self._write_spectra(monitor, state["params"], 0, statuses)
 
@@ -158,37 +193,43 @@ class SweepGroup:
             last = step == tr.steps
             now = time.perf_counter() - t0
             rows = [[] for _ in range(n)]
-            if step % tr.log_every == 0 or last or guard.requested:
-                host = jax.device_get(metrics)
-                self._note_divergence(np.asarray(state["diverged_at"]), statuses)
+            log_now = step % tr.log_every == 0 or last
+            due, requested = ckpt.due(step), guard.requested is not None
+            if jax.process_count() > 1:  # every process must stop and save at the same step
+                due = agree(due) if log_now else bool(ckpt.every_steps and step % ckpt.every_steps == 0)
+                requested = agree(requested) if log_now else False
+            if log_now or requested:
+                host = {k: v[:n] for k, v in to_host(metrics).items()}
+                self._note_divergence(to_host(state["diverged_at"])[:n], statuses)
                 for i in self._running(statuses):
                     rows[i].append({"step": step, "split": "train",
                                     **{k: v[i] for k, v in host.items()}, "wall_time": now})
-                if progress:
+                if progress and self.writer:
                     progress(self.name, step, tr.steps, self._progress_info(host, statuses))
             if step % tr.eval_every == 0 or last:
-                ev = jax.device_get(eval_fn(state["params"], self.seeds, EVAL_STREAM, 0))
+                ev = {k: v[:n] for k, v in to_host(eval_fn(state["params"], self.seeds, EVAL_STREAM, 0)).items()}
                 last_eval = (step, ev)
                 for i in self._running(statuses):
                     rows[i].append({"step": step, "split": "eval",
                                     **{k: v[i] for k, v in ev.items()}, "wall_time": now})
             for i, w in enumerate(self.workdirs):
-                if rows[i]:
+                if rows[i] and self.writer:
                     wd.append_jsonl(wd.path(w, wd.METRICS), rows[i])
             if monitor and (step % runs[0].spectral.every == 0 or last):
                 self._write_spectra(monitor, state["params"], step, statuses)
-            if ckpt.due(step) or last or guard.requested:
-                ckpt.save(step, state, {"wall_time_s": time.perf_counter() - t0})
-            if guard.requested and not last:
+            if jax.process_count() == 1:  # a signal may have come during the writes above
+                requested = guard.requested is not None
+            if due or last or requested:
+                ckpt.save(step, self._unpadded(state), {"wall_time_s": time.perf_counter() - t0})
+            if requested and not last:
                 interrupted = True
                 break
-        self._note_divergence(np.asarray(state["diverged_at"]), statuses)
+        self._note_divergence(to_host(state["diverged_at"])[:n], statuses)
         if not interrupted:
-            ckpt.save(step, state, {"wall_time_s": time.perf_counter() - t0})
+            ckpt.save(step, self._unpadded(state), {"wall_time_s": time.perf_counter() - t0})
         wall = time.perf_counter() - t0
-        test = jax.device_get(evaluate(eval_fn, state["params"], self.seeds, TEST_STREAM,
-                                       self.test_chunks))
-        val = last_eval[1] if last_eval and last_eval[0] == step else jax.device_get(
+        test = to_host(evaluate(eval_fn, state["params"], self.seeds, TEST_STREAM, self.test_chunks))
+        val = last_eval[1] if last_eval and last_eval[0] == step else to_host(
             eval_fn(state["params"], self.seeds, EVAL_STREAM, 0))
         num_params = count_params(member(state["params"], 0))
         summaries = []
@@ -197,7 +238,8 @@ class SweepGroup:
                 "completed" if st.status == "running" else st.status)
             s = self._summary(i, r, status, st, step, {k: float(v[i]) for k, v in val.items()},
                               {k: float(v[i]) for k, v in test.items()}, wall, n, num_params)
-            wd.write_json(wd.path(w, wd.SUMMARY), s)
+            if self.writer:
+                wd.write_json(wd.path(w, wd.SUMMARY), s)
             summaries.append(s)
         if interrupted:
             print(f"{self.name}: interrupted at step {step}; run again to resume", file=sys.stderr)
@@ -213,7 +255,7 @@ class SweepGroup:
             if d >= 0 and statuses[i].status == "running":
                 statuses[i] = MemberStatus("diverged", int(d))
                 # Same record as a single run: rows after the last good step are dropped.
-                for name in (wd.METRICS, wd.SPECTRA):
+                for name in (wd.METRICS, wd.SPECTRA) if self.writer else ():
                     wd.truncate_jsonl(wd.path(self.workdirs[i], name), int(d) - 1)
 
     @staticmethod
@@ -234,7 +276,9 @@ class SweepGroup:
         return monitor
 
     def _write_spectra(self, monitor, params, step: int, statuses) -> None:
-        arrays = jax.device_get(monitor.vmapped(params))
+        arrays = to_host(monitor.vmapped(params))
+        if not self.writer:
+            return
         for i in self._running(statuses):
             row = monitor.to_row(member(arrays, i), step)
             wd.append_jsonl(wd.path(self.workdirs[i], wd.SPECTRA), [row])
@@ -260,6 +304,8 @@ class SweepGroup:
                       "group_dir": os.path.relpath(self.group_dir, self.workdirs[i]),
                       "index": i, "members": n},
             "device": jax.devices()[0].device_kind,
+            "parallel": {"mode": self.layout.mode, "devices": self.layout.size,
+                         "processes": jax.process_count()},
         }
 
 

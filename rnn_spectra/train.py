@@ -21,6 +21,7 @@ from rnn_spectra.config import RunConfig
 from rnn_spectra.constrained_cells import indrnn_bound
 from rnn_spectra.model import SequenceModel, count_params
 from rnn_spectra.optim import learning_rate, make_optimizer
+from rnn_spectra.parallel import Layout
 from rnn_spectra.tasks import Task, get_task
 
 # Streams derived from the seed; fixed so a resumed run and a sweep member draw the same numbers.
@@ -63,10 +64,15 @@ def init_state(exp: Experiment, seed: int | jax.Array) -> dict:
     }
 
 
-def make_train_step(exp: Experiment, tx: optax.GradientTransformation | None = None):
-    """``train_step(state) -> (state, metrics)``; not jitted here so sweeps can vmap it first."""
+def make_train_step(exp: Experiment, tx: optax.GradientTransformation | None = None,
+                    layout: Layout | None = None):
+    """``train_step(state) -> (state, metrics)``; not jitted here so sweeps can vmap it first.
+
+    ``layout`` (``parallel.py``): under data parallelism the batch, drawn inside the step, is
+    constrained to be split over the devices; JAX inserts the gradient all-reduce itself."""
     task, model, batch_size = exp.task, exp.model, exp.run.train.batch_size
     tx = tx or exp.tx
+    shard_batch = layout.shard_batch if layout is not None else (lambda tree: tree)
 
     def loss_fn(params, inputs, targets):
         outputs = model.apply(params, inputs)
@@ -74,7 +80,7 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation | None = N
 
     def train_step(state):
         step = state["step"]
-        inputs, targets = task.train_batch(state["key"], step, batch_size)
+        inputs, targets = shard_batch(task.train_batch(state["key"], step, batch_size))
         (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"], inputs, targets
         )
@@ -100,7 +106,7 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation | None = N
     return train_step
 
 
-def make_eval_fn(exp: Experiment):
+def make_eval_fn(exp: Experiment, layout: Layout | None = None):
     """``eval_fn(params, seed=run.seed, stream=EVAL_STREAM, chunk=0) -> metrics`` on held-out data.
 
     One chunk is ``train.eval_batches`` fixed batches of the given stream: ``EVAL_STREAM`` is the
@@ -110,13 +116,14 @@ def make_eval_fn(exp: Experiment):
     named ``max_*`` which take the max.
     """
     task, model, tr = exp.task, exp.model, exp.run.train
+    shard_batch = layout.shard_batch if layout is not None else (lambda tree: tree)
 
     def eval_fn(params, seed=exp.run.seed, stream=EVAL_STREAM, chunk=0):
         key = stream_key(seed, stream)
 
         def one(i):
-            inputs, targets = task.eval_batch(key, chunk * tr.eval_batches + i, tr.eval_batch_size,
-                                              stream == TEST_STREAM)
+            inputs, targets = shard_batch(task.eval_batch(
+                key, chunk * tr.eval_batches + i, tr.eval_batch_size, stream == TEST_STREAM))
             return task.metrics(model.apply(params, inputs), targets)
 
         per_batch = jax.lax.map(one, jnp.arange(tr.eval_batches))

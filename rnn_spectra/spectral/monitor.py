@@ -29,6 +29,7 @@ from jax.flatten_util import ravel_pytree
 
 from rnn_spectra.cells import get_cell_spec, recurrent_matrices
 from rnn_spectra.errors import ConfigError
+from rnn_spectra.parallel import to_host
 from rnn_spectra.spectral.cellstep import make_step_fn
 from rnn_spectra.spectral.gradient_flow import model_gradient_flow
 from rnn_spectra.spectral.jacobians import lag_log_norms, log_spaced_lags, trajectory
@@ -118,7 +119,7 @@ class SpectralMonitor:
 
     def measure(self, params, step: int) -> dict:
         """One spectra.jsonl row for ``params`` at training step ``step``."""
-        return self.to_row(jax.device_get(self.measure_arrays(params)), step)
+        return self.to_row(to_host(self.measure_arrays(params)), step)
 
     def to_row(self, arrays: dict, step: int) -> dict:
         """The JSON row for host ``arrays`` of one run (a sweep slices its vmapped arrays)."""
