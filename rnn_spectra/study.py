@@ -113,6 +113,8 @@ class Console:
     def start(self, name: str, members: int) -> None:
         self.index += 1
         self.group_t0 = time.perf_counter()
+        if not is_writer():  # one console for a multi-process study
+            return
         print(f"[{self.index}/{self.total}] {name}: {members} members in one program",
               file=sys.stderr, flush=True)
 

@@ -124,10 +124,13 @@ class SweepGroup:
         """The real members only (what a checkpoint holds, whatever the device count)."""
         if self.n_pad == self.n:
             return state
-        return jax.jit(lambda t: jax.tree_util.tree_map(lambda x: x[:self.n], t),
-                       out_shardings=self.layout.replicated)(state)
+        if not hasattr(self, "_unpad_fn"):  # one compile per group, not per checkpoint
+            self._unpad_fn = jax.jit(lambda t: jax.tree_util.tree_map(lambda x: x[:self.n], t),
+                                     out_shardings=self.layout.replicated)
+        return self._unpad_fn(state)
 
     def _padded(self, state):
+        """Members back to the padded, sharded layout (copies of member 0 at the end)."""
         if self.n_pad == self.n:
             return state
         extra = self.n_pad - self.n
