@@ -174,7 +174,9 @@ def _cluster_environment() -> str | None:
     env = os.environ
     if env.get("JAX_COORDINATOR_ADDRESS"):
         return "JAX_COORDINATOR_ADDRESS"
-    if env.get("SLURM_JOB_ID") and int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or 1) > 1:
+    # A job step started by srun (SLURM_STEP_NODELIST, which JAX's detection reads) with several
+    # tasks; not the batch script itself, which may sit in a multi-task allocation alone.
+    if env.get("SLURM_STEP_NODELIST") and int(env.get("SLURM_STEP_NUM_TASKS") or 1) > 1:
         return "SLURM"
     if int(env.get("OMPI_COMM_WORLD_SIZE") or 1) > 1:
         return "Open MPI"
