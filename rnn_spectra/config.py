@@ -119,7 +119,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.input_scale = 1.0  # std multiplier of the input kernel
     c.model.bias_init = 0.0  # constant bias
     c.model.forget_bias = 1.0  # LSTM forget-gate bias at init
-    c.model.unroll = 1  # lax.scan unroll factor (speed only)
+    c.model.unroll = 0  # lax.scan unroll factor, speed only (0: auto, 8 on GPU/TPU, 1 on CPU)
     c.model.remat = False  # jax.checkpoint each step (memory for long T)
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adam"  # adam | rmsprop | sgd
@@ -302,7 +302,6 @@ def resolve(cfg: ml_collections.ConfigDict) -> RunConfig:
         raise ConfigError(f"task.seq_len must be an integer >= 2, got {t.seq_len!r}")
     for name, value in [
         ("model.hidden_size", m.hidden_size),
-        ("model.unroll", m.unroll),
         ("train.steps", tr.steps),
         ("train.batch_size", tr.batch_size),
         ("train.eval_every", tr.eval_every),
@@ -316,6 +315,7 @@ def resolve(cfg: ml_collections.ConfigDict) -> RunConfig:
     ]:
         _positive(name, value)
     for name, value in [
+        ("model.unroll", m.unroll),  # 0: auto (model.default_unroll)
         ("optim.warmup_steps", o.warmup_steps),
         ("spectral.every", sp.every),
         ("checkpoint.every_steps", ck.every_steps),

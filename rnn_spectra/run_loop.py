@@ -31,7 +31,7 @@ from rnn_spectra.parallel import agree, is_writer, run_layout, to_host
 # Keys that may change when a run is continued: they extend it or change only its bookkeeping.
 RESUMABLE_KEYS = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
                   "spectral.every", "checkpoint.every_steps", "checkpoint.every_minutes",
-                  "checkpoint.keep", "parallel.mode", "parallel.num_devices")
+                  "checkpoint.keep", "parallel.mode", "parallel.num_devices", "model.unroll")
 
 
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -177,4 +177,4 @@ def test_bad_shapes_and_settings():
     with pytest.raises(ConfigError, match="readout"):
         SequenceModel(ModelConfig(), D, O, "first")
     with pytest.raises(ConfigError, match="unroll"):
-        SequenceModel(dataclasses.replace(ModelConfig(), unroll=0), D, O, "last")
+        SequenceModel(dataclasses.replace(ModelConfig(), unroll=-1), D, O, "last")
