@@ -106,10 +106,6 @@ class SequenceModel:
 
     def unroll(self, cell_params, inputs_BxTxD: Array, carry0=None, return_carries=False):
         """Run the cell over time. Returns (hidden_TxBxH, carries or None), time-major."""
-        if inputs_BxTxD.ndim != 3 or inputs_BxTxD.shape[-1] != self.input_size:
-            raise ValueError(
-                f"inputs must have shape (batch, time, {self.input_size}), got {inputs_BxTxD.shape}"
-            )
         step = self.cell_step(cell_params)
         if return_carries:
             inner = step
@@ -118,24 +114,52 @@ class SequenceModel:
                 carry, h = inner(carry, x)
                 return carry, (h, carry)
 
+        _, ys = self._scan(step, inputs_BxTxD, carry0)
+        if return_carries:
+            return ys
+        return ys, None
+
+    def last_hidden(self, cell_params, inputs_BxTxD: Array, carry0=None) -> Array:
+        """``unroll(...)[0][-1]`` (same numbers) without stacking the T hidden states: the scan
+        carries the latest output instead. For a last-step readout this keeps a (T, B, H) output
+        and its zero-padded cotangent out of the train step (under a sweep's vmap, (T, S, B, H)
+        buffers that spill out of cache: vmapped train step ~1.3x faster on CPU)."""
+        inner = self.cell_step(cell_params)
+
+        def step(carry_h, x):
+            carry, h = inner(carry_h[0], x)
+            return (carry, h), None
+
+        if carry0 is None:
+            carry0 = self.initial_carry(inputs_BxTxD.shape[:1])
+        h0 = jnp.zeros((inputs_BxTxD.shape[0], self.config.hidden_size), inputs_BxTxD.dtype)
+        (_, h), _ = self._scan(step, inputs_BxTxD, (carry0, h0))
+        return h
+
+    def _scan(self, step, inputs_BxTxD: Array, carry0):
+        """``lax.scan`` of ``step`` over time with the remat / residual policy and ``unroll``."""
+        if inputs_BxTxD.ndim != 3 or inputs_BxTxD.shape[-1] != self.input_size:
+            raise ValueError(
+                f"inputs must have shape (batch, time, {self.input_size}), got {inputs_BxTxD.shape}"
+            )
         if self.config.remat:
             step = jax.checkpoint(step)  # keep only the carries; recompute the whole step
         elif self.residual_policy is not None:
             step = jax.checkpoint(step, policy=self.residual_policy)
         if carry0 is None:
             carry0 = self.initial_carry(inputs_BxTxD.shape[:1])
-        _, ys = jax.lax.scan(step, carry0, jnp.swapaxes(inputs_BxTxD, 0, 1), unroll=self.unroll_steps)
-        if return_carries:
-            return ys
-        return ys, None
+        return jax.lax.scan(step, carry0, jnp.swapaxes(inputs_BxTxD, 0, 1), unroll=self.unroll_steps)
 
     def apply(self, params, inputs_BxTxD: Array, return_carries: bool = False):
         """Outputs (B, O) or (B, T, O); with ``return_carries`` also the carries, time-major (T, B, ...)."""
+        head = lambda h: self.head.apply({"params": params["readout"]}, h)  # noqa: E731
+        if self.readout == "last" and not return_carries:
+            return head(self.last_hidden(params["cell"], inputs_BxTxD))
         hidden_TxBxH, carries = self.unroll(params["cell"], inputs_BxTxD, return_carries=return_carries)
         if self.readout == "last":
-            out = self.head.apply({"params": params["readout"]}, hidden_TxBxH[-1])
+            out = head(hidden_TxBxH[-1])
         else:
-            out = jnp.swapaxes(self.head.apply({"params": params["readout"]}, hidden_TxBxH), 0, 1)
+            out = jnp.swapaxes(head(hidden_TxBxH), 0, 1)
         return (out, carries) if return_carries else out
 
 

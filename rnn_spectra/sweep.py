@@ -279,7 +279,10 @@ class SweepGroup:
         return monitor
 
     def _write_spectra(self, monitor, params, step: int, statuses) -> None:
-        arrays = to_host(monitor.vmapped(params))
+        from rnn_spectra.spectral.monitor import single_threaded_blas
+
+        with single_threaded_blas():
+            arrays = to_host(monitor.vmapped(params))
         if not self.writer:
             return
         for i in self._running(statuses):

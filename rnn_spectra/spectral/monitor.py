@@ -22,6 +22,8 @@ Row keys (natural logs throughout; "state" is the flattened carry, LSTM: c and h
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,6 +41,37 @@ from rnn_spectra.train import PROBE_STREAM, stream_key
 
 FULL_SV_MAX = 1024  # up to this H every singular value is recorded; above, the 64 extremes
 SV_EXTREMES = 64
+
+
+_BLAS = []  # the threadpoolctl controller, once it has seen a BLAS library
+
+
+def _blas_controller():
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController  # installed with scikit-learn
+        except ImportError:
+            return None
+        import scipy.linalg  # noqa: F401 - loads the BLAS/LAPACK that jaxlib's CPU LAPACK calls use
+        controller = ThreadpoolController()
+        if not controller.select(user_api="blas").lib_controllers:
+            return None  # none loaded (yet): look again next time
+        _BLAS.append(controller)
+    return _BLAS[0]
+
+
+def single_threaded_blas():
+    """Context: the BLAS behind XLA:CPU's LAPACK calls (SVD, QR) runs one thread meanwhile.
+
+    The monitor's SVDs and QRs are small ((n, n), n ~ 100s) and called many times per
+    measurement (one SVD per lag). OpenBLAS's own threads then fight XLA's thread pool (and any
+    other load) and spin: on 2 busy cores one measurement took 1-29 s instead of ~0.1 s (each
+    (4, 128, 128) SVD 380 ms instead of 12 ms). Same results, one thread; numpy elsewhere in
+    the process is unaffected outside the context."""
+    controller = _blas_controller()
+    if controller is None:
+        return contextlib.nullcontext()
+    return controller.limit(limits=1, user_api="blas")
 
 
 def probe_batch(exp, batch_size: int | None = None):
@@ -119,7 +152,9 @@ class SpectralMonitor:
 
     def measure(self, params, step: int) -> dict:
         """One spectra.jsonl row for ``params`` at training step ``step``."""
-        return self.to_row(to_host(self.measure_arrays(params)), step)
+        with single_threaded_blas():  # held until the results are on the host
+            arrays = to_host(self.measure_arrays(params))
+        return self.to_row(arrays, step)
 
     def to_row(self, arrays: dict, step: int) -> dict:
         """The JSON row for host ``arrays`` of one run (a sweep slices its vmapped arrays)."""
