@@ -156,3 +156,18 @@ def test_console_script_bad_input_in_a_real_process(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "unknown cell 'lstmm'" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("setting", ["folder", "off"])
+def test_the_command_line_compiles_through_a_persistent_cache(tmp_path, setting):
+    """`rnn-spectra` turns JAX's compilation cache on (a shape's programs compile once per
+    machine: the spectral monitor's ~3 s compile is most of its cost in a short run); `off`
+    turns it off. Checked in a fresh interpreter: the setting is process-global."""
+    value = str(tmp_path / "cache") if setting == "folder" else "off"
+    code = ("from rnn_spectra.cli import enable_compilation_cache; enable_compilation_cache(); "
+            "import jax; print(jax.config.jax_compilation_cache_dir)")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**env, "RNN_SPECTRA_COMPILATION_CACHE": value}).stdout.strip()
+    assert out == (value if setting == "folder" else "None")
+    assert os.path.isdir(value) == (setting == "folder")
