@@ -124,22 +124,33 @@ class SpectralMonitor:
                 "cell": self.cell}
 
     def _arrays(self, params) -> dict:
+        # One LAPACK kernel at a time (optimization barriers chain them): jaxlib's CPU SVD/QR
+        # split a batch over XLA's intra-op thread pool and block until it is done, so two such
+        # kernels running side by side on a 2-thread pool wait for each other forever. Seen
+        # twice on 2-core CPUs (a study hung in the monitor, both pool threads in
+        # ParallelBatchMap -> BlockingCounter::Wait). Same numbers, nothing runs in parallel
+        # that mattered: these are small matrices.
         out = {}
         hidden = self.model.config.hidden_size
-        for name, W in recurrent_matrices(self.cell, params["cell"]).items():
-            sv = jnp.linalg.svd(W, compute_uv=False)
+        mats = recurrent_matrices(self.cell, params["cell"])
+        svs = jnp.linalg.svd(jnp.stack(list(mats.values())), compute_uv=False)  # one kernel
+        for (name, W), sv in zip(mats.items(), svs):
             if hidden <= FULL_SV_MAX:
                 out[f"sv/{name}"] = sv
             else:
                 out[f"sv_top/{name}"] = sv[:SV_EXTREMES]
                 out[f"sv_bottom/{name}"] = sv[-SV_EXTREMES:]
-            out[f"spectral_radius/{name}"] = spectral_radius(W)
-        cs = make_step_fn(self.model, params["cell"])
+            out[f"spectral_radius/{name}"] = spectral_radius(W)  # pure jnp, no LAPACK
+        cell_params, _ = jax.lax.optimization_barrier((params["cell"], svs))
+        cs = make_step_fn(self.model, cell_params)
 
         def per_sequence(xs):
             states = trajectory(cs.step_fn, cs.s0, xs)  # shared by both measurements
-            return (lag_log_norms(cs.step_fn, cs.s0, xs, self.lags, states=states),
-                    lyapunov_spectrum(cs.step_fn, cs.s0, xs, self.k, method="jvp", states=states))
+            jac = lag_log_norms(cs.step_fn, cs.s0, xs, self.lags, states=states)  # SVDs
+            # The Lyapunov QRs (the initial frame's too, through its key) only after them.
+            states, key, _ = jax.lax.optimization_barrier((states, jax.random.PRNGKey(0), jac))
+            return jac, lyapunov_spectrum(cs.step_fn, cs.s0, xs, self.k, method="jvp",
+                                          states=states, key=key)
 
         jac, lyap = jax.vmap(per_sequence)(self.inputs)
         out["jac_log_norm/per_probe"], out["jac_log_norm/mean"] = jac, jnp.mean(jac, axis=0)
