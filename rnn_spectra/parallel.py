@@ -129,8 +129,7 @@ def sweep_layout(p: ParallelConfig, batch_size: int) -> Layout:
     """The layout of a sweep group: member axis sharded unless the config asks for data."""
     check_config(p)
     if p.mode == "data":
-        layout = run_layout(p, batch_size)
-        return layout
+        return run_layout(p, batch_size)
     devices = _devices(p.num_devices) if p.mode != "none" else jax.devices()[:1]
     if len(devices) == 1:
         return Layout("none")

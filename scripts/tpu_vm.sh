@@ -9,9 +9,10 @@
 # e.g.
 #   TPU_NAME=v4-32 ZONE=us-central2-b scripts/tpu_vm.sh setup
 #   TPU_NAME=v4-32 ZONE=us-central2-b scripts/tpu_vm.sh run '.venv/bin/rnn-spectra data download mnist'
-#   TPU_NAME=v4-32 ZONE=us-central2-b scripts/tpu_vm.sh study paper /mnt/shared/paper
+#   TPU_NAME=v4-32 ZONE=us-central2-b scripts/tpu_vm.sh study paper SHARED/paper
 #   TPU_NAME=v4-32 ZONE=us-central2-b WORKER=0 scripts/tpu_vm.sh run \
-#       '.venv/bin/rnn-spectra report --workdir /mnt/shared/paper'
+#       '.venv/bin/rnn-spectra report --workdir SHARED/paper'
+#   (SHARED: a folder every worker mounts, see below)
 #
 # Each command is `gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=WORKER --command ...`,
 # run in ~/REMOTE_DIR on the workers:
