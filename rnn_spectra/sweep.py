@@ -183,6 +183,9 @@ class SweepGroup:
                              **shardings)
         eval_fn = jax.jit(jax.vmap(make_eval_fn(exp, layout=layout), in_axes=(0, 0, None, None)))
         monitor = self._monitor()
+        if monitor:  # its compile runs beside the train step's (see prepare_in_background)
+            monitor.prepare_in_background(state["params"], stacked=True)
+            train_step = train_step.lower(state).compile()
         t0 = time.perf_counter() - elapsed
         if start == 0:
             ckpt.save(0, self._unpadded(state), {"wall_time_s": 0.0})
@@ -274,15 +277,10 @@ class SweepGroup:
             return None
         from rnn_spectra.spectral.monitor import SpectralMonitor
 
-        monitor = SpectralMonitor(self.exp)
-        monitor.vmapped = jax.jit(jax.vmap(monitor.arrays_fn))
-        return monitor
+        return SpectralMonitor(self.exp)
 
     def _write_spectra(self, monitor, params, step: int, statuses) -> None:
-        from rnn_spectra.spectral.monitor import single_threaded_blas
-
-        with single_threaded_blas():
-            arrays = to_host(monitor.vmapped(params))
+        arrays = monitor.host_arrays(params, stacked=True)
         if not self.writer:
             return
         for i in self._running(statuses):

@@ -367,6 +367,45 @@ def test_monitor_row_is_consistent_and_vmaps(tiny_config):
     assert member_row.keys() == monitor.measure(other, 7).keys()
 
 
+@pytest.mark.parametrize("task_name", ["adding", "copying"])
+def test_probe_batch_is_the_eager_draw_bit_for_bit(tiny_config, task_name):
+    """The probe batch comes from one jitted program compiled without backend optimizations;
+    its numbers must be exactly those of drawing it op by op, as runs recorded before did."""
+    from rnn_spectra.spectral.monitor import probe_batch
+    from rnn_spectra.train import PROBE_STREAM, build, stream_key
+
+    tiny_config.task.name = task_name
+    exp = build(config_lib.resolve(tiny_config))
+    eager = exp.task.batch(stream_key(tiny_config.seed, PROBE_STREAM), tiny_config.spectral.probe_batch_size)
+    for got, want in zip(probe_batch(exp), eager, strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_monitor_prepared_in_background_measures_the_same_and_reraises(tiny_config):
+    """``prepare_in_background`` compiles in a thread: the row is the one measured without it,
+    and an error raised while compiling (here: params of another hidden size) reaches the
+    caller of ``measure`` unchanged."""
+    from rnn_spectra.spectral.monitor import SpectralMonitor
+    from rnn_spectra.train import build, init_state
+
+    tiny_config.spectral.lyapunov_k = 2
+    exp = build(config_lib.resolve(tiny_config))
+    params = init_state(exp, 0)["params"]
+    plain = SpectralMonitor(exp).measure(params, 3)
+    monitor = SpectralMonitor(exp)
+    monitor.prepare_in_background(params)
+    assert monitor.measure(params, 3) == plain
+    assert monitor.measure(params, 4)["step"] == 4  # the compiled program is kept
+
+    tiny_config.model.hidden_size = 6
+    wrong = init_state(build(config_lib.resolve(tiny_config)), 0)["params"]
+    monitor = SpectralMonitor(exp)
+    monitor.prepare_in_background(wrong)
+    with pytest.raises(SpectralInputError, match="hidden_size"):
+        monitor.measure(params, 0)
+
+
 def _train_tiny(workdir, every=3):
     from rnn_spectra import cli
 

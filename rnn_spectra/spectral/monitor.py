@@ -23,6 +23,7 @@ Row keys (natural logs throughout; "state" is the flattened carry, LSTM: c and h
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -75,9 +76,16 @@ def single_threaded_blas():
 
 
 def probe_batch(exp, batch_size: int | None = None):
-    """The run's fixed probe batch (inputs_BxTxD, targets), from its own PRNG stream."""
-    sp = exp.run.spectral
-    return exp.task.batch(stream_key(exp.run.seed, PROBE_STREAM), batch_size or sp.probe_batch_size)
+    """The run's fixed probe batch (inputs_BxTxD, targets), from its own PRNG stream.
+
+    Drawn by one jitted program, bit for bit the numbers of drawing it eagerly: eagerly every
+    random primitive compiles on its own (~1.3 s on 2 cores at every start, each too small for
+    the persistent compilation cache); jitted it is one program the cache keeps. It runs once,
+    so it is compiled without XLA's backend optimizations (0.5 s instead of 0.9 s)."""
+    key = stream_key(exp.run.seed, PROBE_STREAM)
+    lowered = jax.jit(exp.task.batch, static_argnums=1).lower(
+        key, batch_size or exp.run.spectral.probe_batch_size)
+    return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})(key)
 
 
 def flow_points(T: int, points: int) -> np.ndarray:
@@ -90,17 +98,19 @@ def flow_points(T: int, points: int) -> np.ndarray:
 class SpectralMonitor:
     """``measure(params, step) -> row`` (a JSON-able dict); ``measure_arrays(params) -> arrays``.
 
-    ``measure_arrays`` is jitted; ``arrays_fn`` is the same function unjitted (to vmap, then jit,
-    over a sweep's stacked params); ``to_row(host_arrays, step)`` turns one member's arrays into
-    its row.
+    ``measure_arrays`` is jitted; ``arrays_fn`` is the same function unjitted; ``measure_stacked``
+    is it vmapped over a sweep's stacked params; ``to_row(host_arrays, step)`` turns one member's
+    arrays into its row.
     """
 
     def __init__(self, exp):
         sp, model = exp.run.spectral, exp.model
         self.exp, self.model, self.task = exp, model, exp.task
         self.cell = model.config.cell
-        self.inputs, self.targets = probe_batch(exp)
-        T = int(self.inputs.shape[1])
+        self._probe = None  # (inputs, targets), drawn on first use (see ``prepare_in_background``)
+        self._thread, self._compiled, self._error = None, {}, None
+        key = jax.eval_shape(lambda: jax.random.PRNGKey(0))  # traced, not compiled: no batch yet
+        T = int(jax.eval_shape(lambda k: exp.task.batch(k, 1), key)[0].shape[1])
         self.state_size = int(ravel_pytree(model.initial_carry(()))[0].shape[0])
         if sp.lyapunov_k > self.state_size:
             raise ConfigError(
@@ -116,11 +126,63 @@ class SpectralMonitor:
         self.gates = get_cell_spec(self.cell).gates
         self.arrays_fn = self._arrays
         self.measure_arrays = jax.jit(self._arrays)
+        self.measure_stacked = jax.jit(jax.vmap(self._arrays))  # a sweep's members at once
+
+    @property
+    def probe(self):
+        """The probe batch (inputs, targets), drawn on first use."""
+        if self._probe is None:
+            with jax.ensure_compile_time_eval():  # concrete arrays even when first used in a trace
+                self._probe = probe_batch(self.exp)
+        return self._probe
+
+    inputs = property(lambda self: self.probe[0])
+    targets = property(lambda self: self.probe[1])
+
+    def prepare_in_background(self, params, stacked: bool = False) -> None:
+        """Draw the probe batch and compile the measurement for ``params``' shapes in a thread.
+
+        ``stacked``: ``params`` is a sweep's stack of members (``host_arrays(..., stacked=True)``).
+        Without a warm compilation cache the monitor's set-up (probe batch, trace, XLA compile)
+        costs ~3 s on a 2-core CPU against ~0.1 s per measurement: most of its cost in a short
+        run. Started before the train step compiles, the two compiles share the machine (on 2
+        cores the pair took 4.6 s instead of 5.4 s; with more cores the monitor's is hidden).
+        Only compilation runs in the thread, never a measurement (two LAPACK kernels side by
+        side can deadlock XLA's CPU pool: see ``_arrays``). The next measurement waits for it
+        and raises whatever it raised."""
+        like = jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)),
+            params)
+        fn = self.measure_stacked if stacked else self.measure_arrays
+
+        def work():
+            try:
+                self._compiled[stacked] = fn.lower(like).compile()
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread by _wait()
+                self._error = e
+
+        self._thread = threading.Thread(target=work, name="spectral-monitor-compile", daemon=True)
+        self._thread.start()
+
+    def _wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+
+    def host_arrays(self, params, stacked: bool = False) -> dict:
+        """``measure_arrays(params)`` (``stacked``: of every member) as host numpy arrays."""
+        self._wait()
+        fn = self._compiled.get(stacked) or (self.measure_stacked if stacked else self.measure_arrays)
+        with single_threaded_blas():  # held until the results are on the host
+            return to_host(fn(params))
 
     def static(self) -> dict:
         """The row entries that never change during a run (axes of the arrays)."""
         return {"lags": self.lags.tolist(), "grad_flow/t": (self.flow_t + 1).tolist(),
-                "lyapunov_k": self.k, "probe_batch_size": int(self.inputs.shape[0]),
+                "lyapunov_k": self.k, "probe_batch_size": self.exp.run.spectral.probe_batch_size,
                 "cell": self.cell}
 
     def _arrays(self, params) -> dict:
@@ -163,9 +225,7 @@ class SpectralMonitor:
 
     def measure(self, params, step: int) -> dict:
         """One spectra.jsonl row for ``params`` at training step ``step``."""
-        with single_threaded_blas():  # held until the results are on the host
-            arrays = to_host(self.measure_arrays(params))
-        return self.to_row(arrays, step)
+        return self.to_row(self.host_arrays(params), step)
 
     def to_row(self, arrays: dict, step: int) -> dict:
         """The JSON row for host ``arrays`` of one run (a sweep slices its vmapped arrays)."""
