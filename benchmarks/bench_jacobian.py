@@ -8,9 +8,10 @@ spectrum at k = n = 256, and the training overhead of the spectral monitor.
    Target: >= 50x on CPU.
 2. ``lyapunov_spectrum`` with k = n = 256, T = 2000 (tanh_rnn): seconds, both paths.
 3. Monitor overhead at the default ``spectral.every`` on the default adding run (T=100, H=128,
-   batch 64, 2000 steps): the cost of one measurement and of compiling the monitor, against the
-   train-step time, measured side by side; modelled for the whole run, and in full mode also
-   measured end to end (two real runs, spectral on vs off). Target: < 10%.
+   batch 64, the default 1000 steps): the cost of one measurement and of setting up the monitor
+   (probe batch, trace, compile), against the train-step time, measured side by side; modelled
+   for the whole run, and in full mode also measured end to end (two real runs, spectral on vs
+   off). Target: < 10%.
 
     python -m benchmarks.run --only bench_jacobian [--quick]
     python -m benchmarks.bench_jacobian [--quick]
