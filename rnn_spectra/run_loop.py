@@ -241,17 +241,25 @@ class RunLoop:
         train_step = jax.jit(make_train_step(exp, layout=layout), donate_argnums=0, **shardings)
         eval_fn = jax.jit(make_eval_fn(exp, layout=layout), **shardings)
         write = self._writer_only
-        monitor = None
+        monitor, pending0 = None, None
         if run.spectral.every:
             from rnn_spectra.spectral.monitor import SpectralMonitor
 
             monitor = SpectralMonitor(exp)
-            # The monitor compiles in a thread while the train step compiles here: on a cold
-            # compilation cache its ~3 s set-up was most of its cost in a 1000-step run.
+            # Its ~3 s set-up (cold compilation cache) was most of its cost in a 1000-step run:
+            # it now compiles in a thread while training starts, and the step-0 spectrum is
+            # measured on a host copy of the initial params once it is ready.
             monitor.prepare_in_background(state["params"])
-            train_step = train_step.lower(state).compile()
             if start == 0:
-                write(wd.append_jsonl, wd.path(w, wd.SPECTRA), [monitor.measure(state["params"], 0)])
+                pending0 = to_host(state["params"])
+
+        def flush_step0():
+            """Write the step-0 spectrum row if it is still owed: before any later row, any
+            checkpoint, and the end of the run, so the rows on disk are those of a plain run."""
+            nonlocal pending0
+            if pending0 is not None:
+                params0, pending0 = layout.put(pending0), None
+                write(wd.append_jsonl, wd.path(w, wd.SPECTRA), [monitor.measure(params0, 0)])
 
         progress = _progress(run, start, enabled=self.writer)
         t0 = time.perf_counter() - elapsed
@@ -264,6 +272,9 @@ class RunLoop:
             state, metrics = train_step(state)
             step += 1
             last = step == target
+            # Under several processes every one must measure at the same step: not on readiness.
+            if pending0 is not None and monitor.ready and jax.process_count() == 1:
+                flush_step0()
             # Rows only at fixed steps (never at an interruption), so an interrupted and resumed
             # run writes exactly the rows of an uninterrupted one.
             log_now, eval_now = step % tr.log_every == 0 or last, step % tr.eval_every == 0 or last
@@ -288,6 +299,7 @@ class RunLoop:
                     best = min(best, float(final_eval["loss"]))
             write(wd.append_jsonl, wd.path(w, wd.METRICS), rows)
             if monitor and (step % run.spectral.every == 0 or last):
+                flush_step0()
                 write(wd.append_jsonl, wd.path(w, wd.SPECTRA), [monitor.measure(state["params"], step)])
             # Looked at only now: a signal may have come during the eval or the writes above
             # (under several processes, only at log steps: see _stop_flags).
@@ -298,6 +310,7 @@ class RunLoop:
                 if int(state["diverged_at"]) >= 0:
                     status, diverged_step = "diverged", int(state["diverged_at"])
                     break
+                flush_step0()
                 for name in (wd.METRICS, wd.SPECTRA):  # rows on disk before their checkpoint
                     if self.writer and os.path.exists(wd.path(w, name)):
                         wd.append_jsonl(wd.path(w, name), [], fsync=True)
@@ -307,6 +320,7 @@ class RunLoop:
                 status = "interrupted"
                 break
         progress.close()
+        flush_step0()  # a run that stopped before the monitor was ready
 
         last_good = step
         if status == "diverged":

@@ -144,8 +144,9 @@ class SweepGroup:
         for cfg, w in zip(self.configs, self.workdirs):
             os.makedirs(w, exist_ok=True)
             wd.write_json(wd.path(w, wd.CONFIG), cfg.to_dict())
-            for name in (wd.METRICS, wd.SPECTRA):
-                wd.truncate_jsonl(wd.path(w, name), start)
+            wd.truncate_jsonl(wd.path(w, wd.METRICS), start)
+            # A group that starts at step 0 measures the step-0 spectrum again: drop an old one.
+            wd.truncate_jsonl(wd.path(w, wd.SPECTRA), start if start else -1)
 
     # ------------------------------------------------------------------ the loop
     def run(self, progress: Callable[[str, int, int, dict], None] | None = None) -> list[dict]:
@@ -182,21 +183,31 @@ class SweepGroup:
         train_step = jax.jit(jax.vmap(make_train_step(exp, layout=layout)), donate_argnums=0,
                              **shardings)
         eval_fn = jax.jit(jax.vmap(make_eval_fn(exp, layout=layout), in_axes=(0, 0, None, None)))
-        monitor = self._monitor()
-        if monitor:  # its compile runs beside the train step's (see prepare_in_background)
+        monitor, pending0 = self._monitor(), None
+        if monitor:  # compiles in a thread while the group trains (see prepare_in_background)
             monitor.prepare_in_background(state["params"], stacked=True)
-            train_step = train_step.lower(state).compile()
         t0 = time.perf_counter() - elapsed
         if start == 0:
             ckpt.save(0, self._unpadded(state), {"wall_time_s": 0.0})
-            if monitor:
-                self._write_spectra(monitor, state["params"], 0, statuses)
+            if monitor:  # measured once the monitor is ready, on a host copy
+                pending0 = (to_host(state["params"]), self._running(statuses))
+
+        def flush_step0():
+            """Write the step-0 spectra rows if still owed: before any later row, any
+            checkpoint, and the end of the group."""
+            nonlocal pending0
+            if pending0 is not None:
+                (params0, members), pending0 = pending0, None
+                self._write_spectra(monitor, layout.put(params0, layout.stacked), 0, members)
 
         step, interrupted, last_eval = start, False, None
         while step < tr.steps and any(s.status == "running" for s in statuses):
             state, metrics = train_step(state)
             step += 1
             last = step == tr.steps
+            # Under several processes every one must measure at the same step: not on readiness.
+            if pending0 is not None and monitor.ready and jax.process_count() == 1:
+                flush_step0()
             now = time.perf_counter() - t0
             rows = [[] for _ in range(n)]
             log_now = step % tr.log_every == 0 or last
@@ -222,14 +233,17 @@ class SweepGroup:
                 if rows[i] and self.writer:
                     wd.append_jsonl(wd.path(w, wd.METRICS), rows[i])
             if monitor and (step % runs[0].spectral.every == 0 or last):
-                self._write_spectra(monitor, state["params"], step, statuses)
+                flush_step0()
+                self._write_spectra(monitor, state["params"], step, self._running(statuses))
             if jax.process_count() == 1:  # a signal may have come during the writes above
                 requested = guard.requested is not None
             if due or last or requested:
+                flush_step0()
                 ckpt.save(step, self._unpadded(state), {"wall_time_s": time.perf_counter() - t0})
             if requested and not last:
                 interrupted = True
                 break
+        flush_step0()  # a group that stopped before the monitor was ready
         self._note_divergence(to_host(state["diverged_at"])[:n], statuses)
         if not interrupted:
             ckpt.save(step, self._unpadded(state), {"wall_time_s": time.perf_counter() - t0})
@@ -279,11 +293,11 @@ class SweepGroup:
 
         return SpectralMonitor(self.exp)
 
-    def _write_spectra(self, monitor, params, step: int, statuses) -> None:
+    def _write_spectra(self, monitor, params, step: int, members: list[int]) -> None:
         arrays = monitor.host_arrays(params, stacked=True)
         if not self.writer:
             return
-        for i in self._running(statuses):
+        for i in members:
             row = monitor.to_row(member(arrays, i), step)
             wd.append_jsonl(wd.path(self.workdirs[i], wd.SPECTRA), [row])
 

@@ -105,3 +105,31 @@ def test_members_that_cannot_share_a_program_are_refused(tiny_config, tmp_path):
     with pytest.raises(ConfigError, match="differ in more than"):
         SweepGroup([member(tiny_config), member(tiny_config, cell="tanh_rnn")],
                    [str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "g"))
+
+
+def test_step0_spectra_measured_in_background_are_those_of_the_initial_params(tiny_config, tmp_path):
+    """The monitor compiles while training starts and the step-0 row is written late (on a host
+    copy of the initial params): rows still come in step order, once each, and the step-0 row
+    is the measurement of the initial params, for a single run and for every sweep member."""
+    from rnn_spectra.spectral.monitor import SpectralMonitor
+    from rnn_spectra.train import build, init_state
+
+    configs = [member(tiny_config, seed=s) for s in (0, 1)]
+    for c in configs:
+        c.spectral.every, c.spectral.lyapunov_k = 10, 2
+    dirs = [str(tmp_path / f"m{i}") for i in range(2)]
+    SweepGroup(configs, dirs, str(tmp_path / "group")).run()
+    train_and_evaluate(configs[0], str(tmp_path / "alone"))
+    exp = build(config_lib.resolve(configs[0]))
+    for cfg, d in zip(configs, dirs):
+        written = str(tmp_path / f"want{cfg.seed}.jsonl")  # as the run writes it ("-inf" etc.)
+        wd.append_jsonl(written, [SpectralMonitor(exp).measure(init_state(exp, cfg.seed)["params"], 0)])
+        want = wd.read_jsonl(written)[0]
+        spectra = wd.read_jsonl(wd.path(d, wd.SPECTRA))
+        assert [r["step"] for r in spectra] == [0, 10, 20]
+        for key in ("sv/W_s", "jac_log_norm/mean", "lyapunov/mean", "grad_flow/log_norm"):
+            got, ref = (np.asarray(v, dtype=float) for v in (spectra[0][key], want[key]))
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6, err_msg=key)
+        if cfg is configs[0]:
+            alone = wd.read_jsonl(wd.path(str(tmp_path / "alone"), wd.SPECTRA))
+            assert [r["step"] for r in alone] == [0, 10, 20] and alone[0] == want

@@ -145,11 +145,11 @@ class SpectralMonitor:
         ``stacked``: ``params`` is a sweep's stack of members (``host_arrays(..., stacked=True)``).
         Without a warm compilation cache the monitor's set-up (probe batch, trace, XLA compile)
         costs ~3 s on a 2-core CPU against ~0.1 s per measurement: most of its cost in a short
-        run. Started before the train step compiles, the two compiles share the machine (on 2
-        cores the pair took 4.6 s instead of 5.4 s; with more cores the monitor's is hidden).
-        Only compilation runs in the thread, never a measurement (two LAPACK kernels side by
-        side can deadlock XLA's CPU pool: see ``_arrays``). The next measurement waits for it
-        and raises whatever it raised."""
+        run. A single run trains meanwhile (XLA:CPU's train step keeps about one core busy) and
+        takes its step-0 measurement once the monitor is ``ready``; a sweep compiles its train
+        step meanwhile. Only compilation runs in the thread, never a measurement (two LAPACK
+        kernels side by side can deadlock XLA's CPU pool: see ``_arrays``). The next
+        measurement waits for it and raises whatever it raised."""
         like = jax.tree_util.tree_map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)),
             params)
@@ -163,6 +163,11 @@ class SpectralMonitor:
 
         self._thread = threading.Thread(target=work, name="spectral-monitor-compile", daemon=True)
         self._thread.start()
+
+    @property
+    def ready(self) -> bool:
+        """No background preparation is running (never started, finished or failed)."""
+        return self._thread is None or not self._thread.is_alive()
 
     def _wait(self) -> None:
         if self._thread is not None:
