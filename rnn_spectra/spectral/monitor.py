@@ -145,11 +145,11 @@ class SpectralMonitor:
         ``stacked``: ``params`` is a sweep's stack of members (``host_arrays(..., stacked=True)``).
         Without a warm compilation cache the monitor's set-up (probe batch, trace, XLA compile)
         costs ~3 s on a 2-core CPU against ~0.1 s per measurement: most of its cost in a short
-        run. A single run trains meanwhile (XLA:CPU's train step keeps about one core busy) and
-        takes its step-0 measurement once the monitor is ``ready``; a sweep compiles its train
-        step meanwhile. Only compilation runs in the thread, never a measurement (two LAPACK
-        kernels side by side can deadlock XLA's CPU pool: see ``_arrays``). The next
-        measurement waits for it and raises whatever it raised."""
+        run. Runs and sweeps train meanwhile (XLA:CPU's train step keeps about one core busy)
+        and take their step-0 measurement once the monitor is ``ready``. Only compilation runs
+        in the thread, never a measurement (two LAPACK kernels side by side can deadlock XLA's
+        CPU pool: see ``_arrays``). The next measurement waits for it and raises whatever it
+        raised."""
         like = jax.tree_util.tree_map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)),
             params)
