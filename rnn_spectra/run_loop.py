@@ -241,7 +241,7 @@ class RunLoop:
         train_step = jax.jit(make_train_step(exp, layout=layout), donate_argnums=0, **shardings)
         eval_fn = jax.jit(make_eval_fn(exp, layout=layout), **shardings)
         write = self._writer_only
-        monitor, pending0 = None, None
+        monitor = None
         if run.spectral.every:
             from rnn_spectra.spectral.monitor import SpectralMonitor
 
@@ -251,15 +251,15 @@ class RunLoop:
             # measured on a host copy of the initial params once it is ready.
             monitor.prepare_in_background(state["params"])
             if start == 0:
-                pending0 = to_host(state["params"])
+                monitor.hold(state["params"])
 
-        def flush_step0():
-            """Write the step-0 spectrum row if it is still owed: before any later row, any
-            checkpoint, and the end of the run, so the rows on disk are those of a plain run."""
-            nonlocal pending0
-            if pending0 is not None:
-                params0, pending0 = layout.put(pending0), None
-                write(wd.append_jsonl, wd.path(w, wd.SPECTRA), [monitor.measure(params0, 0)])
+        def flush_step0(due: bool = True):
+            """Write the step-0 spectrum row once the monitor hands it over; always before any
+            later row, any checkpoint and the end, so the rows on disk are those of a plain run."""
+            held = monitor.take_held(due) if monitor else None
+            if held is not None:
+                row = monitor.measure(layout.put(held[0]), 0)
+                write(wd.append_jsonl, wd.path(w, wd.SPECTRA), [row])
 
         progress = _progress(run, start, enabled=self.writer)
         t0 = time.perf_counter() - elapsed
@@ -272,9 +272,7 @@ class RunLoop:
             state, metrics = train_step(state)
             step += 1
             last = step == target
-            # Under several processes every one must measure at the same step: not on readiness.
-            if pending0 is not None and monitor.ready and jax.process_count() == 1:
-                flush_step0()
+            flush_step0(due=False)  # as soon as the monitor is ready
             # Rows only at fixed steps (never at an interruption), so an interrupted and resumed
             # run writes exactly the rows of an uninterrupted one.
             log_now, eval_now = step % tr.log_every == 0 or last, step % tr.eval_every == 0 or last

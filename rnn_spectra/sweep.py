@@ -183,21 +183,21 @@ class SweepGroup:
         train_step = jax.jit(jax.vmap(make_train_step(exp, layout=layout)), donate_argnums=0,
                              **shardings)
         eval_fn = jax.jit(jax.vmap(make_eval_fn(exp, layout=layout), in_axes=(0, 0, None, None)))
-        monitor, pending0 = self._monitor(), None
+        monitor = self._monitor()
         if monitor:  # compiles in a thread while the group trains (see prepare_in_background)
             monitor.prepare_in_background(state["params"], stacked=True)
         t0 = time.perf_counter() - elapsed
         if start == 0:
             ckpt.save(0, self._unpadded(state), {"wall_time_s": 0.0})
-            if monitor:  # measured once the monitor is ready, on a host copy
-                pending0 = (to_host(state["params"]), self._running(statuses))
+            if monitor:  # measured once the monitor is ready, for the members running now
+                monitor.hold(state["params"], self._running(statuses))
 
-        def flush_step0():
-            """Write the step-0 spectra rows if still owed: before any later row, any
-            checkpoint, and the end of the group."""
-            nonlocal pending0
-            if pending0 is not None:
-                (params0, members), pending0 = pending0, None
+        def flush_step0(due: bool = True):
+            """Write the step-0 spectra rows once the monitor hands them over; always before
+            any later row, any checkpoint and the end of the group."""
+            held = monitor.take_held(due) if monitor else None
+            if held is not None:
+                params0, members = held
                 self._write_spectra(monitor, layout.put(params0, layout.stacked), 0, members)
 
         step, interrupted, last_eval = start, False, None
@@ -205,9 +205,7 @@ class SweepGroup:
             state, metrics = train_step(state)
             step += 1
             last = step == tr.steps
-            # Under several processes every one must measure at the same step: not on readiness.
-            if pending0 is not None and monitor.ready and jax.process_count() == 1:
-                flush_step0()
+            flush_step0(due=False)  # as soon as the monitor is ready
             now = time.perf_counter() - t0
             rows = [[] for _ in range(n)]
             log_now = step % tr.log_every == 0 or last

@@ -98,9 +98,8 @@ def flow_points(T: int, points: int) -> np.ndarray:
 class SpectralMonitor:
     """``measure(params, step) -> row`` (a JSON-able dict); ``measure_arrays(params) -> arrays``.
 
-    ``measure_arrays`` is jitted; ``arrays_fn`` is the same function unjitted; ``measure_stacked``
-    is it vmapped over a sweep's stacked params; ``to_row(host_arrays, step)`` turns one member's
-    arrays into its row.
+    ``measure_arrays`` is jitted; ``measure_stacked`` is it vmapped over a sweep's stacked
+    params; ``to_row(host_arrays, step)`` turns one member's arrays into its row.
     """
 
     def __init__(self, exp):
@@ -109,6 +108,7 @@ class SpectralMonitor:
         self.cell = model.config.cell
         self._probe = None  # (inputs, targets), drawn on first use (see ``prepare_in_background``)
         self._thread, self._compiled, self._error = None, {}, None
+        self._held = None  # (host params, tag) to measure later: see ``hold``
         key = jax.eval_shape(lambda: jax.random.PRNGKey(0))  # traced, not compiled: no batch yet
         T = int(jax.eval_shape(lambda k: exp.task.batch(k, 1), key)[0].shape[1])
         self.state_size = int(ravel_pytree(model.initial_carry(()))[0].shape[0])
@@ -124,7 +124,6 @@ class SpectralMonitor:
         self.lags = log_spaced_lags(T, sp.num_lags)
         self.flow_t = flow_points(T, sp.grad_flow_points)
         self.gates = get_cell_spec(self.cell).gates
-        self.arrays_fn = self._arrays
         self.measure_arrays = jax.jit(self._arrays)
         self.measure_stacked = jax.jit(jax.vmap(self._arrays))  # a sweep's members at once
 
@@ -168,6 +167,23 @@ class SpectralMonitor:
     def ready(self) -> bool:
         """No background preparation is running (never started, finished or failed)."""
         return self._thread is None or not self._thread.is_alive()
+
+    def hold(self, params, tag=None) -> None:
+        """Keep a host copy of ``params`` (and ``tag``) to measure later: the step-0 spectrum,
+        taken once the background compile is done while training goes on (``take_held``)."""
+        self._held = (to_host(params), tag)
+
+    def take_held(self, due: bool):
+        """The held ``(host params, tag)``, handed over once, or None while it can still wait.
+
+        ``due``: a later row or a checkpoint is about to be written, or the run ends; then it is
+        handed over whatever the compile's state. Otherwise only once the monitor is ``ready``,
+        and only in a single process: under several, every process must run the measurement
+        (a collective program) at the same step, so they wait for a due point."""
+        if self._held is None or not (due or (self.ready and jax.process_count() == 1)):
+            return None
+        held, self._held = self._held, None
+        return held
 
     def _wait(self) -> None:
         if self._thread is not None:
