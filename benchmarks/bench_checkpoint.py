@@ -24,7 +24,7 @@ import tempfile
 
 from rnn_spectra import config as config_lib
 from rnn_spectra import workdir as wd
-from rnn_spectra.train import train_and_evaluate
+from rnn_spectra.loop import train_and_evaluate
 
 SHAPE = (64, 200, 128)  # (B, T, H)
 EVERY = 100  # steps between checkpoints in the measured variant

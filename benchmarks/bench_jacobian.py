@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_spectra import config as config_lib
-from rnn_spectra.model import ModelConfig, SequenceModel
+from rnn_spectra.config import ModelConfig
+from rnn_spectra.model import SequenceModel
 from rnn_spectra.spectral import jacobian_products, lyapunov_spectrum, make_step_fn, step_jacobians
 from rnn_spectra.tasks import get_task
 
@@ -196,7 +197,7 @@ def _whole_run_subprocess(every: int, steps: int, cache_dir: str) -> float:
     import subprocess
 
     code = ("import json, os, sys, tempfile, time; from benchmarks.bench_jacobian import _adding_config; "
-            "from rnn_spectra.train import train_and_evaluate; w = tempfile.mkdtemp(); t0 = time.perf_counter(); "
+            "from rnn_spectra.loop import train_and_evaluate; w = tempfile.mkdtemp(); t0 = time.perf_counter(); "
             f"train_and_evaluate(_adding_config({every}, {steps}), os.path.join(w, 'run')); "
             "print(json.dumps(time.perf_counter() - t0))")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,9 +17,11 @@ import time
 import jax
 
 from rnn_spectra.config import default_config
-from rnn_spectra.sweep import SweepGroup, stack
+from rnn_spectra.loop import Loop
+from rnn_spectra.sweep import stack
 from rnn_spectra import config as config_lib
-from rnn_spectra.train import build, init_state, make_train_step, train_and_evaluate
+from rnn_spectra.train import build, init_state, make_train_step
+from rnn_spectra.loop import train_and_evaluate
 
 
 def _config(seed: int, steps: int):
@@ -75,7 +77,7 @@ def run(quick: bool) -> list[dict]:
         try:
             configs = [_config(seed, 200) for seed in range(16)]
             t0 = time.perf_counter()
-            SweepGroup(configs, [f"{tmp}/sweep/{i}" for i in range(16)], f"{tmp}/group",
+            Loop(configs, [f"{tmp}/sweep/{i}" for i in range(16)], f"{tmp}/group",
                        test_chunks=1).run()
             t_group = time.perf_counter() - t0
             t0 = time.perf_counter()

@@ -36,24 +36,22 @@ NUM_LAGS = 20
 import matplotlib.pyplot as plt
 import numpy as np
 
+import rnn_spectra as rs
 from rnn_spectra import plots
-from rnn_spectra.checkpointing import Checkpointer
-from rnn_spectra.spectral.analyze import compute, load_experiment, restore_params
+from rnn_spectra.spectral.analyze import compute
 
-run, exp = load_experiment(WORKDIR)
-ckpt = Checkpointer(os.path.join(WORKDIR, "checkpoints"))
-steps = ckpt.steps()
-ckpt.close()
+run = rs.load_run(WORKDIR)
+cfg = run.run_config
+steps = run.steps
 if len(steps) > MAX_CHECKPOINTS:
     steps = [steps[i] for i in np.linspace(0, len(steps) - 1, MAX_CHECKPOINTS).round().astype(int)]
-print(f"{run.model.cell}, H={run.model.hidden_size}, task {run.task.name} T={run.task.seq_len}; "
+print(f"{cfg.model.cell}, H={cfg.model.hidden_size}, task {cfg.task.name} T={cfg.task.seq_len}; "
       f"checkpoints analysed: {steps}")
 
 # %%
 results = {}
 for step in steps:
-    params, _ = restore_params(WORKDIR, exp, step)
-    results[step] = compute(exp, params, num_lags=NUM_LAGS)
+    results[step] = compute(run.experiment, run.params(step), num_lags=NUM_LAGS)
     lam = results[step]["lyapunov"].mean(axis=0)
     print(f"step {step:>6}: top Lyapunov exponent {lam[0]:+.3f}/step, "
           f"exponents within 0.01 of zero: {(np.abs(lam) < 0.01).sum()} of {lam.size}")
@@ -64,7 +62,7 @@ for step in steps:
 
 # %%
 series = {f"step {s}": (r["lags"], r["jac_log_norm"]) for s, r in results.items()}
-fig = plots.jacobian_norm_vs_lag(series, title=f"‖∂h_T/∂h_(T−k)‖₂ vs lag — {run.model.cell}")
+fig = plots.jacobian_norm_vs_lag(series, title=f"‖∂h_T/∂h_(T−k)‖₂ vs lag — {cfg.model.cell}")
 plt.show()
 
 # %% [markdown]
@@ -83,5 +81,5 @@ plt.show()
 
 # %%
 fig = plots.lyapunov_spectrum({f"step {s}": r["lyapunov"].mean(axis=0) for s, r in results.items()},
-                              title=f"Lyapunov spectrum — {run.model.cell}")
+                              title=f"Lyapunov spectrum — {cfg.model.cell}")
 plt.show()

@@ -29,16 +29,15 @@ WORKDIR = os.environ.get("RNN_SPECTRA_WORKDIR", "runs/example")
 import matplotlib.pyplot as plt
 import numpy as np
 
+import rnn_spectra as rs
 from rnn_spectra import plots
-from rnn_spectra import workdir as wd
 from rnn_spectra.spectral.rows import lyapunov_top, sigma_max_by_matrix
 
-rows = wd.read_jsonl(os.path.join(WORKDIR, "spectra.jsonl"))
-metrics = wd.read_jsonl(os.path.join(WORKDIR, "metrics.jsonl"))
-config = wd.read_json(os.path.join(WORKDIR, "config.json"))
+run = rs.load_run(WORKDIR)
+rows, metrics = run.spectra, run.metrics
 if not rows:
     raise SystemExit(f"{WORKDIR}/spectra.jsonl is empty: train with --config.spectral.every=N")
-cell = config["model"]["cell"]
+cell = run.config.model.cell
 print(f"{cell}: {len(rows)} spectral measurements, steps {rows[0]['step']}..{rows[-1]['step']}")
 
 # %%
@@ -62,9 +61,8 @@ axes[1].axhline(0.0, color="black", ls=":")
 axes[1].set(xlabel="training step", ylabel="λ₁ (nats / step)", title="top Lyapunov exponent")
 ev = [m for m in metrics if m.get("split") == "eval"]
 axes[2].plot([m["step"] for m in ev], [m["loss"] for m in ev], marker="o", label="validation loss")
-summary_path = os.path.join(WORKDIR, "summary.json")
-if os.path.exists(summary_path):
-    axes[2].axhline(wd.read_json(summary_path)["baseline"], color="black", ls=":", label="trivial baseline")
+if run.summary:
+    axes[2].axhline(run.summary["baseline"], color="black", ls=":", label="trivial baseline")
 axes[2].set(xlabel="training step", ylabel="loss", title="validation loss", yscale="log")
 axes[2].legend(fontsize=8)
 for ax in axes:

@@ -29,7 +29,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from rnn_spectra import workdir as wd
-from rnn_spectra.report import build_results, findings
+from rnn_spectra.study.report import findings
+from rnn_spectra.study.results import build_results
 
 path = os.path.join(STUDY, "results.json")
 results = wd.read_json(path) if os.path.exists(path) else build_results(STUDY)

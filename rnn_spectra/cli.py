@@ -45,14 +45,17 @@ def load_run_config(config_path: str | None, workdir: str, overrides: dict[str, 
         cfg = config_lib.load_config_file(config_path)
     cfg.lock()
     config_lib.apply_overrides(cfg, overrides)
-    config_lib.resolve(cfg)  # fail fast, before touching the workdir
+    from rnn_spectra.train import build
+
+    build(config_lib.resolve(cfg))  # every value and name checked before the workdir is touched
     return cfg
 
 
 
 
 def cmd_train(args, overrides) -> int:
-    from rnn_spectra.train import summary_line, train_and_evaluate
+    from rnn_spectra.loop import train_and_evaluate
+    from rnn_spectra.train import summary_line
 
     cfg = load_run_config(args.config, args.workdir, overrides)
     summary = train_and_evaluate(cfg, args.workdir)
@@ -65,7 +68,7 @@ STUDY_OVERRIDABLE = ("parallel.", "checkpoint.")
 
 
 def cmd_study(args, overrides) -> int:
-    from rnn_spectra.study import run_study
+    from rnn_spectra.study.run import run_study
 
     refused = [k for k in overrides if not k.startswith(STUDY_OVERRIDABLE)]
     if refused:
@@ -78,8 +81,8 @@ def cmd_study(args, overrides) -> int:
 
 
 def cmd_report(args, overrides) -> int:
-    from rnn_spectra.report import publish, write_report
-    from rnn_spectra.study import export_chosen_checkpoints
+    from rnn_spectra.study.report import publish, write_report
+    from rnn_spectra.study.run import export_chosen_checkpoints
 
     export_chosen_checkpoints(args.workdir)  # those already exported are skipped
     print(write_report(args.workdir))
@@ -144,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", default=None, help="output directory (default WORKDIR/analysis/step_N)")
     analyze.set_defaults(func=cmd_analyze)
 
-    from rnn_spectra.presets import PRESETS
+    from rnn_spectra.study.presets import PRESETS
 
     study = sub.add_parser("study", help="train every variant of the question as vmapped sweeps, "
                            "then write the report (re-run to resume)")

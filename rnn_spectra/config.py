@@ -1,8 +1,14 @@
-"""Configs: ``configs/*.py`` files return an ``ml_collections.ConfigDict``; overrides come as
-``--config.a.b=value``; ``resolve`` validates the whole thing and freezes it into dataclasses.
+"""The one source of truth for a run's settings: typed, frozen config sections.
+
+Each section is a dataclass whose fields carry their default, a one-line meaning and the check
+their value must pass. ``default_config()`` (the ConfigDict that config files start from) is
+derived from them, ``apply_overrides`` sets ``--config.a.b=value`` strings, and ``resolve``
+checks every value and freezes the result into a ``RunConfig``. This module imports no registry:
+names (cells, inits, tasks, optimizers) are checked where they are resolved (``cells``,
+``tasks``, ``optim``, reached through ``train.build``), with the same did-you-mean errors.
 
 ConfigDict lives at the edges only (files, CLI, config.json); model, task and training code get
-the frozen dataclasses below.
+the frozen dataclasses.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import dataclasses
 import difflib
 import importlib.util
 import json
+import math
 import os
 from typing import Any
 
@@ -19,56 +26,97 @@ import ml_collections
 from ml_collections import config_dict
 
 from rnn_spectra.errors import ConfigError, unknown_name
-from rnn_spectra.model import ModelConfig
-from rnn_spectra.parallel import ParallelConfig, check_config as check_parallel
+
+
+def _f(default, doc: str, check: str | None = None, kind: type | None = None, choices=None):
+    """A config field: ``check`` is one of CHECKS; ``kind`` the type of a field whose default is
+    None; ``choices`` a fixed set of words (not a registry: those are checked where resolved)."""
+    return dataclasses.field(default=default, metadata={
+        "doc": doc, "check": check, "kind": kind or type(default), "choices": choices})
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
-    name: str = "adding"
-    seq_len: int = 100
-    permuted: bool = False  # dataset tasks: one fixed pixel permutation (expRNN's seed 92916)
-    data_dir: str | None = None  # pixel_mnist: folder of the MNIST files (None: the default cache)
+    name: str = _f("adding", "adding | copying | digits | pixel_mnist")
+    seq_len: int = _f(100, "T: adding length / copying delay (copying sequences are T + 20 long); "
+                      "digits 64 (pixels) or 8 (rows), pixel_mnist 784, 196 (14x14) or 28 (rows)",
+                      "int>=2")
+    permuted: bool = _f(False, "digits / pixel_mnist: one fixed pixel permutation (expRNN's seed 92916)")
+    data_dir: str | None = _f(None, "pixel_mnist's files (None: $RNN_SPECTRA_DATA/mnist, else "
+                              "~/.cache/rnn_spectra/mnist)", kind=str)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    cell: str = _f("tanh_rnn", "tanh_rnn | relu_rnn | irnn | lstm | gru | indrnn | antisymmetric | exprnn")
+    hidden_size: int = _f(128, "H", "positive")
+    recurrent_init: str | None = _f(None, "orthogonal | identity | normal | np_rnn | uniform (IndRNN) | "
+                                    "henaff | cayley (expRNN); None: the cell's default", kind=str)
+    init_scale: float | None = _f(None, "gain of W_s's init (None: the cell's default)", "positive",
+                                  kind=float)
+    input_init: str = _f("normal", "normal | lecun_uniform | glorot_uniform (fan-in scaled)")
+    input_scale: float = _f(1.0, "std multiplier of the input kernel", "nonnegative")
+    bias_init: float = _f(0.0, "constant bias", "finite")
+    forget_bias: float = _f(1.0, "LSTM forget-gate bias at init", "finite")
+    unroll: int = _f(0, "lax.scan unroll factor, speed only (0: auto, 8 on GPU/TPU, 1 on CPU)",
+                     "nonnegative")
+    remat: bool = _f(False, "jax.checkpoint each step (memory for long T, ~1 extra forward)")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    name: str = "adam"
-    learning_rate: float = 1e-3
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    momentum: float = 0.9
-    rmsprop_decay: float = 0.9
-    clip: str = "global_norm"
-    clip_value: float = 1.0
-    orthogonal_lr_factor: float = 0.1  # expRNN: learning rate of the skew generator A, relative
+    name: str = _f("adam", "adam | rmsprop | sgd")
+    learning_rate: float = _f(1e-3, "peak learning rate", "positive")
+    schedule: str = _f("constant", "constant | cosine | warmup_cosine | warmup_constant")
+    warmup_steps: int = _f(0, "linear warmup length (warmup_* schedules)", "nonnegative")
+    momentum: float = _f(0.9, "sgd momentum (0 = plain SGD)", "nonnegative")
+    rmsprop_decay: float = _f(0.9, "RMSProp decay of the squared-gradient average", "nonnegative")
+    clip: str = _f("global_norm", "none | global_norm (Pascanu) | value (element-wise) | agc")
+    clip_value: float = _f(1.0, "max global norm / max |g_i| / AGC ratio", "positive")
+    orthogonal_lr_factor: float = _f(0.1, "expRNN: lr of its skew parameter A = this x learning_rate",
+                                     "positive")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 64
-    eval_every: int = 200
-    eval_batches: int = 4
-    eval_batch_size: int = 256
-    log_every: int = 50
-    progress: bool = True
+    steps: int = _f(1000, "optimizer steps", "positive")
+    batch_size: int = _f(64, "sequences per step", "positive")
+    eval_every: int = _f(200, "steps between evals on the held-out batches (and at the end)", "positive")
+    eval_batches: int = _f(4, "held-out batches per eval (a fixed set, disjoint from training)", "positive")
+    eval_batch_size: int = _f(256, "sequences per held-out batch", "positive")
+    log_every: int = _f(50, "steps between host pulls of the train metrics", "positive")
+    progress: bool = _f(True, "progress bar on stderr")
 
 
 @dataclasses.dataclass(frozen=True)
 class SpectralConfig:
-    every: int = 200  # steps between spectral measurements (0: off)
-    probe_batch_size: int = 4  # fixed probe sequences the measurements average over
-    num_lags: int = 12  # log-spaced lags at which log ||dh_T/dh_t|| is recorded
-    lyapunov_k: int = 8  # top Lyapunov exponents recorded
-    grad_flow_points: int = 100  # most time steps of the gradient-flow profile kept per row
+    every: int = _f(200, "steps between spectral measurements -> spectra.jsonl (0: off)", "nonnegative")
+    probe_batch_size: int = _f(4, "fixed probe sequences the measurements average over", "positive")
+    num_lags: int = _f(12, "log-spaced lags at which log ||dh_T/dh_t|| is recorded", "positive")
+    lyapunov_k: int = _f(8, "top Lyapunov exponents recorded", "positive")
+    grad_flow_points: int = _f(100, "gradient-flow profile: at most this many evenly spaced t",
+                               "int>=2")
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-    every_steps: int = 0  # steps between checkpoints (0: only at the end)
-    every_minutes: float = 0.0  # minutes between checkpoints (0: off)
-    keep: int = 3  # most recent checkpoints kept (plus the best by eval loss)
+    every_steps: int = _f(0, "steps between Orbax checkpoints (0: only at the end)", "nonnegative")
+    every_minutes: float = _f(0.0, "minutes between checkpoints (0: off)", "nonnegative")
+    keep: int = _f(3, "most recent checkpoints kept (plus the best by eval loss)", "positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelConfig:
+    mode: str = _f("auto", "auto: a run is data-parallel and a study shards its members when there "
+                   "are several devices | data (batch sharded, params replicated) | sweep (study "
+                   "members sharded) | none", choices=("auto", "none", "data", "sweep"))
+    num_devices: int = _f(0, "devices in the mesh (0: all, over every process)", "nonnegative")
+
+
+@dataclasses.dataclass(frozen=True)
+class LogConfig:
+    tensorboard: bool = _f(False, "also write TensorBoard event files to WORKDIR/tensorboard/ "
+                           "(needs tensorboardX: pip install 'rnn_spectra[tensorboard]')")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,79 +129,35 @@ class RunConfig:
     spectral: SpectralConfig
     checkpoint: CheckpointConfig
     parallel: ParallelConfig
+    log: LogConfig = LogConfig()
 
 
 SECTIONS = {
-    "task": TaskConfig,
-    "model": ModelConfig,
-    "optim": OptimConfig,
-    "train": TrainConfig,
-    "spectral": SpectralConfig,
-    "checkpoint": CheckpointConfig,
-    "parallel": ParallelConfig,
+    "task": TaskConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
+    "spectral": SpectralConfig, "checkpoint": CheckpointConfig, "parallel": ParallelConfig,
+    "log": LogConfig,
 }
-OPTIMIZERS = ("adam", "rmsprop", "sgd")
-SCHEDULES = ("constant", "cosine", "warmup_cosine", "warmup_constant")
-CLIPS = ("none", "global_norm", "value", "agc")
+SEED_DOC = "PRNG seed: params, data stream, probe batch and eval sets all derive from it"
+
+
+def field_docs() -> dict[str, str]:
+    """``{"section.key": meaning}`` for every key (the help a config file's reader needs)."""
+    out = {"seed": SEED_DOC}
+    for name, cls in SECTIONS.items():
+        out.update({f"{name}.{f.name}": f.metadata["doc"] for f in dataclasses.fields(cls)})
+    return out
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Every key a run understands, with its default; config files start from this."""
+    """Every key a run understands, with its default (derived from the sections above)."""
     c = ml_collections.ConfigDict()
-    c.seed = 0  # PRNG seed: params, data stream and eval set all derive from it
-    c.task = ml_collections.ConfigDict()
-    c.task.name = "adding"  # adding | copying | digits | pixel_mnist
-    # T: adding length / copying delay (copying sequences are T + 20 long); datasets: the variant,
-    # digits 64 (pixels) or 8 (rows), pixel_mnist 784 (pixels), 196 (14x14 pixels) or 28 (rows)
-    c.task.seq_len = 100
-    c.task.permuted = False  # digits / pixel_mnist: fixed pixel permutation (permuted MNIST)
-    # pixel_mnist's files (None: $RNN_SPECTRA_DATA/mnist, else ~/.cache/rnn_spectra/mnist)
-    c.task.data_dir = config_dict.placeholder(str)
-    c.model = ml_collections.ConfigDict()
-    c.model.cell = "tanh_rnn"  # tanh_rnn | relu_rnn | irnn | lstm | gru | indrnn | antisymmetric | exprnn
-    c.model.hidden_size = 128  # H
-    # orthogonal | identity | normal | np_rnn | uniform (IndRNN) | henaff | cayley (expRNN)
-    c.model.recurrent_init = config_dict.placeholder(str)
-    c.model.init_scale = config_dict.placeholder(float)  # gain of W_s's init (None: cell default)
-    c.model.input_init = "normal"  # normal | lecun_uniform | glorot_uniform (fan-in scaled)
-    c.model.input_scale = 1.0  # std multiplier of the input kernel
-    c.model.bias_init = 0.0  # constant bias
-    c.model.forget_bias = 1.0  # LSTM forget-gate bias at init
-    c.model.unroll = 0  # lax.scan unroll factor, speed only (0: auto, 8 on GPU/TPU, 1 on CPU)
-    c.model.remat = False  # jax.checkpoint each step (memory for long T)
-    c.optim = ml_collections.ConfigDict()
-    c.optim.name = "adam"  # adam | rmsprop | sgd
-    c.optim.learning_rate = 1e-3  # peak learning rate
-    c.optim.schedule = "constant"  # constant | cosine | warmup_cosine | warmup_constant
-    c.optim.warmup_steps = 0  # linear warmup length (warmup_* schedules)
-    c.optim.momentum = 0.9  # sgd momentum (0 = plain SGD)
-    c.optim.rmsprop_decay = 0.9  # RMSProp decay of the squared-gradient average
-    c.optim.clip = "global_norm"  # none | global_norm (Pascanu) | value (element-wise) | agc
-    c.optim.clip_value = 1.0  # max global norm / max |g_i| / AGC ratio
-    c.optim.orthogonal_lr_factor = 0.1  # expRNN: lr of its skew parameter A = this x learning_rate
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 1000  # optimizer steps
-    c.train.batch_size = 64
-    c.train.eval_every = 200  # steps between evals on the held-out batches (and at the end)
-    c.train.eval_batches = 4  # held-out batches per eval (a fixed set, disjoint from training)
-    c.train.eval_batch_size = 256
-    c.train.log_every = 50  # steps between host pulls of the train metrics
-    c.train.progress = True  # progress bar on stderr
-    c.spectral = ml_collections.ConfigDict()
-    c.spectral.every = 200  # steps between spectral measurements -> spectra.jsonl (0: off)
-    c.spectral.probe_batch_size = 4  # fixed probe sequences the measurements use
-    c.spectral.num_lags = 12  # log-spaced lags for log ||dh_T/dh_t||
-    c.spectral.lyapunov_k = 8  # top Lyapunov exponents recorded
-    c.spectral.grad_flow_points = 100  # gradient-flow profile: at most this many evenly spaced t
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every_steps = 0  # steps between Orbax checkpoints (0: only at the end)
-    c.checkpoint.every_minutes = 0.0  # minutes between checkpoints (0: off)
-    c.checkpoint.keep = 3  # most recent checkpoints kept (plus the best by eval loss)
-    c.parallel = ml_collections.ConfigDict()
-    # auto: a run is data-parallel and a study shards its members when there are several
-    # devices | data (batch sharded, params replicated) | sweep (study members sharded) | none
-    c.parallel.mode = "auto"
-    c.parallel.num_devices = 0  # devices in the mesh (0: all, over every process)
+    c.seed = 0
+    for name, cls in SECTIONS.items():
+        section = ml_collections.ConfigDict()
+        for f in dataclasses.fields(cls):
+            section[f.name] = (config_dict.placeholder(f.metadata["kind"]) if f.default is None
+                               else f.default)
+        c[name] = section
     return c
 
 
@@ -170,7 +174,10 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"config file {path!r} failed to import: {type(e).__name__}: {e}") from e
     if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"config file {path!r} has no get_config() function")
-    cfg = module.get_config()
+    try:
+        cfg = module.get_config()
+    except Exception as e:  # noqa: BLE001 - the user's code: one line, not a traceback
+        raise ConfigError(f"config file {path!r}: get_config() raised {type(e).__name__}: {e}") from e
     if not isinstance(cfg, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
     return cfg
@@ -209,8 +216,9 @@ def _parse_value(text: str, current: Any, key: str, field_type: type | None) -> 
     return value
 
 
-def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
-    """Set ``a.b=value`` strings in place; unknown keys are errors naming the closest keys."""
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict[str, Any]) -> None:
+    """Set ``{"a.b": value}`` in place (strings are parsed as the key's type); unknown keys are
+    errors naming the closest keys."""
     valid = flat_keys(cfg)
     for key, text in overrides.items():
         if key not in valid:
@@ -222,114 +230,94 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict[str, str]) -
         for p in parents:
             node = node[p]
         ref_type = node.get_ref(leaf).get_type() if node[leaf] is None else None
+        value = _parse_value(text, node[leaf], key, ref_type) if isinstance(text, str) else text
         with node.unlocked():
-            node[leaf] = _parse_value(text, node[leaf], key, ref_type)
+            node[leaf] = value
 
 
 def config_to_json(cfg: ml_collections.ConfigDict) -> str:
     return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
 
 
-def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
-    """The run config stored in ``workdir/config.json``, on top of today's defaults (keys added
-    since the run was made take their default values)."""
-    from rnn_spectra import workdir as wd
-
-    path = wd.path(workdir, wd.CONFIG)
+def config_from_dict(d: dict, where: str = "config") -> ml_collections.ConfigDict:
+    """A stored config dict on top of today's defaults (keys added since take their defaults)."""
     cfg = default_config()
     try:
-        cfg.update_from_flattened_dict(_flatten_dict(wd.read_json(path)))
+        cfg.update_from_flattened_dict(flatten_dict(d))
     except (KeyError, AttributeError, TypeError) as e:
-        raise ConfigError(f"{path} is not a valid run config: {e}") from None
+        raise ConfigError(f"{where} is not a valid run config: {e}") from None
     return cfg
 
 
-def _flatten_dict(d: dict, prefix: str = "") -> dict:
+def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
+    """The run config stored in ``workdir/config.json``, on top of today's defaults."""
+    from rnn_spectra import workdir as wd
+
+    path = wd.path(workdir, wd.CONFIG)
+    return config_from_dict(wd.read_json(path), path)
+
+
+def flatten_dict(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten_dict(v, f"{prefix}{k}."))
+            out.update(flatten_dict(v, f"{prefix}{k}."))
         else:
             out[prefix + k] = v
     return out
 
 
 # ----------------------------------------------------------------------------- validation
-def _section(cls, name: str, values: ml_collections.ConfigDict):
-    fields = {f.name for f in dataclasses.fields(cls)}
-    extra = set(values.keys()) - fields
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check(key: str, value, f: dataclasses.Field) -> None:
+    """One field's value against its declared kind and check. NaN and inf fail every check."""
+    kind, check, choices = f.metadata["kind"], f.metadata["check"], f.metadata["choices"]
+    if value is None and f.default is None:
+        return
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if kind is str and not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    if kind in (int, float):
+        if kind is int and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if not _is_number(value) or not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    if check == "positive" and not value > 0:
+        raise ConfigError(f"{key} must be a positive {kind.__name__}, got {value!r}")
+    if check == "nonnegative" and not value >= 0:
+        raise ConfigError(f"{key} must be >= 0, got {value!r}")
+    if check == "int>=2" and not value >= 2:
+        raise ConfigError(f"{key} must be an integer >= 2, got {value!r}")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _section(cls, name: str, values) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    extra = set(values.keys()) - set(fields)
     if extra:
         key = sorted(extra)[0]
         close = difflib.get_close_matches(key, sorted(fields), n=3, cutoff=0.4)
         hint = f"; did you mean {', '.join(f'{name}.{c}' for c in close)}?" if close else ""
         raise ConfigError(f"unknown config key {name}.{key}{hint}")
-    return cls(**{k: v for k, v in values.items()})
-
-
-def _positive(name: str, value, kind=int) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{name} must be a positive {kind.__name__}, got {value!r}")
-    if kind is int and not isinstance(value, int):
-        raise ConfigError(f"{name} must be a positive int, got {value!r}")
-
-
-def _choice(name: str, value, valid) -> None:
-    if value not in valid:
-        raise unknown_name(name, value, valid)
+    for k, v in values.items():
+        _check(f"{name}.{k}", v, fields[k])
+    return cls(**dict(values.items()))
 
 
 def resolve(cfg: ml_collections.ConfigDict) -> RunConfig:
-    """Validate a ConfigDict and freeze it. Unknown keys and bad values raise ConfigError."""
-    from rnn_spectra.cells import CELLS, INPUT_INITS, RECURRENT_INITS
-    from rnn_spectra.tasks import TASKS
-
+    """Check every value of a ConfigDict and freeze it. Unknown keys and bad values raise
+    ConfigError naming the key; names are checked when ``train.build`` resolves them."""
     known = {"seed", *SECTIONS}
     for key in cfg.keys():
         if key not in known:
             raise unknown_name("config section", key, known)
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
     sections = {name: _section(cls, name, cfg.get(name, {})) for name, cls in SECTIONS.items()}
-    t, m, o, tr = sections["task"], sections["model"], sections["optim"], sections["train"]
-    sp, ck = sections["spectral"], sections["checkpoint"]
-    _choice("task", t.name, TASKS)
-    _choice("cell", m.cell, CELLS)
-    if m.recurrent_init is not None:
-        _choice("recurrent init", m.recurrent_init, RECURRENT_INITS)
-    _choice("input init", m.input_init, INPUT_INITS)
-    _choice("optimizer", o.name, OPTIMIZERS)
-    _choice("learning-rate schedule", o.schedule, SCHEDULES)
-    _choice("clipping", o.clip, CLIPS)
-    if not isinstance(t.seq_len, int) or isinstance(t.seq_len, bool) or t.seq_len < 2:
-        raise ConfigError(f"task.seq_len must be an integer >= 2, got {t.seq_len!r}")
-    for name, value in [
-        ("model.hidden_size", m.hidden_size),
-        ("train.steps", tr.steps),
-        ("train.batch_size", tr.batch_size),
-        ("train.eval_every", tr.eval_every),
-        ("train.eval_batches", tr.eval_batches),
-        ("train.eval_batch_size", tr.eval_batch_size),
-        ("train.log_every", tr.log_every),
-        ("spectral.probe_batch_size", sp.probe_batch_size),
-        ("spectral.num_lags", sp.num_lags),
-        ("spectral.lyapunov_k", sp.lyapunov_k),
-        ("checkpoint.keep", ck.keep),
-    ]:
-        _positive(name, value)
-    for name, value in [
-        ("model.unroll", m.unroll),  # 0: auto (model.default_unroll)
-        ("optim.warmup_steps", o.warmup_steps),
-        ("spectral.every", sp.every),
-        ("checkpoint.every_steps", ck.every_steps),
-        ("checkpoint.every_minutes", ck.every_minutes),
-    ]:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"{name} must be >= 0, got {value!r}")
-    _positive("optim.learning_rate", o.learning_rate, float)
-    _positive("optim.orthogonal_lr_factor", o.orthogonal_lr_factor, float)
-    if o.clip != "none":
-        _positive("optim.clip_value", o.clip_value, float)
-    if m.init_scale is not None and m.init_scale <= 0:
-        raise ConfigError(f"model.init_scale must be positive, got {m.init_scale!r}")
-    check_parallel(sections["parallel"])
-    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
-        raise ConfigError(f"seed must be an integer, got {cfg.get('seed')!r}")
-    return RunConfig(seed=cfg.seed, **sections)
+    return RunConfig(seed=seed, **sections)

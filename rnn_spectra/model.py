@@ -8,34 +8,17 @@ without wrappers.
 
 from __future__ import annotations
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from rnn_spectra import cells as cells_lib
+from rnn_spectra.config import ModelConfig
 from rnn_spectra.errors import ConfigError
 
 Array = jax.Array
 # Residuals of the scan's backward pass: the cells' tagged pre-activations (and the carries).
 SAVE_PREACTIVATIONS = jax.checkpoint_policies.save_only_these_names(cells_lib.PREACTIVATION)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Model settings (the frozen, typed form of ``config.model``)."""
-
-    cell: str = "tanh_rnn"
-    hidden_size: int = 128
-    recurrent_init: str | None = None  # None: the cell's default (see cells.CELLS)
-    init_scale: float | None = None  # gain / scale of the recurrent init; None: cell default
-    input_init: str = "normal"
-    input_scale: float = 1.0
-    bias_init: float = 0.0
-    forget_bias: float = 1.0  # LSTM only
-    unroll: int = 0  # lax.scan unroll factor; 0: auto (default_unroll)
-    remat: bool = False  # jax.checkpoint each step: O(1) activations per step, ~1 extra forward
 
 
 def default_unroll() -> int:

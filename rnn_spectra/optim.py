@@ -3,13 +3,15 @@
 The peak learning rate and the clip threshold are *state*, not constants
 (``optax.inject_hyperparams``): a sweep vmaps ``tx.init`` over members with different values and
 trains them all with one compiled program, and a single run is numerically the same program.
-The chain is always ``[clip, direction, schedule multiplier, -learning_rate, expRNN's own
-learning-rate factor, IndRNN's projection]`` (the last two masked to those cells' params).
+The chain is a named chain ``clip, direction, schedule, learning_rate`` followed by the
+cell's own rules (``cells.ParamRule``: a param's learning-rate factor, a projection after the
+update), so hyperparameters are found by name, never by position.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +20,6 @@ import optax
 from rnn_spectra.config import OptimConfig
 from rnn_spectra.errors import unknown_name
 
-CLIP, LR = 0, 3  # positions in the chain of the injected hyperparameters
 
 
 def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
@@ -86,43 +87,44 @@ def project_abs(bound: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int, *, recurrent_bound: float | None = None,
+def make_optimizer(cfg: OptimConfig, total_steps: int, *, rules: Sequence = (), seq_len: int = 1,
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """``(tx, multiplier_schedule)``; clip first (on the raw gradient), then the optimizer.
-
-    Two masked stages follow ``-learning_rate`` for every cell (a no-op where the params have no
-    such leaf, so the chain and the CLIP/LR positions are the same for all cells): expRNN's skew
-    generator ``A`` gets ``orthogonal_lr_factor`` times the learning rate (Lezcano-Casado 2019:
-    10x smaller), and IndRNN's ``u`` is projected onto ``|u| <= recurrent_bound`` (Li et al. 2018).
-    """
-    from rnn_spectra.constrained_cells import EXPRNN_SKEW, INDRNN_DIAG
-
+    """``(tx, multiplier_schedule)``; clip first (on the raw gradient), then the optimizer, then
+    one masked stage per cell rule (``cells.ParamRule``, applied to the params named
+    ``rule.param`` only): ``lr_factor`` scales that param's update, ``abs_bound(seq_len)``
+    projects it onto ``|p| <= bound``."""
     schedule = make_schedule(cfg, total_steps)
-    bound = math.inf if recurrent_bound is None else recurrent_bound
-    tx = optax.chain(
-        make_clip(cfg.clip, cfg.clip_value),
-        _direction(cfg),
-        optax.scale_by_schedule(schedule),
-        optax.inject_hyperparams(optax.scale_by_learning_rate)(learning_rate=cfg.learning_rate),
-        optax.masked(optax.scale(cfg.orthogonal_lr_factor), _named(EXPRNN_SKEW)),
-        optax.masked(project_abs(bound), _named(INDRNN_DIAG)),
-    )
-    return tx, schedule
+    stages = [
+        ("clip", make_clip(cfg.clip, cfg.clip_value)),
+        ("direction", _direction(cfg)),
+        ("schedule", optax.scale_by_schedule(schedule)),
+        ("learning_rate",
+         optax.inject_hyperparams(optax.scale_by_learning_rate)(learning_rate=cfg.learning_rate)),
+    ]
+    for rule in rules:
+        if rule.lr_factor is not None:
+            stages.append((f"lr_factor/{rule.param}",
+                           optax.masked(optax.scale(rule.lr_factor(cfg)), _named(rule.param))))
+        if rule.abs_bound is not None:
+            stages.append((f"bound/{rule.param}",
+                           optax.masked(project_abs(rule.abs_bound(seq_len)), _named(rule.param))))
+    return optax.named_chain(*stages), schedule
 
 
 def set_hyperparams(opt_state, *, learning_rate=None, clip_value=None):
     """A copy of ``opt_state`` with a new peak learning rate and/or clip threshold."""
-    parts = list(opt_state)
+    parts = dict(opt_state)
     if learning_rate is not None:
-        hp = dict(parts[LR].hyperparams, learning_rate=jnp.asarray(learning_rate, jnp.float32))
-        parts[LR] = parts[LR]._replace(hyperparams=hp)
+        lr = parts["learning_rate"]
+        hp = dict(lr.hyperparams, learning_rate=jnp.asarray(learning_rate, jnp.float32))
+        parts["learning_rate"] = lr._replace(hyperparams=hp)
     if clip_value is not None:
-        (name,) = parts[CLIP].hyperparams
-        hp = {name: jnp.asarray(clip_value, jnp.float32)}
-        parts[CLIP] = parts[CLIP]._replace(hyperparams=hp)
+        clip = parts["clip"]
+        (name,) = clip.hyperparams  # max_norm / max_delta / clipping, by clip kind
+        parts["clip"] = clip._replace(hyperparams={name: jnp.asarray(clip_value, jnp.float32)})
     return type(opt_state)(parts)
 
 
 def learning_rate(opt_state, schedule: optax.Schedule, step):
     """The learning rate applied at ``step``: peak (from the state) times the schedule."""
-    return opt_state[LR].hyperparams["learning_rate"] * schedule(step)
+    return opt_state["learning_rate"].hyperparams["learning_rate"] * schedule(step)

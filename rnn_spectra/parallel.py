@@ -29,24 +29,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from rnn_spectra.config import ParallelConfig
 from rnn_spectra.errors import ConfigError, UserError
 
-MODES = ("auto", "none", "data", "sweep")
 DISTRIBUTED = ("auto", "on", "off")
-
-
-@dataclasses.dataclass(frozen=True)
-class ParallelConfig:
-    mode: str = "auto"  # auto | none | data | sweep
-    num_devices: int = 0  # devices in the mesh (0: every device of every process)
-
-
-def check_config(p: ParallelConfig) -> None:
-    if p.mode not in MODES:
-        raise ConfigError(f"parallel.mode must be one of {', '.join(MODES)}, got {p.mode!r}")
-    if not isinstance(p.num_devices, int) or isinstance(p.num_devices, bool) or p.num_devices < 0:
-        raise ConfigError(f"parallel.num_devices must be an int >= 0 (0: all devices), "
-                          f"got {p.num_devices!r}")
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -110,7 +96,6 @@ def _devices(num_devices: int) -> list:
 
 def run_layout(p: ParallelConfig, batch_size: int) -> Layout:
     """The layout of a single training run (``rnn-spectra train``)."""
-    check_config(p)
     if p.mode == "sweep":
         raise ConfigError("parallel.mode=sweep shards the members of a study; a single run "
                           "takes auto, data or none")
@@ -127,7 +112,6 @@ def run_layout(p: ParallelConfig, batch_size: int) -> Layout:
 
 def sweep_layout(p: ParallelConfig, batch_size: int) -> Layout:
     """The layout of a sweep group: member axis sharded unless the config asks for data."""
-    check_config(p)
     if p.mode == "data":
         return run_layout(p, batch_size)
     devices = _devices(p.num_devices) if p.mode != "none" else jax.devices()[:1]

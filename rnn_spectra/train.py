@@ -1,7 +1,7 @@
-"""Training: ``train_and_evaluate(config, workdir)`` and the pure pieces it is built from.
+"""Training: the pure, jittable pieces that ``loop.train_and_evaluate`` is built from.
 
 The pieces (``build``, ``init_state``, ``make_train_step``, ``make_eval_fn``) are pure functions
-of a ``RunConfig`` so ``sweep.py`` can vmap them over seeds and hyperparameters. The train step
+of a ``RunConfig`` so ``loop.py`` can vmap them over the stacked members of a sweep. The train step
 never crashes on a non-finite loss: it keeps the last good params and records the step in
 ``state["diverged_at"]``; the host reads that every ``log_every`` steps (no per-step sync).
 """
@@ -13,19 +13,15 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
-from rnn_spectra import config as config_lib
+from rnn_spectra.cells import get_cell_spec
 from rnn_spectra.config import RunConfig
-from rnn_spectra.constrained_cells import indrnn_bound
-from rnn_spectra.model import SequenceModel, count_params
+from rnn_spectra.model import SequenceModel
 from rnn_spectra.optim import learning_rate, make_optimizer
 from rnn_spectra.parallel import Layout
+from rnn_spectra.rng import DATA_STREAM, EVAL_STREAM, INIT_STREAM, TEST_STREAM, stream_key
 from rnn_spectra.tasks import Task, get_task
-
-# Streams derived from the seed; fixed so a resumed run and a sweep member draw the same numbers.
-INIT_STREAM, DATA_STREAM, EVAL_STREAM, PROBE_STREAM, TEST_STREAM = 0, 1, 2, 3, 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,15 +36,12 @@ class Experiment:
 
 
 def build(run: RunConfig) -> Experiment:
+    """Resolve every name of ``run`` (task, cell, inits, optimizer): bad names raise here."""
     task = get_task(run.task)
     model = SequenceModel(run.model, task.input_size, task.output_size, task.readout)
-    # IndRNN's |u| <= 2^(1/T), T the input length (a no-op for cells without u).
-    tx, schedule = make_optimizer(run.optim, run.train.steps, recurrent_bound=indrnn_bound(task.length))
+    tx, schedule = make_optimizer(run.optim, run.train.steps, seq_len=task.length,
+                                  rules=get_cell_spec(run.model.cell).param_rules)
     return Experiment(run, task, model, tx, schedule)
-
-
-def stream_key(seed: int | jax.Array, stream: int) -> jax.Array:
-    return jax.random.fold_in(jax.random.PRNGKey(seed), stream)
 
 
 def init_state(exp: Experiment, seed: int | jax.Array) -> dict:
@@ -144,13 +137,6 @@ def evaluate(eval_fn, params, seed, stream: int, chunks: int) -> dict:
     return reduce_metrics({k: jnp.stack([p[k] for p in parts]) for k in parts[0]}, axis=0)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Train one run into ``workdir`` (resuming it if it holds a checkpoint); returns summary.json."""
-    from rnn_spectra.run_loop import RunLoop  # the host side: files, checkpoints, signals
-
-    return RunLoop(config_lib.resolve(config), config, workdir).run()
-
-
 def summary_line(summary: dict) -> str:
     """One human line for the console."""
     ev = summary.get("final_eval") or {}
@@ -168,6 +154,6 @@ def print_err(msg: str) -> None:
 
 
 __all__ = [
-    "Experiment", "build", "init_state", "make_train_step", "make_eval_fn",
-    "train_and_evaluate", "count_params", "stream_key",
+    "Experiment", "build", "init_state", "make_train_step", "make_eval_fn", "evaluate",
+    "reduce_metrics", "stream_key", "summary_line",
 ]

@@ -23,8 +23,9 @@ import numpy as np  # noqa: E402
 from rnn_spectra import config as config_lib  # noqa: E402
 from rnn_spectra import workdir as wd  # noqa: E402
 from rnn_spectra.checkpointing import Checkpointer  # noqa: E402
-from rnn_spectra.sweep import SweepGroup  # noqa: E402
-from rnn_spectra.train import build, init_state, train_and_evaluate  # noqa: E402
+from rnn_spectra.loop import Loop  # noqa: E402
+from rnn_spectra.train import build, init_state
+from rnn_spectra.loop import train_and_evaluate  # noqa: E402
 
 
 def tiny(seed=0, mode="none", steps=20, cell="relu_rnn", lr=1e-2):
@@ -73,7 +74,7 @@ def sweeps(tmp):
     for mode in ("none", "sweep"):
         configs = [tiny(seed=s, mode=mode, lr=lr) for s, lr in ((0, 1e-2), (1, 1e-2), (0, 3e-3))]
         dirs = [os.path.join(tmp, f"sweep_{mode}", str(i)) for i in range(3)]
-        summaries = SweepGroup(configs, dirs, os.path.join(tmp, f"group_{mode}")).run()
+        summaries = Loop(configs, dirs, os.path.join(tmp, f"group_{mode}")).run()
         out[mode] = {"rows": [losses(d) for d in dirs],
                      "test_loss": [s["test"]["loss"] for s in summaries],
                      "parallel": summaries[0]["parallel"]}
@@ -85,9 +86,9 @@ def sweeps(tmp):
     group = os.path.join(tmp, "group_cut")
     dirs = [os.path.join(tmp, "sweep_cut", str(i)) for i in range(3)]
     configs = [tiny(seed=s, mode="sweep", lr=lr) for s, lr in ((0, 1e-2), (1, 1e-2), (0, 3e-3))]
-    first = SweepGroup(configs, dirs, group).run(progress=preempt)
+    first = Loop(configs, dirs, group).run(progress=preempt)
     resumed_configs = [tiny(seed=s, mode="none", lr=lr) for s, lr in ((0, 1e-2), (1, 1e-2), (0, 3e-3))]
-    second = SweepGroup(resumed_configs, dirs, group).run()
+    second = Loop(resumed_configs, dirs, group).run()
     out["cut"] = {"statuses": [s["status"] for s in first] + [s["status"] for s in second],
                   "rows": [losses(d) for d in dirs]}
     return out

@@ -12,8 +12,9 @@ import scipy.linalg
 
 from rnn_spectra import cells as cells_lib
 from rnn_spectra import config as config_lib
-from rnn_spectra.constrained_cells import indrnn_bound
-from rnn_spectra.model import ModelConfig, SequenceModel
+from rnn_spectra.cells import indrnn_bound
+from rnn_spectra.config import ModelConfig
+from rnn_spectra.model import SequenceModel
 from rnn_spectra.optim import learning_rate
 from rnn_spectra.spectral import make_step_fn
 from rnn_spectra.train import build, init_state, make_train_step
@@ -108,7 +109,7 @@ def test_exprnn_stays_orthogonal_and_its_generator_has_its_own_learning_rate(tin
     for factor in (1.0, 0.1):
         cfg = dataclasses.replace(exp.run.optim, name="sgd", momentum=0.0, clip="none",
                                   learning_rate=0.5, orthogonal_lr_factor=factor)
-        tx, _ = make_optimizer(cfg, 10)
+        tx, _ = make_optimizer(cfg, 10, rules=cells_lib.CELLS["exprnn"].param_rules)
         updates, _ = tx.update(grads, tx.init(params), params)
         np.testing.assert_allclose(updates["cell"]["A"], -0.5 * factor, rtol=1e-6)
         np.testing.assert_allclose(updates["cell"]["W_x"], -0.5, rtol=1e-6)
@@ -132,7 +133,8 @@ def test_indrnn_respects_its_bound_after_training(tiny_config):
 
     push = jnp.full(tiny_config.model.hidden_size, -1.0).at[1].set(1.0)
     for bounded in (True, False):
-        tx, _ = make_optimizer(exp.run.optim, 5, recurrent_bound=bound if bounded else None)
+        tx, _ = make_optimizer(exp.run.optim, 5, seq_len=T,
+                               rules=cells_lib.CELLS["indrnn"].param_rules if bounded else ())
         params = init_state(exp, 0)["params"]
         opt_state = tx.init(params)
         for _ in range(5):

@@ -12,7 +12,8 @@ from rnn_spectra import datasets
 from rnn_spectra.config import TaskConfig
 from rnn_spectra.errors import ConfigError
 from rnn_spectra.tasks import get_task
-from rnn_spectra.train import EVAL_STREAM, TEST_STREAM, build, init_state, make_eval_fn, make_train_step
+from rnn_spectra.train import build, init_state, make_eval_fn, make_train_step
+from rnn_spectra.rng import EVAL_STREAM, TEST_STREAM
 
 
 def _rows(a):
@@ -135,7 +136,8 @@ def test_a_tiny_run_learns_digits_above_chance(tiny_config):
 
 
 def test_study_presets_add_the_image_tasks_with_their_own_tables():
-    from rnn_spectra.study import PRESETS, expand, member_config
+    from rnn_spectra.study.presets import PRESETS
+    from rnn_spectra.study.run import expand, member_config
 
     cpu = expand(PRESETS["cpu"])
     tables = {m.table for m in cpu}
@@ -156,7 +158,7 @@ def test_study_presets_add_the_image_tasks_with_their_own_tables():
 
 
 def test_report_accuracy_table():
-    from rnn_spectra.report import accuracy_table
+    from rnn_spectra.study.report import accuracy_table
 
     rows = [dict(table="digits_T64", variant="gru/orthogonal/clip=none", test_accuracy_mean=0.91,
                  test_accuracy_sd=0.02),

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from rnn_spectra.cells import CELLS
-from rnn_spectra.model import ModelConfig, SequenceModel, count_params
+from rnn_spectra.config import ModelConfig
+from rnn_spectra.model import SequenceModel, count_params
 
 B, T, D, H, O = 3, 7, 2, 6, 4
 

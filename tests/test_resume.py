@@ -27,8 +27,9 @@ from rnn_spectra import cli
 from rnn_spectra import workdir as wd
 from rnn_spectra.checkpointing import Checkpointer, CheckpointWarning
 from rnn_spectra.config import resolve
-from rnn_spectra.run_loop import WorkdirLock
-from rnn_spectra.train import build, init_state, train_and_evaluate
+from rnn_spectra.resume import WorkdirLock
+from rnn_spectra.train import build, init_state
+from rnn_spectra.loop import train_and_evaluate
 
 CACHE_ENV = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")
@@ -361,7 +362,7 @@ def test_lock_is_exclusive_and_released(tmp_path):
 def test_first_signal_asks_to_stop_second_exits_at_once():
     """In a forked child (no JAX needed there): the first SIGTERM only sets the flag the loop
     polls after each step; the second ends the process at once with 128 + SIGTERM."""
-    from rnn_spectra.run_loop import SignalGuard
+    from rnn_spectra.resume import SignalGuard
 
     import warnings
 

@@ -13,7 +13,8 @@ from jax.flatten_util import ravel_pytree
 from rnn_spectra import config as config_lib
 from rnn_spectra.cells import CELLS
 from rnn_spectra.errors import ConfigError, UserError
-from rnn_spectra.model import ModelConfig, SequenceModel
+from rnn_spectra.config import ModelConfig
+from rnn_spectra.model import SequenceModel
 from rnn_spectra.spectral import (
     SpectralInputError,
     gradient_flow,
@@ -372,7 +373,8 @@ def test_probe_batch_is_the_eager_draw_bit_for_bit(tiny_config, task_name):
     """The probe batch comes from one jitted program compiled without backend optimizations;
     its numbers must be exactly those of drawing it op by op, as runs recorded before did."""
     from rnn_spectra.spectral.monitor import probe_batch
-    from rnn_spectra.train import PROBE_STREAM, build, stream_key
+    from rnn_spectra.train import build
+    from rnn_spectra.rng import PROBE_STREAM, stream_key
 
     tiny_config.task.name = task_name
     exp = build(config_lib.resolve(tiny_config))
@@ -382,28 +384,17 @@ def test_probe_batch_is_the_eager_draw_bit_for_bit(tiny_config, task_name):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-def test_monitor_prepared_in_background_measures_the_same_and_reraises(tiny_config):
-    """``prepare_in_background`` compiles in a thread: the row is the one measured without it,
-    and an error raised while compiling (here: params of another hidden size) reaches the
-    caller of ``measure`` unchanged."""
+def test_monitor_refuses_params_of_another_size(tiny_config):
+    """Params of another hidden size reach the caller of ``measure`` as a one-line input error."""
     from rnn_spectra.spectral.monitor import SpectralMonitor
     from rnn_spectra.train import build, init_state
 
     tiny_config.spectral.lyapunov_k = 2
     exp = build(config_lib.resolve(tiny_config))
-    params = init_state(exp, 0)["params"]
-    plain = SpectralMonitor(exp).measure(params, 3)
-    monitor = SpectralMonitor(exp)
-    monitor.prepare_in_background(params)
-    assert monitor.measure(params, 3) == plain
-    assert monitor._compiled.get(False) is not None  # the thread's executable is what measures
-
     tiny_config.model.hidden_size = 6
     wrong = init_state(build(config_lib.resolve(tiny_config)), 0)["params"]
-    monitor = SpectralMonitor(exp)
-    monitor.prepare_in_background(wrong)
     with pytest.raises(SpectralInputError, match="hidden_size"):
-        monitor.measure(params, 0)
+        SpectralMonitor(exp).measure(wrong, 0)
 
 
 def _train_tiny(workdir, every=3):

@@ -9,8 +9,10 @@ import pytest
 
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
-from rnn_spectra.report import build_results, findings, write_report
-from rnn_spectra.study import PRESETS, expand, run_study
+from rnn_spectra.study.report import findings, write_report
+from rnn_spectra.study.results import build_results
+from rnn_spectra.study.presets import PRESETS
+from rnn_spectra.study.run import expand, run_study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,6 +84,7 @@ def _member(workdir, rel, *, test_loss, status="completed", diverged_step=None, 
             eval_losses=(), sigma=(1.0, 1.0), lam=(-0.1, -0.05)):
     d = os.path.join(workdir, rel)
     os.makedirs(d)
+    wd.write_json(os.path.join(d, "config.json"), {})  # a member is a run: it has a config
     wd.write_json(os.path.join(d, "summary.json"), {
         "status": status, "diverged_step": diverged_step, "baseline": 1 / 6, "num_params": 97,
         "final_eval": {"loss": test_loss}, "test": {"loss": test_loss, "max_sq_err": 0.01 if solved else 1.0},

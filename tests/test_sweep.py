@@ -10,8 +10,9 @@ import pytest
 from rnn_spectra import config as config_lib
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import ConfigError
-from rnn_spectra.sweep import SweepGroup, group_by_program, program_signature
-from rnn_spectra.train import train_and_evaluate
+from rnn_spectra.loop import Loop
+from rnn_spectra.sweep import group_by_program, program_signature
+from rnn_spectra.loop import train_and_evaluate
 
 
 def member(tiny, *, seed=0, cell="relu_rnn", init="orthogonal", scale=None, lr=1e-2,
@@ -44,7 +45,7 @@ def test_member_equals_the_same_config_trained_alone(tiny_config, tmp_path):
                member(tiny_config, seed=1, lr=3e-3, clip="global_norm", clip_value=0.5),
                member(tiny_config, seed=2, cell="irnn", init="identity", lr=1e-2)]
     dirs = [str(tmp_path / f"m{i}") for i in range(len(configs))]
-    summaries = SweepGroup(configs, dirs, str(tmp_path / "group")).run()
+    summaries = Loop(configs, dirs, str(tmp_path / "group")).run()
     for cfg, d, s in zip(configs, dirs, summaries):
         alone = train_and_evaluate(cfg, str(tmp_path / f"alone_{os.path.basename(d)}"))
         a, b = rows(str(tmp_path / f"alone_{os.path.basename(d)}")), rows(d)
@@ -63,9 +64,9 @@ def test_a_diverging_member_does_not_disturb_the_others(tiny_config, tmp_path):
     bad = member(tiny_config, seed=0, cell="irnn", init="identity", scale=2.0, clip="none",
                  seq_len=100)
     alone_dirs = [str(tmp_path / f"h{i}") for i in range(2)]
-    SweepGroup(healthy, alone_dirs, str(tmp_path / "g_healthy")).run()
+    Loop(healthy, alone_dirs, str(tmp_path / "g_healthy")).run()
     mixed_dirs = [str(tmp_path / "m0"), str(tmp_path / "bad"), str(tmp_path / "m1")]
-    summaries = SweepGroup([healthy[0], bad, healthy[1]], mixed_dirs, str(tmp_path / "g_mixed")).run()
+    summaries = Loop([healthy[0], bad, healthy[1]], mixed_dirs, str(tmp_path / "g_mixed")).run()
     assert summaries[1]["status"] == "diverged"
     assert summaries[1]["diverged_step"] == 1 and summaries[1]["last_good_step"] == 0
     assert rows(mixed_dirs[1]) == []  # nothing recorded past the last good step
@@ -83,7 +84,7 @@ def test_interrupted_group_resumes_to_the_same_numbers(tiny_config, tmp_path):
     for c in configs:
         c.checkpoint.every_steps = 10
     full = [str(tmp_path / f"full{i}") for i in range(2)]
-    SweepGroup(configs, full, str(tmp_path / "g_full")).run()
+    Loop(configs, full, str(tmp_path / "g_full")).run()
 
     cut = [str(tmp_path / f"cut{i}") for i in range(2)]
 
@@ -91,9 +92,9 @@ def test_interrupted_group_resumes_to_the_same_numbers(tiny_config, tmp_path):
         if step == 15:
             os.kill(os.getpid(), signal.SIGTERM)  # handled by the group: checkpoint, then stop
 
-    first = SweepGroup(configs, cut, str(tmp_path / "g_cut")).run(progress=preempt)
+    first = Loop(configs, cut, str(tmp_path / "g_cut")).run(progress=preempt)
     assert [s["status"] for s in first] == ["interrupted"] * 2
-    second = SweepGroup(configs, cut, str(tmp_path / "g_cut")).run()
+    second = Loop(configs, cut, str(tmp_path / "g_cut")).run()
     assert [s["status"] for s in second] == ["completed"] * 2
     for a, b in zip(full, cut):
         ra = [{k: v for k, v in r.items() if k != "wall_time"} for r in rows(a)]
@@ -103,14 +104,13 @@ def test_interrupted_group_resumes_to_the_same_numbers(tiny_config, tmp_path):
 
 def test_members_that_cannot_share_a_program_are_refused(tiny_config, tmp_path):
     with pytest.raises(ConfigError, match="differ in more than"):
-        SweepGroup([member(tiny_config), member(tiny_config, cell="tanh_rnn")],
+        Loop([member(tiny_config), member(tiny_config, cell="tanh_rnn")],
                    [str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "g"))
 
 
-def test_step0_spectra_measured_in_background_are_those_of_the_initial_params(tiny_config, tmp_path):
-    """The monitor compiles while training starts and the step-0 row is written late (on a host
-    copy of the initial params): rows still come in step order, once each, and the step-0 row
-    is the measurement of the initial params, for a single run and for every sweep member."""
+def test_step0_spectra_are_those_of_the_initial_params(tiny_config, tmp_path):
+    """Rows come in step order, once each, and the step-0 row is the measurement of the initial
+    params, for a single run and for every sweep member."""
     from rnn_spectra.spectral.monitor import SpectralMonitor
     from rnn_spectra.train import build, init_state
 
@@ -118,7 +118,7 @@ def test_step0_spectra_measured_in_background_are_those_of_the_initial_params(ti
     for c in configs:
         c.spectral.every, c.spectral.lyapunov_k = 10, 2
     dirs = [str(tmp_path / f"m{i}") for i in range(2)]
-    SweepGroup(configs, dirs, str(tmp_path / "group")).run()
+    Loop(configs, dirs, str(tmp_path / "group")).run()
     train_and_evaluate(configs[0], str(tmp_path / "alone"))
     exp = build(config_lib.resolve(configs[0]))
     for cfg, d in zip(configs, dirs):

@@ -13,7 +13,8 @@ import pytest
 from rnn_spectra import config as config_lib
 from rnn_spectra.config import OptimConfig
 from rnn_spectra.optim import learning_rate, make_clip, make_optimizer, make_schedule, set_hyperparams
-from rnn_spectra.train import build, init_state, make_train_step, train_and_evaluate
+from rnn_spectra.train import build, init_state, make_train_step
+from rnn_spectra.loop import train_and_evaluate
 
 
 def _grads(seed=0, scale=10.0):

@@ -16,9 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_spectra import config as config_lib
 from rnn_spectra import plots
-from rnn_spectra import workdir as wd
+from rnn_spectra.runs import load_run
 from rnn_spectra.cells import recurrent_matrices
 from rnn_spectra.errors import WorkdirError
 from rnn_spectra.spectral.cellstep import make_step_fn
@@ -30,40 +29,6 @@ from rnn_spectra.spectral.monitor import probe_batch
 from rnn_spectra.spectral.product_spectrum import product_log_singular_values
 
 DEFAULT_LAGS = 40  # log-spaced lags for the product spectra (each lag costs one batched SVD)
-
-
-
-
-def load_experiment(workdir: str):
-    """(RunConfig, Experiment) of the run in ``workdir``, from its config.json."""
-    from rnn_spectra.train import build
-
-    if not os.path.isdir(workdir):
-        raise WorkdirError(f"workdir {workdir} does not exist")
-    if not wd.is_run(workdir):
-        raise WorkdirError(f"{workdir} is not a run (no {wd.CONFIG}); pass the --workdir of a training run")
-    cfg = config_lib.config_from_workdir(workdir)
-    run = config_lib.resolve(cfg)
-    return run, build(run)
-
-
-def restore_params(workdir: str, exp, step: int | None = None):
-    """(params, step) of the checkpoint at ``step`` (default: latest) of the run in ``workdir``."""
-    from rnn_spectra.checkpointing import Checkpointer
-    from rnn_spectra.train import init_state
-
-    directory = wd.path(workdir, wd.CHECKPOINTS)
-    # Checked before Checkpointer, which would create the directory.
-    if not os.path.isdir(directory) or not any(n.isdigit() for n in os.listdir(directory)):
-        raise WorkdirError(
-            f"no checkpoints in {directory}; train the run first (rnn-spectra train --workdir {workdir} ...)"
-        )
-    ckpt = Checkpointer(directory)
-    try:
-        state, _ = ckpt.restore(init_state(exp, exp.run.seed), step=step)
-    finally:
-        ckpt.close()
-    return state["params"], int(state["step"])
 
 
 def compute(exp, params, num_lags: int = DEFAULT_LAGS, sequences: int | None = None) -> dict:
@@ -155,18 +120,20 @@ def analyze_workdir(workdir: str, step: int | None = None, out: str | None = Non
 
     ``out`` defaults to ``WORKDIR/analysis/step_<N>``. Returns {"step", "npz", "figures", "out"}.
     """
-    run, exp = load_experiment(workdir)
-    params, step = restore_params(workdir, exp, step)
+    run = load_run(workdir)
+    state = run.state(step)
+    params, step, exp = state["params"], int(state["step"]), run.experiment
     out = out or os.path.join(workdir, "analysis", f"step_{step}")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise WorkdirError(f"cannot create output directory {out}: {e.strerror}") from None
-    print(f"analyzing {workdir} at step {step} ({run.model.cell}, n={run.model.hidden_size}) ...",
+    cfg = run.run_config.model
+    print(f"analyzing {workdir} at step {step} ({cfg.cell}, n={cfg.hidden_size}) ...",
           file=sys.stderr, flush=True)
     result = compute(exp, params, num_lags=num_lags)
-    rows = [r for r in wd.read_jsonl(wd.path(workdir, wd.SPECTRA)) if r.get("step", 0) <= step]
+    rows = [r for r in run.spectra if r.get("step", 0) <= step]
     npz = os.path.join(out, f"spectra_step{step}.npz")
     np.savez_compressed(npz, step=np.asarray(step), **result)
-    paths = figures(result, rows, step, run.model.cell, out)
+    paths = figures(result, rows, step, cfg.cell, out)
     return {"step": step, "npz": npz, "figures": paths, "out": out}

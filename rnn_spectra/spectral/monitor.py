@@ -1,6 +1,6 @@
 """The spectral monitor of a training run: one JSON row per measurement in WORKDIR/spectra.jsonl.
 
-``run_loop.py`` builds ``SpectralMonitor(exp)`` once and calls ``measure(params, step)`` every
+``loop.py`` builds ``SpectralMonitor(exp)`` once and calls ``measure(params, step)`` every
 ``spectral.every`` steps. The array part, ``measure_arrays(params)``, is one pure jitted function
 of the params only (the probe batch is fixed at construction), so a sweep can ``jax.vmap`` it
 over the stacked params of many members and compile it once.
@@ -23,7 +23,6 @@ Row keys (natural logs throughout; "state" is the flattened carry, LSTM: c and h
 from __future__ import annotations
 
 import contextlib
-import threading
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +37,7 @@ from rnn_spectra.spectral.gradient_flow import model_gradient_flow
 from rnn_spectra.spectral.jacobians import lag_log_norms, log_spaced_lags, trajectory
 from rnn_spectra.spectral.lyapunov import lyapunov_spectrum
 from rnn_spectra.spectral.matrices import spectral_radius
-from rnn_spectra.train import PROBE_STREAM, stream_key
+from rnn_spectra.rng import PROBE_STREAM, stream_key
 
 FULL_SV_MAX = 1024  # up to this H every singular value is recorded; above, the 64 extremes
 SV_EXTREMES = 64
@@ -106,9 +105,7 @@ class SpectralMonitor:
         sp, model = exp.run.spectral, exp.model
         self.exp, self.model, self.task = exp, model, exp.task
         self.cell = model.config.cell
-        self._probe = None  # (inputs, targets), drawn on first use (see ``prepare_in_background``)
-        self._thread, self._compiled, self._error = None, {}, None
-        self._held = None  # (host params, tag) to measure later: see ``hold``
+        self._probe = None  # (inputs, targets), drawn on first use
         key = jax.eval_shape(lambda: jax.random.PRNGKey(0))  # traced, not compiled: no batch yet
         T = int(jax.eval_shape(lambda k: exp.task.batch(k, 1), key)[0].shape[1])
         self.state_size = int(ravel_pytree(model.initial_carry(()))[0].shape[0])
@@ -138,65 +135,9 @@ class SpectralMonitor:
     inputs = property(lambda self: self.probe[0])
     targets = property(lambda self: self.probe[1])
 
-    def prepare_in_background(self, params, stacked: bool = False) -> None:
-        """Draw the probe batch and compile the measurement for ``params``' shapes in a thread.
-
-        ``stacked``: ``params`` is a sweep's stack of members (``host_arrays(..., stacked=True)``).
-        Without a warm compilation cache the monitor's set-up (probe batch, trace, XLA compile)
-        costs ~3 s on a 2-core CPU against ~0.1 s per measurement: most of its cost in a short
-        run. Runs and sweeps train meanwhile (XLA:CPU's train step keeps about one core busy)
-        and take their step-0 measurement once the monitor is ``ready``. Only compilation runs
-        in the thread, never a measurement (two LAPACK kernels side by side can deadlock XLA's
-        CPU pool: see ``_arrays``). The next measurement waits for it and raises whatever it
-        raised."""
-        like = jax.tree_util.tree_map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)),
-            params)
-        fn = self.measure_stacked if stacked else self.measure_arrays
-
-        def work():
-            try:
-                self._compiled[stacked] = fn.lower(like).compile()
-            except BaseException as e:  # noqa: BLE001 - handed to the main thread by _wait()
-                self._error = e
-
-        self._thread = threading.Thread(target=work, name="spectral-monitor-compile", daemon=True)
-        self._thread.start()
-
-    @property
-    def ready(self) -> bool:
-        """No background preparation is running (never started, finished or failed)."""
-        return self._thread is None or not self._thread.is_alive()
-
-    def hold(self, params, tag=None) -> None:
-        """Keep a host copy of ``params`` (and ``tag``) to measure later: the step-0 spectrum,
-        taken once the background compile is done while training goes on (``take_held``)."""
-        self._held = (to_host(params), tag)
-
-    def take_held(self, due: bool):
-        """The held ``(host params, tag)``, handed over once, or None while it can still wait.
-
-        ``due``: a later row or a checkpoint is about to be written, or the run ends; then it is
-        handed over whatever the compile's state. Otherwise only once the monitor is ``ready``,
-        and only in a single process: under several, every process must run the measurement
-        (a collective program) at the same step, so they wait for a due point."""
-        if self._held is None or not (due or (self.ready and jax.process_count() == 1)):
-            return None
-        held, self._held = self._held, None
-        return held
-
-    def _wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error
-
     def host_arrays(self, params, stacked: bool = False) -> dict:
         """``measure_arrays(params)`` (``stacked``: of every member) as host numpy arrays."""
-        self._wait()
-        fn = self._compiled.get(stacked) or (self.measure_stacked if stacked else self.measure_arrays)
+        fn = self.measure_stacked if stacked else self.measure_arrays
         with single_threaded_blas():  # held until the results are on the host
             return to_host(fn(params))
 

@@ -21,6 +21,13 @@ TASKS: dict[str, type[Task]] = {
 }
 
 
+def solved_rule(name: str):
+    """``rule(metrics, baseline) -> bool``: task ``name``'s success criterion on a metrics row."""
+    if name not in TASKS:
+        raise unknown_name("task", name, TASKS)
+    return TASKS[name].solved_by
+
+
 def get_task(cfg: TaskConfig) -> Task:
     """Validate the name and length, then ``TASKS[cfg.name].from_config(cfg)``."""
     if cfg.name not in TASKS:
@@ -30,4 +37,4 @@ def get_task(cfg: TaskConfig) -> Task:
     return TASKS[cfg.name].from_config(cfg)
 
 
-__all__ = ["TASKS", "Task", "get_task", "AddingTask", "CopyingTask", "DigitsTask", "PixelMNISTTask"]
+__all__ = ["TASKS", "Task", "get_task", "solved_rule", "AddingTask", "CopyingTask", "DigitsTask", "PixelMNISTTask"]

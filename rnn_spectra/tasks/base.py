@@ -78,6 +78,12 @@ class Task(abc.ABC):
     def baseline(self) -> float:
         """Loss of the best input-independent (memoryless) predictor."""
 
-    @abc.abstractmethod
     def solved(self, metrics: dict[str, float]) -> bool:
         """The task's binary success criterion on a (large) eval set."""
+        return self.solved_by(metrics, self.baseline)
+
+    @staticmethod
+    @abc.abstractmethod
+    def solved_by(metrics: dict[str, float], baseline: float) -> bool:
+        """The criterion as a rule on a metrics row and the baseline, needing no data: what a
+        report applies to recorded rows (a missing metric never counts as solved)."""

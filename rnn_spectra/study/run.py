@@ -3,7 +3,7 @@ tasks, each at its own best hyperparameters, trained as vmapped sweeps; then the
 
 ``run_study(preset, workdir)`` expands a preset into member configs (variant x clipping x
 learning rate x clip threshold x seed x task/T), groups them by program (``sweep.py``), trains
-each group once, and writes ``W/study.json`` plus one ordinary workdir per member under
+each group once (``loop.Loop``), and writes ``W/study.json`` plus one ordinary workdir per member under
 ``W/runs/``. Re-running the same command resumes: finished groups are skipped, a preempted group
 continues from its last stacked checkpoint.
 """
@@ -24,26 +24,30 @@ from jax.experimental import multihost_utils
 from rnn_spectra import config as config_lib
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
+from rnn_spectra.cells import program_name
+from rnn_spectra.loop import Loop
 from rnn_spectra.parallel import is_writer
-from rnn_spectra.presets import PRESETS, Preset, Variant, get_preset  # noqa: F401 (re-exported)
-from rnn_spectra.sweep import SAME_PROGRAM, SweepGroup, export_member_checkpoints, group_by_program
+from rnn_spectra.runs import load_run
+from rnn_spectra.study.presets import Preset, TaskEntry, Variant, get_preset
+from rnn_spectra.sweep import export_member_checkpoints, group_by_program
 
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-    task: str
-    seq_len: int
+    entry: TaskEntry
     variant: Variant
     clip: str
     clip_value: float
     learning_rate: float
     seed: int
-    overrides: tuple[tuple[str, object], ...] = ()  # the task entry's own config keys
+
+    @property
+    def task(self) -> str:
+        return self.entry.name
 
     @property
     def table(self) -> str:
-        perm = "_perm" if dict(self.overrides).get("task.permuted") else ""
-        return f"{self.task}{perm}_T{self.seq_len}"
+        return self.entry.table
 
     @property
     def row(self) -> str:
@@ -62,45 +66,31 @@ class Member:
 
 def expand(preset: Preset) -> list[Member]:
     members = []
-    for task, t, *rest in preset.tasks:
+    for task in preset.tasks:
         for v in preset.variants:
-            if v.tasks is not None and task not in v.tasks:
+            if v.tasks is not None and task.name not in v.tasks:
                 continue
             for clip in v.clips or preset.clips:
                 for lr in v.learning_rates or preset.learning_rates:
                     for cv in (preset.clip_values if clip != "none" else (0.0,)):
                         for seed in preset.seeds:
-                            members.append(Member(task, t, v, clip, cv, lr, seed, *rest))
+                            members.append(Member(task, v, clip, cv, lr, seed))
     return members
 
 
 def member_config(preset: Preset, m: Member):
+    """Defaults, then the preset's base, the table's and the variant's settings, then the axes."""
     c = config_lib.default_config()
-    c.seed = m.seed
-    c.task.name, c.task.seq_len = m.task, m.seq_len
-    c.model.cell, c.model.hidden_size = m.variant.cell, preset.hidden_size
-    c.model.recurrent_init, c.model.init_scale = m.variant.recurrent_init, m.variant.init_scale
-    c.optim.name = m.variant.optim or preset.optimizer
-    c.optim.learning_rate = m.learning_rate
-    c.optim.clip = m.clip
-    c.optim.clip_value = m.clip_value if m.clip != "none" else 1.0
-    c.train.steps, c.train.batch_size = preset.steps, preset.batch_size
-    c.train.eval_every, c.train.log_every = preset.eval_every, preset.log_every
-    c.train.eval_batches, c.train.eval_batch_size = preset.eval_batches, preset.eval_batch_size
-    c.train.progress = False
-    c.spectral.every = preset.spectral_every
-    c.checkpoint.every_steps = preset.checkpoint_every
-    c.checkpoint.keep = 3
-    for key, value in preset.overrides + m.overrides:
-        section, leaf = key.split(".")
-        c[section][leaf] = value
+    axes = (("seed", m.seed), ("optim.learning_rate", m.learning_rate), ("optim.clip", m.clip),
+            ("optim.clip_value", m.clip_value if m.clip != "none" else 1.0))
+    for key, value in preset.base + m.entry.settings + m.variant.config + axes:
+        config_lib.apply_overrides(c, {key: value})
     return c
 
 
 def _group_name(m: Member, cfg) -> str:
-    cell = SAME_PROGRAM.get(m.variant.cell, m.variant.cell)
     clip = "global_norm" if cfg.optim.clip == "none" else cfg.optim.clip
-    return f"{m.table}/{cell}_{cfg.optim.name}_{clip}"
+    return f"{m.table}/{program_name(cfg.model.cell)}_{cfg.optim.name}_{clip}"
 
 
 class Console:
@@ -154,7 +144,7 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
     record = {
         "preset": preset.name, "description": preset.description,
         "preset_fields": _preset_dict(preset),
-        "members": [dict(relpath=m.relpath, table=m.table, row=m.row, setting=m.setting,
+        "members": [dict(relpath=m.relpath, table=m.table, task=m.task, row=m.row, setting=m.setting,
                          seed=m.seed, learning_rate=m.learning_rate, clip=m.clip,
                          clip_value=m.clip_value, group=_group_name(m, configs[i]))
                     for i, m in enumerate(members)],
@@ -175,8 +165,8 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
             console.start(name + " (done, skipped)", len(idx))
             continue
         console.start(name, len(idx))
-        group = SweepGroup([configs[i] for i in idx], dirs, os.path.join(workdir, "groups", name),
-                           name=name, test_chunks=preset.test_chunks)
+        group = Loop([configs[i] for i in idx], dirs, os.path.join(workdir, "groups", name),
+                     name=name, test_chunks=preset.test_chunks)
         gt = time.perf_counter()
         summaries = group.run(progress=console)
         group_times[name] = time.perf_counter() - gt
@@ -187,7 +177,7 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
     if not writer:
         return record
     wd.write_json(study_path, record)
-    from rnn_spectra.report import write_report
+    from rnn_spectra.study.report import write_report
 
     if jax.process_count() == 1:
         export_chosen_checkpoints(workdir)
@@ -204,7 +194,7 @@ def export_chosen_checkpoints(workdir: str) -> None:
     """The chosen setting's first seed of every row gets its own checkpoints (init and end), so
     `rnn-spectra analyze` and the notebooks can open it like a single run (one process only:
     the copies are plain single-device Orbax saves)."""
-    from rnn_spectra.report import build_results
+    from rnn_spectra.study.results import build_results
 
     export_best_checkpoints(workdir, [r["member_dirs"][0] for r in build_results(workdir)["rows"]])
 
@@ -213,25 +203,21 @@ def export_best_checkpoints(workdir: str, relpaths: list[str]) -> None:
     """Give the report's chosen members their own checkpoints (init and end) for analysis."""
     import jax.numpy as jnp
 
-    from rnn_spectra.train import build, init_state
+    from rnn_spectra.train import init_state
 
     by_group: dict[str, dict[int, str]] = {}
     for rel in relpaths:
-        w = os.path.join(workdir, rel)
-        if os.path.isdir(wd.path(w, wd.CHECKPOINTS)):
+        run = load_run(os.path.join(workdir, rel))
+        if run.steps:
             continue
-        sweep = wd.read_json(wd.path(w, wd.SUMMARY))["sweep"]
-        group_dir = os.path.normpath(os.path.join(w, sweep["group_dir"]))
-        by_group.setdefault(group_dir, {})[sweep["index"]] = w
+        sweep = run.summary["sweep"]
+        group_dir = os.path.normpath(os.path.join(run.workdir, sweep["group_dir"]))
+        by_group.setdefault(group_dir, {})[sweep["index"]] = run
     for group_dir, members in by_group.items():
-        w = next(iter(members.values()))
-        cfg = config_lib.config_from_workdir(w)
-        one = init_state(build(config_lib.resolve(cfg)), 0)
-        size = wd.read_json(wd.path(w, wd.SUMMARY))["sweep"]["members"]
-        template = jax.tree_util.tree_map(lambda x: jnp.stack([x] * size), one)
-        export_member_checkpoints(group_dir, template, members)
-
-
+        run = next(iter(members.values()))
+        one = init_state(run.experiment, 0)
+        template = jax.tree_util.tree_map(lambda x: jnp.stack([x] * run.summary["sweep"]["members"]), one)
+        export_member_checkpoints(group_dir, template, {i: r.workdir for i, r in members.items()})
 
 
 def _finished(member_dir: str) -> bool:
@@ -244,4 +230,5 @@ def _finished(member_dir: str) -> bool:
 def _preset_dict(p: Preset) -> dict:
     d = dataclasses.asdict(p)
     d["variants"] = [v.name for v in p.variants]
+    d["tasks"] = [t.table for t in p.tasks]
     return d

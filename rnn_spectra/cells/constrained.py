@@ -1,6 +1,6 @@
 """Cells that answer the vanishing/exploding question by constraining W_s: IndRNN,
-AntisymmetricRNN and the orthogonal expRNN. Importing this module registers them in ``CELLS``
-(``cells.py`` imports it at its end), so they are built, trained, swept and measured like the others.
+AntisymmetricRNN and the orthogonal expRNN. ``cells.CELLS`` registers them
+(``cells/__init__.py``), so they are built, trained, swept and measured like the others.
 
 Each cell is one step ``(carry, x_BxD) -> (carry, h_BxH)``, carry = h (B, H). What
 ``recurrent_matrices`` returns as ``W_s`` (math orientation) for each:
@@ -21,9 +21,6 @@ Each cell is one step ``(carry, x_BxD) -> (carry, h_BxH)``, carry = h (B, H). Wh
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -31,57 +28,14 @@ import jax.numpy as jnp
 
 from jax.ad_checkpoint import checkpoint_name
 
-from rnn_spectra.cells import (
-    CELLS, PREACTIVATION, RECURRENT_INITS, CellSpec, Initializer, orthogonal_init,
-)
+from rnn_spectra.cells.base import PREACTIVATION, Array, Initializer
+from rnn_spectra.cells.inits import henaff_init, orthogonal_init, uniform_init
 
-Array = jax.Array
-
-# Param names the optimizer treats specially (optim.py): projected onto |u| <= bound; own lr.
+# Param names the cells' optimizer rules refer to (cells/__init__.py): projected; own lr.
 INDRNN_DIAG = "u"
 EXPRNN_SKEW = "A"
 
 
-# ----------------------------------------------------------------------------- initializers
-def uniform_init(scale: float) -> Initializer:
-    """Entries i.i.d. U[0, scale] (IndRNN's recurrent weights; it uses the diagonal)."""
-
-    def init(key, shape, dtype=jnp.float32):
-        return scale * jax.random.uniform(key, shape, dtype)
-
-    return init
-
-
-def _block_skew(angles: Array, n: int, dtype) -> Array:
-    """Block-diagonal skew-symmetric (n, n) with 2x2 blocks [[0, a], [-a, 0]] (odd n: last row 0)."""
-    s = jnp.zeros((n, n), dtype)
-    idx = jnp.arange(n // 2)
-    s = s.at[2 * idx, 2 * idx + 1].set(angles.astype(dtype))
-    return s.at[2 * idx + 1, 2 * idx].set(-angles.astype(dtype))
-
-
-def henaff_init(scale: float) -> Initializer:
-    """Henaff et al. 2016 as used by expRNN: block rotations, angles U[-pi, pi] (times scale)."""
-
-    def init(key, shape, dtype=jnp.float32):
-        a = jax.random.uniform(key, (shape[0] // 2,), jnp.float32, -math.pi, math.pi)
-        return _block_skew(scale * a, shape[0], dtype)
-
-    return init
-
-
-def cayley_init(scale: float) -> Initializer:
-    """Helfrich et al. 2018 as used by expRNN: a = -sqrt((1 - cos t) / (1 + cos t)), t ~ U[0, pi/2]."""
-
-    def init(key, shape, dtype=jnp.float32):
-        t = jax.random.uniform(key, (shape[0] // 2,), jnp.float32, 0.0, math.pi / 2)
-        a = -jnp.sqrt((1.0 - jnp.cos(t)) / (1.0 + jnp.cos(t)))
-        return _block_skew(scale * a, shape[0], dtype)
-
-    return init
-
-
-# ----------------------------------------------------------------------------- cells
 class IndRNNCell(nn.Module):
     """h' = relu(x W_x + u * h + b). Params: W_x (D, H), u (H,) = diag of the recurrent init, b (H,)."""
 
@@ -195,41 +149,22 @@ class ExpRNNCell(nn.Module):
         return jnp.zeros((*batch_shape, self.hidden_size))
 
 
-# ----------------------------------------------------------------------------- registration
-def _indrnn_matrices(params, **_) -> dict[str, Array]:
+# ----------------------------------------------------------------------------- recurrent matrices
+def indrnn_matrices(params, **_) -> dict[str, Array]:
     u = params[INDRNN_DIAG]
     return {"W_s": u[..., :, None] * jnp.eye(u.shape[-1], dtype=u.dtype)}
 
 
-def _antisymmetric_matrices(params, *, gamma: float, **_) -> dict[str, Array]:
+def antisymmetric_matrices(params, *, gamma: float, **_) -> dict[str, Array]:
     return {"W_s": antisymmetric_matrix(params["W_s"], gamma)}
 
 
-def _exprnn_matrices(params, **_) -> dict[str, Array]:
+def exprnn_matrices(params, **_) -> dict[str, Array]:
     a = params[EXPRNN_SKEW]
     fn = exp_orthogonal
     for _ in range(a.ndim - 2):  # stacked params (sweeps): one expm per member
         fn = jax.vmap(fn)
     return {"W_s": fn(a)}
-
-
-@dataclasses.dataclass(frozen=True)
-class ConstrainedCellSpec(CellSpec):
-    """A CellSpec whose W_s is derived from the params: ``matrices(params, **kwargs) -> {"W_s": ...}``."""
-
-    matrices: Callable[..., dict[str, Array]] | None = None
-
-
-def _spec(module, init, matrices, **kwargs) -> ConstrainedCellSpec:
-    return ConstrainedCellSpec(module, ("W_s",), init, 1.0, kwargs, matrices=matrices)
-
-
-RECURRENT_INITS.update({"uniform": uniform_init, "henaff": henaff_init, "cayley": cayley_init})
-CELLS.update({
-    "indrnn": _spec(IndRNNCell, "uniform", _indrnn_matrices),
-    "antisymmetric": _spec(AntisymmetricCell, "normal", _antisymmetric_matrices, epsilon=0.1, gamma=0.01),
-    "exprnn": _spec(ExpRNNCell, "henaff", _exprnn_matrices),
-})
 
 
 def indrnn_bound(seq_len: int) -> float:

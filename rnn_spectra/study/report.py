@@ -1,8 +1,6 @@
 """The study's report from its workdir alone: ``W/results.json``, ``W/report.md``, ``W/figures/``.
 
-Each table row is a variant (cell / init / clipping) at its *own* best setting (learning rate,
-clip threshold), chosen by mean validation loss over seeds; the numbers quoted are on a separate
-test set. Every sentence of "Findings" is generated from those numbers.
+The rows come from ``results.py``; every sentence of "Findings" is generated from their numbers.
 """
 
 from __future__ import annotations
@@ -15,164 +13,8 @@ import numpy as np
 
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
-from rnn_spectra.spectral.rows import lyapunov_top, sigma_max
+from rnn_spectra.study.results import build_results
 from rnn_spectra.tasks.images import SOLVED_ACCURACY
-
-# ----------------------------------------------------------------------------- loading
-
-
-def load_members(workdir: str) -> tuple[dict, list[dict]]:
-    """study.json and, per member, its record + summary + metrics + spectra rows."""
-    study_path = wd.path(workdir, "study.json")
-    if not os.path.exists(study_path):
-        raise WorkdirError(f"{workdir} is not a study (no study.json); run `rnn-spectra study` first")
-    study = wd.read_json(study_path)
-    members = []
-    for rec in study["members"]:
-        d = os.path.join(workdir, rec["relpath"])
-        summary_path = wd.path(d, wd.SUMMARY)
-        if not os.path.exists(summary_path):
-            continue  # not trained yet (an interrupted study reports what it has)
-        members.append({
-            **rec,
-            "dir": d,
-            "summary": wd.read_json(summary_path),
-            "metrics": wd.read_jsonl(wd.path(d, wd.METRICS)),
-            "spectra": wd.read_jsonl(wd.path(d, wd.SPECTRA)),
-        })
-    if not members:
-        raise WorkdirError(f"{workdir}: no member has finished yet; nothing to report")
-    return study, members
-
-
-# ----------------------------------------------------------------------------- selection
-
-
-def _eval_rows(m: dict) -> list[dict]:
-    return [r for r in m["metrics"] if r.get("split") == "eval"]
-
-
-def _val_loss(m: dict) -> float:
-    v = m["summary"].get("final_eval", {}).get("loss", math.inf)
-    return v if isinstance(v, (int, float)) and math.isfinite(v) else math.inf
-
-
-def choose_best(members: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """(table, row) -> the seeds of the setting with the lowest mean validation loss."""
-    by_setting: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for m in members:
-        by_setting[(m["table"], m["row"])][m["setting"]].append(m)
-    best = {}
-    for key, settings in by_setting.items():
-        # Fewer divergences first, then lower mean validation loss.
-        def rank(item):
-            seeds = item[1]
-            diverged = sum(s["summary"]["status"] == "diverged" for s in seeds)
-            return (diverged == len(seeds), float(np.mean([_val_loss(s) for s in seeds])), item[0])
-
-        best[key] = min(settings.items(), key=rank)[1]
-    return best
-
-
-# ----------------------------------------------------------------------------- one row
-
-
-def _first_step(m: dict, predicate) -> tuple[int | None, float | None]:
-    for r in _eval_rows(m):
-        if predicate(r):
-            return r["step"], r.get("wall_time")
-    return None, None
-
-
-def _solved_row(task: str, baseline: float):
-    if task == "adding":
-        return lambda r: r.get("max_sq_err", math.inf) <= 0.04
-    # Classification tasks (they report accuracy): the task's own criterion, SOLVED_ACCURACY.
-    return lambda r: (r["accuracy"] >= SOLVED_ACCURACY if "accuracy" in r
-                      else r.get("loss", math.inf) < 0.1 * baseline)
-
-
-def _stat(values: list[float]) -> tuple[float | None, float | None]:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return None, None
-    return float(np.mean(vals)), float(np.std(vals))
-
-
-def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -> dict:
-    task = table.split("_T")[0]
-    s0 = seeds[0]["summary"]
-    baseline = s0["baseline"]
-    test_losses = [m["summary"].get("test", {}).get("loss", math.nan) for m in seeds]
-    test_acc = [m["summary"].get("test", {}).get("accuracy") for m in seeds]
-    solved_pred = _solved_row(task, baseline)
-    # Over the seeds that pass the test-set criterion: their first validation eval that passes it.
-    solve_steps = [_first_step(m, solved_pred)[0] for m in seeds if m["summary"].get("solved")]
-    target = [_first_step(m, lambda r: r.get("loss", math.inf) < target_fraction * baseline)
-              for m in seeds]
-    sig0 = [sigma_max(m["spectra"][0]) if m["spectra"] else None for m in seeds]
-    sig1 = [sigma_max(m["spectra"][-1]) if m["spectra"] else None for m in seeds]
-    lam0 = [lyapunov_top(m["spectra"][0]) if m["spectra"] else None for m in seeds]
-    lam1 = [lyapunov_top(m["spectra"][-1]) if m["spectra"] else None for m in seeds]
-    loss_mean, loss_sd = _stat(test_losses)
-    acc_mean, acc_sd = _stat(test_acc)
-    reached = [t for t in target if t[0] is not None]
-    return {
-        "table": table,
-        "task": task,
-        "variant": row,
-        "setting": seeds[0]["setting"],
-        "learning_rate": seeds[0]["learning_rate"],
-        "clip": seeds[0]["clip"],
-        "clip_value": seeds[0]["clip_value"] if seeds[0]["clip"] != "none" else None,
-        "params": s0["num_params"],
-        "seeds": len(seeds),
-        "test_loss_mean": loss_mean,
-        "test_loss_sd": loss_sd,
-        "test_accuracy_mean": acc_mean,  # classification tasks only (None elsewhere)
-        "test_accuracy_sd": acc_sd,
-        "baseline": baseline,
-        "beats_baseline": loss_mean is not None and loss_mean < baseline,
-        "seeds_solved": sum(bool(m["summary"].get("solved")) for m in seeds),
-        "seeds_diverged": sum(m["summary"]["status"] == "diverged" for m in seeds),
-        "diverged_steps": [m["summary"].get("diverged_step") for m in seeds
-                           if m["summary"]["status"] == "diverged"],
-        "steps_to_solve": (float(np.median([s for s in solve_steps if s is not None]))
-                           if any(s is not None for s in solve_steps) else None),
-        "target_fraction": target_fraction,
-        "steps_to_target": float(np.median([t[0] for t in reached])) if reached else None,
-        "seconds_to_target": float(np.median([t[1] for t in reached])) if reached else None,
-        "sigma_max_init": _stat(sig0)[0],
-        "sigma_max_end": _stat(sig1)[0],
-        "lyapunov_top_init": _stat(lam0)[0],
-        "lyapunov_top_end": _stat(lam1)[0],
-        "group_wall_time_s": s0["wall_time_s"],
-        "group_members": s0.get("sweep", {}).get("members", 1),
-        "member_dirs": [m["relpath"] for m in seeds],
-    }
-
-
-def build_results(workdir: str) -> dict:
-    study, members = load_members(workdir)
-    frac = study.get("preset_fields", {}).get("target_fraction", 0.5)
-    best = choose_best(members)
-    rows = [summarise(t, r, seeds, frac) for (t, r), seeds in best.items()]
-    # Divergence over the whole grid of a row, not only at its chosen setting: an unclipped
-    # variant can look fine at its best learning rate and still blow up at the other ones.
-    runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for m in members:
-        runs[(m["table"], m["row"])].append(m)
-    for r in rows:
-        every = runs[(r["table"], r["variant"])]
-        r["runs_all_settings"] = len(every)
-        r["runs_diverged_all_settings"] = sum(m["summary"]["status"] == "diverged" for m in every)
-    order = {name: i for i, name in enumerate(dict.fromkeys(m["table"] for m in study["members"]))}
-    rows.sort(key=lambda r: (order.get(r["table"], 99), r["test_loss_mean"] if r["test_loss_mean"]
-                             is not None else math.inf))
-    return {"preset": study["preset"], "machine": study.get("machine"), "jax": study.get("jax"),
-            "started": study.get("started"), "finished": study.get("finished"),
-            "wall_time_s": study.get("wall_time_s"), "members": len(members), "rows": rows}
-
 
 # ----------------------------------------------------------------------------- findings
 
@@ -343,7 +185,7 @@ def accuracy_table(results: dict) -> list[str]:
 
 def write_report(workdir: str) -> str:
     """Write results.json, figures/ and report.md into the study workdir; return report.md's path."""
-    from rnn_spectra.report_figures import make_figures
+    from rnn_spectra.study.figures import make_figures
 
     results = build_results(workdir)
     wd.write_json(wd.path(workdir, "results.json"), results)

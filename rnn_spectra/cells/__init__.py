@@ -1,0 +1,100 @@
+"""Recurrent cells: the one registry ``CELLS`` and what is built from it.
+
+``CELLS[name]`` is a ``CellSpec`` (``base.py``): the Flax module (``classic.py``: Elman, LSTM,
+GRU; ``constrained.py``: IndRNN, AntisymmetricRNN, expRNN), the names of its recurrent (H, H)
+matrices, its default recurrent init (``inits.py``), and what it needs from the optimizer.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+from rnn_spectra.cells.base import PREACTIVATION, Array, CellSpec, Initializer, ParamRule
+from rnn_spectra.cells.classic import ACTIVATIONS, ElmanCell, GRUCell, LSTMCell
+from rnn_spectra.cells.constrained import (
+    EXPRNN_SKEW, INDRNN_DIAG, AntisymmetricCell, ExpRNNCell, IndRNNCell, antisymmetric_matrices,
+    exprnn_matrices, indrnn_bound, indrnn_matrices,
+)
+from rnn_spectra.cells.inits import (
+    INPUT_INITS, RECURRENT_INITS, get_input_init, get_recurrent_init,
+)
+from rnn_spectra.errors import ConfigError, unknown_name
+
+CELLS: dict[str, CellSpec] = {
+    "tanh_rnn": CellSpec(ElmanCell, ("W_s",), "orthogonal", 1.0, {"activation": "tanh"}),
+    "relu_rnn": CellSpec(ElmanCell, ("W_s",), "normal", 1.0, {"activation": "relu"}),
+    "irnn": CellSpec(ElmanCell, ("W_s",), "identity", 1.0, {"activation": "relu"},
+                     program="relu_rnn"),
+    "lstm": CellSpec(LSTMCell, ("W_i", "W_f", "W_g", "W_o"), "orthogonal", 1.0),
+    "gru": CellSpec(GRUCell, ("W_r", "W_z", "W_n"), "orthogonal", 1.0),
+    # IndRNN's |u| <= 2^(1/T), T the input length, by a projection after every update.
+    "indrnn": CellSpec(IndRNNCell, ("W_s",), "uniform", 1.0, matrices=indrnn_matrices,
+                       param_rules=(ParamRule(INDRNN_DIAG, abs_bound=indrnn_bound),)),
+    "antisymmetric": CellSpec(AntisymmetricCell, ("W_s",), "normal", 1.0,
+                              {"epsilon": 0.1, "gamma": 0.01}, matrices=antisymmetric_matrices),
+    # expRNN's skew generator A learns at orthogonal_lr_factor x the learning rate (Lezcano-Casado
+    # 2019: 10x smaller).
+    "exprnn": CellSpec(ExpRNNCell, ("W_s",), "henaff", 1.0, matrices=exprnn_matrices,
+                       param_rules=(ParamRule(EXPRNN_SKEW,
+                                              lr_factor=lambda optim: optim.orthogonal_lr_factor),)),
+}
+
+
+def get_cell_spec(name: str) -> CellSpec:
+    if name not in CELLS:
+        raise unknown_name("cell", name, CELLS)
+    return CELLS[name]
+
+
+def program_name(name: str) -> str:
+    """The cell whose compiled program ``name`` shares (irnn trains as relu_rnn)."""
+    return get_cell_spec(name).program or name
+
+
+def make_cell(
+    name: str,
+    hidden_size: int,
+    *,
+    recurrent_init: str | None = None,
+    init_scale: float | None = None,
+    input_init: str = "normal",
+    input_scale: float = 1.0,
+    bias_init: float = 0.0,
+    forget_bias: float = 1.0,
+) -> nn.Module:
+    """Build a registered cell. ``recurrent_init``/``init_scale`` default to the cell's own."""
+    spec = get_cell_spec(name)
+    if hidden_size <= 0:
+        raise ConfigError(f"model.hidden_size must be a positive integer, got {hidden_size}")
+    rec = get_recurrent_init(
+        recurrent_init or spec.default_recurrent_init,
+        spec.default_init_scale if init_scale is None else init_scale,
+    )
+    kwargs = dict(spec.kwargs)
+    if spec.module is LSTMCell:
+        kwargs["forget_bias"] = forget_bias
+    return spec.module(
+        hidden_size=hidden_size,
+        recurrent_init=rec,
+        input_init=get_input_init(input_init, input_scale),
+        bias_init=nn.initializers.constant(bias_init),
+        **kwargs,
+    )
+
+
+def recurrent_matrices(cell_name: str, cell_params) -> dict[str, Array]:
+    """The cell's recurrent (H, H) matrices by name: {"W_s"} or one per gate (math orientation)."""
+    spec = get_cell_spec(cell_name)
+    if spec.matrices is not None:  # W_s derived from the params (constrained cells)
+        return spec.matrices(cell_params, **spec.kwargs)
+    w_s = cell_params["W_s"]
+    hidden = w_s.shape[-1]
+    return {g: w_s[..., i * hidden : (i + 1) * hidden, :] for i, g in enumerate(spec.gates)}
+
+
+__all__ = [
+    "CELLS", "CellSpec", "ParamRule", "PREACTIVATION", "Array", "Initializer", "ACTIVATIONS",
+    "ElmanCell", "LSTMCell", "GRUCell", "IndRNNCell", "AntisymmetricCell", "ExpRNNCell",
+    "RECURRENT_INITS", "INPUT_INITS", "get_recurrent_init", "get_input_init", "get_cell_spec",
+    "program_name", "make_cell", "recurrent_matrices", "indrnn_bound", "INDRNN_DIAG", "EXPRNN_SKEW",
+]

@@ -1,0 +1,114 @@
+"""The classic cells: Elman (tanh / ReLU), LSTM and GRU (Flax linen, one step each).
+
+Gated cells keep their gate matrices stacked along the first axis, ``(G*H, H)``, so one matmul
+serves all gates; ``recurrent_matrices`` slices them into one (H, H) matrix per gate.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from rnn_spectra.cells.base import PREACTIVATION, Array, Initializer
+from rnn_spectra.cells.inits import orthogonal_init, stacked
+
+
+ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+
+
+class ElmanCell(nn.Module):
+    """h' = phi(W_s h + W_x x + b). Params: W_x (D, H), W_s (H, H) math orientation, b (H,)."""
+
+    tags_preactivation = True  # see PREACTIVATION (a plain class attribute, not a field)
+    hidden_size: int
+    activation: str = "tanh"
+    recurrent_init: Initializer = orthogonal_init(1.0)
+    input_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, carry: Array, x: Array) -> tuple[Array, Array]:
+        h = self.hidden_size
+        w_x = self.param("W_x", self.input_init, (x.shape[-1], h))
+        w_s = self.param("W_s", self.recurrent_init, (h, h))
+        b = self.param("b", self.bias_init, (h,))
+        z = checkpoint_name(carry @ w_s.T + x @ w_x + b, PREACTIVATION)
+        new_h = ACTIVATIONS[self.activation](z)
+        return new_h, new_h
+
+    def initialize_carry(self, batch_shape: tuple[int, ...]) -> Array:
+        return jnp.zeros((*batch_shape, self.hidden_size))
+
+
+class LSTMCell(nn.Module):
+    """Standard LSTM, gates (i, f, g, o) stacked: W_x (D, 4H), W_s (4H, H), b (4H,).
+
+    c' = f*c + i*g, h' = o*tanh(c'). Carry is (c, h). The forget-gate bias starts at
+    ``forget_bias`` (1.0 by default, Jozefowicz et al. 2015).
+    """
+
+    tags_preactivation = True  # see PREACTIVATION (a plain class attribute, not a field)
+    hidden_size: int
+    recurrent_init: Initializer = orthogonal_init(1.0)
+    input_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros
+    forget_bias: float = 1.0
+
+    @nn.compact
+    def __call__(self, carry, x):
+        h = self.hidden_size
+        c_prev, h_prev = carry
+        w_x = self.param("W_x", self.input_init, (x.shape[-1], 4 * h))
+        w_s = self.param("W_s", stacked(self.recurrent_init, 4), (4 * h, h))
+
+        def bias(key, shape, dtype=jnp.float32):
+            b = self.bias_init(key, shape, dtype)
+            return b.at[h : 2 * h].add(self.forget_bias)
+
+        b = self.param("b", bias, (4 * h,))
+        z = checkpoint_name(h_prev @ w_s.T + x @ w_x + b, PREACTIVATION)
+        i, f, g, o = jnp.split(z, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c_prev + jax.nn.sigmoid(i) * jnp.tanh(g)
+        new_h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return (c, new_h), new_h
+
+    def initialize_carry(self, batch_shape):
+        zeros = jnp.zeros((*batch_shape, self.hidden_size))
+        return (zeros, zeros)
+
+
+class GRUCell(nn.Module):
+    """GRU (PyTorch/cuDNN form), gates (r, z, n) stacked: W_x (D, 3H), W_s (3H, H), b (3H,), b_hn (H,).
+
+    r = s(W_ir x + W_hr h + b_r), z = s(W_iz x + W_hz h + b_z),
+    n = tanh(W_in x + b_n + r * (W_hn h + b_hn)), h' = (1 - z) * n + z * h.
+    """
+
+    tags_preactivation = True  # see PREACTIVATION (a plain class attribute, not a field)
+    hidden_size: int
+    recurrent_init: Initializer = orthogonal_init(1.0)
+    input_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, carry, x):
+        h = self.hidden_size
+        w_x = self.param("W_x", self.input_init, (x.shape[-1], 3 * h))
+        w_s = self.param("W_s", stacked(self.recurrent_init, 3), (3 * h, h))
+        b = self.param("b", self.bias_init, (3 * h,))
+        b_hn = self.param("b_hn", self.bias_init, (h,))
+        xr, xz, xn = jnp.split(x @ w_x + b, 3, axis=-1)
+        # Only the recurrent product is tagged: x @ W_x is cheap to recompute for small inputs.
+        hr, hz, hn = jnp.split(checkpoint_name(carry @ w_s.T, PREACTIVATION), 3, axis=-1)
+        r = jax.nn.sigmoid(xr + hr)
+        z = jax.nn.sigmoid(xz + hz)
+        n = jnp.tanh(xn + r * (hn + b_hn))
+        new_h = (1.0 - z) * n + z * carry
+        return new_h, new_h
+
+    def initialize_carry(self, batch_shape):
+        return jnp.zeros((*batch_shape, self.hidden_size))
+
+

@@ -1,0 +1,185 @@
+"""Workdir admission: who may write a workdir, what may change when a run is continued, and the
+signals that stop it cleanly. ``loop.py`` calls these before it trains and while it trains.
+
+A killed or preempted run loses at most the steps since its last checkpoint and continues exactly
+(same batches, same params) when started again with a config that differs only in
+``RESUMABLE_KEYS``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+
+import jax
+import ml_collections
+
+from rnn_spectra import config as config_lib
+from rnn_spectra import workdir as wd
+from rnn_spectra.errors import ConfigError, WorkdirError
+from rnn_spectra.optim import make_schedule
+
+# Keys that may change when a run is continued: they extend it or change only its bookkeeping.
+RESUMABLE_KEYS = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
+                  "spectral.every", "checkpoint.every_steps", "checkpoint.every_minutes",
+                  "checkpoint.keep", "parallel.mode", "parallel.num_devices", "model.unroll",
+                  "log.tensorboard")
+
+
+class WorkdirLock:
+    """An exclusive flock on WORKDIR/.lock; a second process on the same workdir is refused."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, ".lock")
+        self.fd = None
+
+    def __enter__(self):
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise WorkdirError(f"cannot open {self.path}: {e.strerror}; check permissions") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise WorkdirError(
+                f"workdir {os.path.dirname(self.path)} is in use by pid {holder}; "
+                "wait for it to finish or use another --workdir"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+class SignalGuard:
+    """First SIGTERM/SIGINT: ask the loop to stop after this step. Second: exit at once."""
+
+    def __init__(self):
+        self.requested = None
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.requested is not None:
+            print("second signal: exiting now", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.requested = signal.Signals(signum).name
+        print(f"\n{self.requested}: finishing this step, saving a checkpoint, then exiting "
+              "(send it again to exit at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: signals stay with the caller
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}")
+    return diffs
+
+
+def prepare_workdir(w: str) -> None:
+    """Create ``w`` if needed; refuse a file, a foreign non-empty folder or a read-only one."""
+    if os.path.exists(w) and not os.path.isdir(w):
+        raise WorkdirError(f"workdir {w} exists and is not a directory; pick another --workdir")
+    if os.path.isdir(w) and os.listdir(w) and not wd.is_run(w):
+        # A run killed during its first second may leave only these behind; it is still ours.
+        allowed = {".lock", *wd.stale_temp_files(w)}
+        if set(os.listdir(w)) - allowed:
+            raise WorkdirError(
+                f"{w} is not empty and is not a run (no {wd.CONFIG}); pick a new or empty --workdir"
+            )
+    try:
+        os.makedirs(w, exist_ok=True)
+    except OSError as e:
+        raise WorkdirError(f"cannot create workdir {w}: {e.strerror}") from None
+    if not os.access(w, os.W_OK):
+        raise WorkdirError(f"workdir {w} is not writable; check its permissions")
+
+
+def existing_run(w: str, config: ml_collections.ConfigDict) -> tuple[dict | None, dict | None]:
+    """Refuse a different config; return the old (config, summary), or Nones for a new run."""
+    if not wd.is_run(w):
+        return None, None
+    old = wd.read_json(wd.path(w, wd.CONFIG))
+    if not isinstance(old, dict):
+        raise WorkdirError(f"{wd.path(w, wd.CONFIG)} is damaged (not a JSON object); "
+                           "restore it or use a new --workdir")
+    new = config.to_dict()
+    defaults = config_lib.default_config().to_dict()
+    # A key added to the code after this run started, at its default, is no change: the run's
+    # config simply predates it. Anything else outside RESUMABLE_KEYS is refused.
+    diffs = [d for d in config_differences(old, new) if d not in RESUMABLE_KEYS
+             and not (_missing(old, d) and _get(new, d) == _get(defaults, d))]
+    if diffs:
+        shown = ", ".join(f"{d} ({_get(old, d)!r} -> {_get(new, d)!r})" for d in diffs[:4])
+        raise ConfigError(
+            f"workdir {w} holds a run with a different config: {shown}; use a new --workdir "
+            f"(only {', '.join(RESUMABLE_KEYS)} may change on resume)"
+        )
+    summary_path = wd.path(w, wd.SUMMARY)
+    summary = wd.read_json(summary_path, hint="delete it to resume from the checkpoints") \
+        if os.path.lexists(summary_path) else None
+    if summary is not None and not isinstance(summary, dict):
+        raise WorkdirError(f"{summary_path} is damaged; delete it to resume from the checkpoints")
+    if summary and summary.get("status") == "diverged":
+        refuse_diverged(w, summary.get("diverged_step"), summary.get("last_good_step"))
+    return old, summary
+
+
+def refuse_diverged(w: str, diverged_step, last_good_step) -> None:
+    raise WorkdirError(
+        f"the run in {w} diverged at step {diverged_step} (its last good checkpoint, step "
+        f"{last_good_step}, is kept in {wd.path(w, wd.CHECKPOINTS)}); resuming would diverge "
+        "again: change the config and use a new --workdir"
+    )
+
+
+def check_schedule(w: str, run, schedule, old_config: dict | None, start: int) -> None:
+    """Refuse a train.steps change that would rewrite the learning rates of done steps."""
+    old_steps = _get(old_config or {}, "train.steps")
+    if start == 0 or not isinstance(old_steps, int) or old_steps == run.train.steps:
+        return
+    steps = jax.numpy.arange(start)
+    old = make_schedule(run.optim, old_steps)(steps)
+    if not bool(jax.numpy.array_equal(old, schedule(steps))):
+        raise ConfigError(
+            f"train.steps {old_steps} -> {run.train.steps} changes the {run.optim.schedule!r} "
+            f"learning-rate schedule of the {start} steps {w} has already trained; "
+            "resume with the same train.steps, or start a new --workdir"
+        )
+
+
+def _missing(d: dict, dotted: str) -> bool:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        d = d.get(part) if isinstance(d, dict) else None
+    return not isinstance(d, dict) or leaf not in d
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
