@@ -32,10 +32,10 @@ from rnn_spectra import workdir as wd
 from rnn_spectra.checkpointing import Checkpointer
 from rnn_spectra.errors import ConfigError
 from rnn_spectra.model import count_params
-from rnn_spectra.parallel import agree, is_writer, padded_size, run_layout, sweep_layout, to_host
+from rnn_spectra.parallel import is_writer, run_layout, sweep_layout, to_host
 from rnn_spectra.rng import EVAL_STREAM, TEST_STREAM
 from rnn_spectra.spectral.monitor import SpectralMonitor
-from rnn_spectra.sweep import member, program_signature, stack
+from rnn_spectra.sweep import Stacking, member, program_signature
 from rnn_spectra.train import build, init_state, make_eval_fn, make_train_step, reduce_metrics
 
 Progress = Callable[[str, int, int, dict], None]  # (name, step, steps, info) at log steps
@@ -69,14 +69,11 @@ class Loop:
         self.test_chunks = (4 if self.stacked else 0) if test_chunks is None else test_chunks
         self.n = len(self.runs)
         if self.stacked:
-            # Members sharded over the devices (parallel.py); padded with copies of member 0 to a
-            # multiple of the device count. Padding is computed, never written or checkpointed.
             self.layout = sweep_layout(run.parallel, run.train.batch_size)
-            self.n_pad = padded_size(self.n, self.layout)
-            self.seeds = self.layout.put(self._pad([r.seed for r in self.runs]).astype(np.int32),
-                                         self.layout.stacked)
+            self.members = Stacking(self.layout, self.n)
+            self.seeds = self.members.put(np.asarray([r.seed for r in self.runs], np.int32))
         else:
-            self.layout, self.n_pad, self.seeds = run_layout(run.parallel, run.train.batch_size), 1, run.seed
+            self.layout, self.seeds = run_layout(run.parallel, run.train.batch_size), run.seed
         # Under several processes all of them train; only process 0 touches the workdirs' files
         # (Orbax writes the checkpoints collectively).
         self.writer = is_writer()
@@ -113,38 +110,6 @@ class Loop:
                 for logger in loggers:
                     logger.close()
 
-    def _pad(self, items: list) -> np.ndarray:
-        return np.asarray(items + [items[0]] * (self.n_pad - self.n))
-
-    def _initial_state(self):
-        """Each member exactly the state it would start from alone (eager init: after the first
-        call it costs milliseconds per member, while jitting it would compile once per init)."""
-        states = [init_state(e, r.seed) for e, r in zip(self.exps, self.runs)]
-        if not self.stacked:
-            return self.layout.put(states[0])  # replicated over a data mesh; no-op on one device
-        if len({jax.tree_util.tree_structure(s) for s in states}) != 1:
-            raise ConfigError(f"sweep group {self.name}: member states differ in structure "
-                              "(mixing clip kinds other than none/global_norm?)")
-        return self.layout.put(stack(states + states[:1] * (self.n_pad - self.n)), self.layout.stacked)
-
-    def _unpadded(self, state):
-        """The real members only (what a checkpoint holds, whatever the device count)."""
-        if self.n_pad == self.n:
-            return state
-        if not hasattr(self, "_unpad_fn"):  # one compile per group, not per checkpoint
-            self._unpad_fn = jax.jit(lambda t: jax.tree_util.tree_map(lambda x: x[:self.n], t),
-                                     out_shardings=self.layout.replicated)
-        return self._unpad_fn(state)
-
-    def _padded(self, state):
-        """Members back to the padded, sharded layout (copies of member 0 at the end)."""
-        if self.n_pad == self.n:
-            return state
-        extra = self.n_pad - self.n
-        return jax.jit(lambda t: jax.tree_util.tree_map(
-            lambda x: jnp.concatenate([x, jnp.repeat(x[:1], extra, axis=0)]), t),
-            out_shardings=self.layout.stacked)(state)
-
     def _compile(self):
         """(train_step, eval) for this layout: vmapped over the members when stacked."""
         layout, exp = self.layout, self.exp
@@ -165,9 +130,8 @@ class Loop:
 
     def _host(self, tree) -> dict:
         """Numpy copies with a leading member axis of the real members."""
-        host = to_host(tree)
         fix = (lambda v: np.asarray(v)[:self.n]) if self.stacked else (lambda v: np.asarray(v)[None])
-        return jax.tree_util.tree_map(fix, host)
+        return jax.tree_util.tree_map(fix, to_host(tree))
 
     def _claim(self, start: int) -> None:
         """Write every member's config; drop rows past ``start`` (never checkpointed; written
@@ -183,12 +147,14 @@ class Loop:
     # ------------------------------------------------------------------ the loop
     def _train(self, guard, ckpt: Checkpointer, old_config, old_summary, progress, loggers) -> list[dict]:
         run, tr, w0 = self.runs[0], self.runs[0].train, self.workdirs[0]
-        state = self._initial_state()
+        states = [init_state(e, r.seed) for e, r in zip(self.exps, self.runs)]
+        # Replicated over a data mesh (a no-op on one device); a restore lands in the same layout.
+        state = self.members.stack(states, self.name) if self.stacked else self.layout.put(states[0])
         elapsed, best = 0.0, [math.inf] * self.n
         if ckpt.steps():
-            template = self._unpadded(state) if self.stacked else state
+            template = self.members.unpadded(state) if self.stacked else state
             restored, meta = ckpt.restore(template)
-            state = self._padded(restored) if self.stacked else restored
+            state = self.members.padded(restored) if self.stacked else restored
             elapsed = float(meta.get("wall_time_s") or 0.0)
             # None until the first finite eval: JSON has no inf.
             saved_best = meta.get("best_eval_loss")
@@ -222,7 +188,7 @@ class Loop:
         t0 = time.perf_counter() - elapsed
         if start == 0:
             if self.stacked:  # every member's initial params, for analysis (export_member_checkpoints)
-                ckpt.save(0, self._unpadded(state), {"wall_time_s": 0.0})
+                ckpt.save(0, self.members.unpadded(state), {"wall_time_s": 0.0})
             if monitor:
                 self._write_spectra(monitor, state["params"], 0, self._running(statuses), loggers)
 
@@ -237,7 +203,7 @@ class Loop:
             # Rows only at fixed steps (never at an interruption), so an interrupted and resumed
             # run writes exactly the rows of an uninterrupted one.
             log_now, eval_now = step % tr.log_every == 0 or last, step % tr.eval_every == 0 or last
-            due, requested = self._stop_flags(step, log_now, ckpt, guard)
+            due, requested = resume.stop_flags(step, log_now, ckpt, guard)
             # Divergence is read before anything is written or saved, so no row and no
             # checkpoint of a member ever comes from a step at or past its divergence.
             if (log_now or eval_now or due or requested) and not self._note_divergence(state, statuses):
@@ -344,18 +310,6 @@ class Loop:
                     wd.truncate_jsonl(wd.path(self.workdirs[i], name), int(d) - 1)
         return bool(self._running(statuses))
 
-    def _stop_flags(self, step: int, log_now: bool, ckpt: Checkpointer, guard) -> tuple[bool, bool]:
-        """(checkpoint due, stop requested) after ``step``. Under several processes a signal or
-        the checkpoint clock may reach them at different steps: they compare notes at log steps
-        (one small all-gather) and act on the agreed flags; between log steps only the step-based
-        checkpoint period, the same everywhere, counts."""
-        due, requested = ckpt.due(step), guard.requested is not None
-        if jax.process_count() == 1:
-            return due, requested
-        if not log_now:
-            return bool(ckpt.every_steps and step % ckpt.every_steps == 0), False
-        return agree(due), agree(requested)
-
     def _save(self, ckpt, step, state, t0, best, eval_loss) -> None:
         for w in self.workdirs if self.writer else ():  # rows on disk before their checkpoint
             for name in (wd.METRICS, wd.SPECTRA):
@@ -364,7 +318,7 @@ class Loop:
         finite = [b if math.isfinite(b) else None for b in best]
         meta = {"wall_time_s": time.perf_counter() - t0,
                 "best_eval_loss": finite if self.stacked else finite[0]}
-        ckpt.save(step, self._unpadded(state), meta,
+        ckpt.save(step, self.members.unpadded(state) if self.stacked else state, meta,
                   metrics=None if eval_loss is None else {"eval_loss": float(eval_loss)})
 
     def _write_rows(self, rows: list[list[dict]], loggers) -> None:

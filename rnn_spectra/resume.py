@@ -20,6 +20,7 @@ from rnn_spectra import config as config_lib
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import ConfigError, WorkdirError
 from rnn_spectra.optim import make_schedule
+from rnn_spectra.parallel import agree
 
 # Keys that may change when a run is continued: they extend it or change only its bookkeeping.
 RESUMABLE_KEYS = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
@@ -84,6 +85,19 @@ class SignalGuard:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def stop_flags(step: int, log_now: bool, ckpt, guard: SignalGuard) -> tuple[bool, bool]:
+    """(checkpoint due, stop requested) after ``step``. Under several processes a signal or
+    the checkpoint clock may reach them at different steps: they compare notes at log steps
+    (one small all-gather) and act on the agreed flags; between log steps only the step-based
+    checkpoint period, the same everywhere, counts."""
+    due, requested = ckpt.due(step), guard.requested is not None
+    if jax.process_count() == 1:
+        return due, requested
+    if not log_now:
+        return bool(ckpt.every_steps and step % ckpt.every_steps == 0), False
+    return agree(due), agree(requested)
 
 
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:

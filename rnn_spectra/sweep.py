@@ -14,11 +14,14 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnn_spectra import workdir as wd
 from rnn_spectra.cells import program_name
 from rnn_spectra.checkpointing import Checkpointer
 from rnn_spectra.config import RunConfig
+from rnn_spectra.errors import ConfigError
+from rnn_spectra.parallel import padded_size
 
 
 def program_signature(run: RunConfig) -> RunConfig:
@@ -48,6 +51,47 @@ def stack(trees):
 
 def member(tree, i: int):
     return jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
+class Stacking:
+    """A sweep's member axis on its layout: members sharded over the devices (parallel.py),
+    padded with copies of member 0 to a multiple of the device count. Padding is computed, never
+    written or checkpointed."""
+
+    def __init__(self, layout, members: int):
+        self.layout, self.n = layout, members
+        self.n_pad = padded_size(members, layout)
+        self._unpad_fn = None
+
+    def put(self, values: np.ndarray):
+        """A per-member host array, padded and placed."""
+        pad = np.concatenate([values, np.repeat(values[:1], self.n_pad - self.n, axis=0)])
+        return self.layout.put(pad, self.layout.stacked)
+
+    def stack(self, states: list, name: str = "sweep"):
+        """Each member exactly the state it would start from alone, stacked and placed."""
+        if len({jax.tree_util.tree_structure(s) for s in states}) != 1:
+            raise ConfigError(f"sweep group {name}: member states differ in structure "
+                              "(mixing clip kinds other than none/global_norm?)")
+        return self.layout.put(stack(states + states[:1] * (self.n_pad - self.n)), self.layout.stacked)
+
+    def unpadded(self, state):
+        """The real members only (what a checkpoint holds, whatever the device count)."""
+        if self.n_pad == self.n:
+            return state
+        if self._unpad_fn is None:  # one compile per group, not per checkpoint
+            self._unpad_fn = jax.jit(lambda t: jax.tree_util.tree_map(lambda x: x[:self.n], t),
+                                     out_shardings=self.layout.replicated)
+        return self._unpad_fn(state)
+
+    def padded(self, state):
+        """Members back to the padded, sharded layout (copies of member 0 at the end)."""
+        if self.n_pad == self.n:
+            return state
+        extra = self.n_pad - self.n
+        return jax.jit(lambda t: jax.tree_util.tree_map(
+            lambda x: jnp.concatenate([x, jnp.repeat(x[:1], extra, axis=0)]), t),
+            out_shardings=self.layout.stacked)(state)
 
 
 def export_member_checkpoints(group_dir: str, template_state, members: dict[int, str]) -> None:

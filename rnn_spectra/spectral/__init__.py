@@ -13,7 +13,20 @@ registered cell. All logs are natural logs.
 """
 
 from rnn_spectra.spectral.cellstep import CellStep, SpectralInputError, make_step_fn
+from rnn_spectra.spectral.fixed_points import (
+    FixedPoints,
+    analyze_points,
+    candidates_from_trajectories,
+    find_fixed_points,
+    fixed_points_of_run,
+)
 from rnn_spectra.spectral.gradient_flow import gradient_flow, model_gradient_flow
+from rnn_spectra.spectral.relu_enumeration import (
+    ReluFixedPoints,
+    enumerate_relu_fixed_points,
+    patterns_from_states,
+    relu_fixed_points,
+)
 from rnn_spectra.spectral.jacobians import (
     jacobian_products,
     jacobian_products_at_lags,
@@ -33,4 +46,7 @@ __all__ = [
     "lyapunov_spectrum", "lyapunov_from_jacobians",
     "gradient_flow", "model_gradient_flow",
     "matrix_spectrum", "spectral_radius", "singular_values",
+    "FixedPoints", "find_fixed_points", "analyze_points", "candidates_from_trajectories",
+    "fixed_points_of_run", "ReluFixedPoints", "enumerate_relu_fixed_points",
+    "patterns_from_states", "relu_fixed_points",
 ]
