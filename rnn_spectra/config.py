@@ -207,6 +207,11 @@ def _parse_value(text: str, current: Any, key: str, field_type: type | None) -> 
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         value = text
+        if want is float:  # "nan", "inf": parsed, so that resolve() names the key it refuses
+            try:
+                value = float(text)
+            except ValueError:
+                pass
     if value is None and current is None:
         return None
     if want is float and isinstance(value, int) and not isinstance(value, bool):

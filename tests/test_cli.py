@@ -103,6 +103,11 @@ def test_diverged_run_exits_zero_with_status_in_summary(capsys, tmp_path):
     ("--config.task.seq_len=0", ["task.seq_len must be an integer >= 2"]),
     ("--config.optim.learning_rate=0", ["optim.learning_rate must be a positive"]),
     ("--config.model.hidden_size=abc", ["--config.model.hidden_size expects a int"]),
+    # Non-finite numbers pass a "<= 0" check; they are refused by name, before the workdir exists.
+    ("--config.optim.learning_rate=1e999", ["optim.learning_rate must be a finite number"]),
+    ("--config.optim.learning_rate=nan", ["optim.learning_rate must be a finite number"]),
+    ("--config.model.init_scale=1e999", ["model.init_scale must be a finite number"]),
+    ("--config.checkpoint.every_minutes=1e999", ["checkpoint.every_minutes must be a finite number"]),
 ])
 def test_bad_overrides(capsys, tmp_path, override, fragments):
     workdir = tmp_path / "w"
@@ -114,6 +119,13 @@ def test_bad_overrides(capsys, tmp_path, override, fragments):
 def test_missing_config_file(capsys, tmp_path):
     code, _, err = run_cli(capsys, "--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path / "w"))
     assert_user_error(code, err, "nope.py", "does not exist")
+
+
+def test_config_file_whose_get_config_raises(capsys, tmp_path):
+    path = tmp_path / "raises.py"
+    path.write_text("def get_config():\n    raise RuntimeError('boom')\n")
+    code, _, err = run_cli(capsys, "--config", str(path), "--workdir", str(tmp_path / "w"))
+    assert_user_error(code, err, "raises.py", "get_config() raised RuntimeError: boom")
 
 
 def test_config_file_without_get_config(capsys, tmp_path):
