@@ -1,0 +1,56 @@
+"""Study statistics: bootstrap CIs behave as intervals should, verdicts need the CI off zero,
+and a claim check sees holds, flips and undecided claims."""
+
+import numpy as np
+import pytest
+
+from rnn_spectra.study import claims as claims_lib
+from rnn_spectra.study.stats import UNDECIDED, diff_ci, mean_ci, sample_sd, verdict
+
+
+def test_sample_sd_is_the_unbiased_one():
+    assert sample_sd([1.0, 3.0]) == pytest.approx(np.sqrt(2.0))  # population sd would be 1.0
+    assert sample_sd([1.0]) is None and sample_sd([1.0, float("nan")]) is None
+
+
+def test_mean_ci_covers_the_mean_and_narrows_with_more_seeds():
+    rng = np.random.default_rng(0)
+    few, many = rng.normal(1.0, 1.0, 5), rng.normal(1.0, 1.0, 200)
+    a, b = mean_ci(few), mean_ci(many)
+    assert a.lo <= few.mean() <= a.hi and b.lo <= many.mean() <= b.hi
+    assert (b.hi - b.lo) < (a.hi - a.lo)
+    assert mean_ci(many) == mean_ci(many)  # seeded: a report is reproducible to the digit
+    assert mean_ci([2.0]).n == 1 and not mean_ci([2.0]).excludes_zero()
+    assert mean_ci([]).n == 0
+
+
+def test_paired_difference_removes_the_shared_seed_effect():
+    seed_effect = np.array([0.0, 5.0, -3.0, 8.0, 1.0, -6.0])
+    a, b = seed_effect + 1.0, seed_effect + 0.9  # A is always 0.1 above B, same seed
+    assert diff_ci(a, b, paired=True).lo == pytest.approx(0.1)
+    assert diff_ci(a, b, paired=True).excludes_zero()
+    assert not diff_ci(a, b, paired=False).excludes_zero()  # swamped by the seed spread
+
+
+def test_verdict_is_undecided_unless_the_ci_excludes_zero():
+    lower = diff_ci([1.0, 1.1, 0.9, 1.05], [2.0, 2.1, 1.9, 2.05])
+    assert verdict(lower, lower="A lower", higher="A higher") == "A lower"
+    noisy = diff_ci([1.0, 3.0, -1.0, 2.0], [1.5, -2.0, 3.0, 0.0])
+    assert verdict(noisy, lower="A lower", higher="A higher") == UNDECIDED
+
+
+def test_claims_hold_flip_or_stay_undecided(tmp_path):
+    lo = diff_ci([1.0, 1.1, 0.9], [2.0, 2.1, 1.9])
+    hi = diff_ci([2.0, 2.1, 1.9], [1.0, 1.1, 0.9])
+    none = diff_ci([1.0, 3.0, -1.0], [1.5, -2.0, 3.0])
+    ref = [claims_lib.claim("x", "A beats B", "test_loss", "A", "B", lo),
+           claims_lib.claim("y", "C beats D", "test_loss", "C", "D", lo),
+           claims_lib.claim("z", "E beats F", "test_loss", "E", "F", lo),
+           claims_lib.claim("u", "G vs H", "test_loss", "G", "H", none)]
+    new = [claims_lib.claim("x", "A beats B", "test_loss", "A", "B", lo),
+           claims_lib.claim("y", "C beats D", "test_loss", "C", "D", hi),
+           claims_lib.claim("z", "E beats F", "test_loss", "E", "F", none)]
+    claims_lib.write_claims(str(tmp_path), ref)
+    rows = claims_lib.check(claims_lib.read_claims(str(tmp_path)), new)
+    assert [(r["id"], r["verdict"]) for r in rows] == [("x", "HOLDS"), ("y", "FLIPS"), ("z", "UNDECIDED")]
+    assert "1 hold, 1 flip, 1 undecided of 3 decided claims." in claims_lib.render_check(rows)
