@@ -54,3 +54,23 @@ def test_claims_hold_flip_or_stay_undecided(tmp_path):
     rows = claims_lib.check(claims_lib.read_claims(str(tmp_path)), new)
     assert [(r["id"], r["verdict"]) for r in rows] == [("x", "HOLDS"), ("y", "FLIPS"), ("z", "UNDECIDED")]
     assert "1 hold, 1 flip, 1 undecided of 3 decided claims." in claims_lib.render_check(rows)
+
+
+def test_still_learning_needs_a_one_percent_gain_in_the_last_quarter():
+    from rnn_spectra.study.criteria import still_learning
+
+    flat = [{"step": s, "loss": v} for s, v in [(25, 0.5), (50, 0.2), (75, 0.2), (100, 0.199)]]
+    falling = [{"step": s, "loss": v} for s, v in [(25, 0.5), (50, 0.2), (75, 0.1), (100, 0.05)]]
+    assert not still_learning(flat, 100) and still_learning(falling, 100)
+    assert still_learning(falling[:2], 100)  # no eval in the last quarter: unknown, never "fails"
+
+
+def test_instability_events_count_spikes_against_the_running_median():
+    from rnn_spectra.study.criteria import instability_events
+
+    rows = [{"loss": 1.0, "grad_norm": 1.0}] * 5
+    assert instability_events(rows) == 0
+    spiky = rows + [{"loss": 11.0, "grad_norm": 1.0}, {"loss": 1.0, "grad_norm": 150.0},
+                    {"loss": float("nan"), "grad_norm": 1.0}, {"loss": 9.0, "grad_norm": 99.0}]
+    assert instability_events(spiky) == 3
+    assert instability_events([{"loss": 100.0, "grad_norm": 1e6}]) == 0  # no history yet
