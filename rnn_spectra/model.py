@@ -34,7 +34,9 @@ def default_unroll() -> int:
 class SequenceModel:
     """``apply(params, inputs_BxTxD) -> outputs``: (B, O) at the last step or (B, T, O) at all."""
 
-    def __init__(self, config: ModelConfig, input_size: int, output_size: int, readout: str):
+    def __init__(self, config: ModelConfig, input_size: int, output_size: int, readout: str,
+                 seq_len: int | None = None):
+        """``seq_len``: the input length T, for a T-dependent init (IndRNN's); None: unknown."""
         if readout not in ("last", "all"):
             raise ConfigError(f"readout must be 'last' or 'all', got {readout!r}")
         if not isinstance(config.unroll, int) or config.unroll < 0:
@@ -53,6 +55,9 @@ class SequenceModel:
             input_scale=config.input_scale,
             bias_init=config.bias_init,
             forget_bias=config.forget_bias,
+            epsilon=config.epsilon,
+            gamma=config.gamma,
+            seq_len=seq_len,
         )
         self.head = nn.Dense(output_size)
         # What the backward pass of the scan keeps per step when ``remat`` is off (a speed knob,
@@ -146,5 +151,15 @@ class SequenceModel:
         return (out, carries) if return_carries else out
 
 
-def count_params(params) -> int:
-    return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+def count_params(params, cell: str | None = None) -> int:
+    """Free parameters of one model's params. With ``cell``, a param of which the cell uses only
+    the antisymmetric part (``CellSpec.skew_params``: expRNN's A, whose strict upper triangle
+    generates skew(A); AntisymmetricRNN's W, through W - W^T) counts H(H-1)/2, not H^2; IndRNN's
+    u is a vector, H. Without ``cell``: every stored entry."""
+    total = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    if cell is not None:
+        cell_params = params.get("cell", params)
+        for name in cells_lib.get_cell_spec(cell).skew_params:
+            h = cell_params[name].shape[-1]
+            total -= cell_params[name].size - h * (h - 1) // 2
+    return int(total)

@@ -45,8 +45,9 @@ def test_step_is_the_published_formula_and_w_s_is_documented(name):
         ref = np.maximum(p["u"] * h + x @ p["W_x"] + p["b"], 0.0)
         np.testing.assert_array_equal(w_s, np.diag(p["u"]))
     elif name == "antisymmetric":
-        m = p["W_s"] - p["W_s"].T - 0.01 * np.eye(H)
-        ref = h + 0.1 * np.tanh(h @ m.T + x @ p["W_x"] + p["b"])
+        eps, gamma = ModelConfig().epsilon, ModelConfig().gamma
+        m = p["W_s"] - p["W_s"].T - gamma * np.eye(H)
+        ref = h + eps * np.tanh(h @ m.T + x @ p["W_x"] + p["b"])
         np.testing.assert_allclose(w_s, m, atol=1e-6)
     else:
         upper = np.triu(p["A"], 1)
@@ -59,8 +60,19 @@ def test_step_is_the_published_formula_and_w_s_is_documented(name):
 
 
 def test_inits():
-    _, p = _params("indrnn")  # u = diag of U[0, 1]
-    assert np.all((np.asarray(p["u"]) >= 0) & (np.asarray(p["u"]) <= 1)) and np.ptp(p["u"]) > 0
+    # IndRNN's default is the official code's u ~ U[2^(-1/T), 2^(1/T)] (T the input length): u^T in
+    # [1/2, 2]. Without a T (a bare cell) the T -> infinity limit, u = 1.
+    for T in (8, 784):
+        _, p = _params("indrnn", seq_len=T, recurrent_init=None)
+        u = np.asarray(p["u"], np.float64)
+        assert np.all((u >= 2 ** (-1 / T) - 1e-7) & (u <= 2 ** (1 / T) + 1e-7)) and np.ptp(u) > 0
+    np.testing.assert_array_equal(_params("indrnn")[1]["u"], 1.0)
+    _, p = _params("indrnn", seq_len=8, recurrent_init="uniform", init_scale=1.0)  # U[0, 1]: u^64 ~ 0
+    assert np.all((np.asarray(p["u"]) >= 0) & (np.asarray(p["u"]) <= 1))
+    # Its input init N(0, 0.001^2), not scaled by the fan-in.
+    big = cells_lib.make_cell("indrnn", 64, input_init="normal_std", input_scale=1e-3)
+    w_x = big.init(jax.random.PRNGKey(0), big.initialize_carry((1,)), jnp.zeros((1, 50)))["params"]["W_x"]
+    assert abs(float(jnp.std(w_x)) - 1e-3) < 5e-5
     _, p = _params("indrnn", recurrent_init="identity", init_scale=0.5)
     np.testing.assert_array_equal(p["u"], 0.5)
     for init in ("henaff", "cayley"):
@@ -151,10 +163,11 @@ def test_indrnn_respects_its_bound_after_training(tiny_config):
             assert np.all(np.delete(u, 1) > bound + 0.4)
 
 
-def test_antisymmetric_jacobian_eigenvalues_have_the_predicted_margin():
-    """J = I + eps D M with D = diag(tanh'(z)) in (0, 1], M = W - W^T - gamma I: every eigenvalue of
-    (J - I)/eps has real part in [-gamma max D, -gamma min D], so Re(eig J) <= 1 - eps gamma min D."""
-    eps, gamma = 0.1, 0.01
+def test_antisymmetric_jacobian_is_i_plus_eps_dm_and_stable():
+    """J = I + eps D M with D = diag(tanh'(z)) in (0, 1], M = W - W^T - gamma I. The eigenvalues of
+    (J - I)/eps = D M have real part in [-gamma max D, -gamma min D]; that alone does not bound
+    |eig J| (forward Euler needs |1 + eps mu| <= 1), which the default eps, gamma do here."""
+    eps, gamma = ModelConfig().epsilon, ModelConfig().gamma
     model = SequenceModel(ModelConfig(cell="antisymmetric", hidden_size=H, bias_init=0.1), D, 1, "last")
     params = model.init(jax.random.PRNGKey(0))
     cs = make_step_fn(model, params["cell"])
@@ -169,7 +182,7 @@ def test_antisymmetric_jacobian_eigenvalues_have_the_predicted_margin():
         np.testing.assert_allclose(J, np.eye(H) + eps * d[:, None] * m, atol=1e-5)
         re = np.linalg.eigvals((J - np.eye(H)) / eps).real
         assert np.all(re <= -gamma * d.min() + 1e-4) and np.all(re >= -gamma * d.max() - 1e-4)
-        assert np.all(np.linalg.eigvals(J).real <= 1 - eps * gamma * d.min() + 1e-5)
+        assert np.max(np.abs(np.linalg.eigvals(J))) <= 1 + 1e-6
         s = np.asarray(cs.step_fn(jnp.asarray(s, jnp.float32), jnp.asarray(x, jnp.float32)), np.float64)
     # Where tanh' = 1 (zero pre-activation) the real parts are exactly -gamma: no slack in the bound.
     zero = {**params["cell"], "b": jnp.zeros(H)}
@@ -187,3 +200,63 @@ def test_exprnn_unroll_hoists_exp_but_equals_the_cell_step_by_step():
     for t in range(7):
         h, _ = model.cell.apply({"params": params["cell"]}, h, xs[:, t])
         np.testing.assert_allclose(hidden[t], h, rtol=1e-5, atol=1e-6)
+
+
+def _antisymmetric_top_eig(hidden, seed, **over):
+    """max |eig(ds_{t+1}/ds_t)| of a fresh AntisymmetricRNN at the zero state, input and bias
+    (tanh' = 1 there: J = I + eps M, the worst case of D M), and along 5 steps with inputs."""
+    model = SequenceModel(ModelConfig(cell="antisymmetric", hidden_size=hidden, **over), D, 1, "last")
+    cs = make_step_fn(model, model.init(jax.random.PRNGKey(seed))["cell"])
+    jac = jax.jit(jax.jacfwd(cs.step_fn))
+    s, tops = jnp.zeros(hidden), []
+    for t in range(6):
+        x = jnp.zeros(D) if t == 0 else jax.random.normal(jax.random.PRNGKey(100 + t), (D,))
+        tops.append(np.max(np.abs(np.linalg.eigvals(np.asarray(jac(s, x), np.float64)))))
+        s = cs.step_fn(s, x)
+    return tops[0], max(tops)
+
+
+@pytest.mark.parametrize("hidden", [8, 32, 128])
+def test_antisymmetric_defaults_are_stable_at_init(hidden):
+    """Issue #14: eps 0.1, gamma 0.01 gave max |eig J| = 1.028 at init (H = 32). The default gamma
+    (>= eps w^2 / 2 for w = max |eig(W - W^T)|) keeps every eigenvalue in the unit disc."""
+    for seed in range(4):
+        at_zero, along = _antisymmetric_top_eig(hidden, seed)
+        assert at_zero <= 1 + 1e-6 and along <= 1 + 1e-6, (hidden, seed, at_zero, along)
+    if hidden == 32:  # the settings before: unstable, as the issue measured
+        assert _antisymmetric_top_eig(32, 0, epsilon=0.1, gamma=0.01)[0] > 1.02
+
+
+def test_antisymmetric_epsilon_and_gamma_are_checked_config_keys(tiny_config):
+    tiny_config.model.cell = "antisymmetric"
+    for key, bad in (("epsilon", 0.0), ("gamma", -0.5), ("gamma", float("nan")), ("epsilon", float("inf"))):
+        c = tiny_config.copy_and_resolve_references()
+        c.model[key] = bad
+        with pytest.raises(config_lib.ConfigError, match=f"model.{key}"):
+            config_lib.resolve(c)
+    with pytest.raises(config_lib.ConfigError, match="model.gamma"):
+        cells_lib.make_cell("antisymmetric", 4, gamma=0.0)
+    exp = _tiny_run(tiny_config, "antisymmetric", model__epsilon=0.05, model__gamma=0.2)
+    assert (exp.model.cell.epsilon, exp.model.cell.gamma) == (0.05, 0.2)
+    p = init_state(exp, 0)["params"]["cell"]
+    w = np.asarray(p["W_s"], np.float64)
+    m = np.asarray(cells_lib.recurrent_matrices("antisymmetric", p, exp.run.model)["W_s"], np.float64)
+    np.testing.assert_allclose(m, w - w.T - 0.2 * np.eye(len(w)), atol=1e-6)
+    # A run recorded before the keys existed is read back with the values it ran with.
+    old = config_lib.config_from_dict({"model": {"cell": "antisymmetric"}})
+    assert (old.model.epsilon, old.model.gamma, old.spectral.lyapunov_discard) == (0.1, 0.01, 0.0)
+
+
+def test_free_parameter_counts():
+    """Free parameters: expRNN's A and AntisymmetricRNN's W enter only through their antisymmetric
+    part (H(H-1)/2 each); IndRNN's u has H. Readout: H + 1."""
+    from rnn_spectra.model import count_params
+
+    readout = H + 1
+    want = {"exprnn": D * H + H * (H - 1) // 2 + H, "antisymmetric": D * H + H * (H - 1) // 2 + H,
+            "indrnn": D * H + H + H, "tanh_rnn": D * H + H * H + H}
+    for cell, n in want.items():
+        params = SequenceModel(ModelConfig(cell=cell, hidden_size=H), D, 1, "last").init(jax.random.PRNGKey(0))
+        assert count_params(params, cell) == n + readout, cell
+    stored = SequenceModel(ModelConfig(cell="exprnn", hidden_size=H), D, 1, "last").init(jax.random.PRNGKey(0))
+    assert count_params(stored) == D * H + H * H + H + readout  # without the cell: stored floats

@@ -17,6 +17,11 @@ from rnn_spectra.config import ModelConfig
 from rnn_spectra.model import SequenceModel
 from rnn_spectra.spectral import (
     SpectralInputError,
+    dead_prefix,
+    kaplan_yorke_dimension,
+    near_zero_count,
+    step_jacobian_stats,
+    step_norms,
     gradient_flow,
     jacobian_products,
     jacobian_products_at_lags,
@@ -31,6 +36,7 @@ from rnn_spectra.spectral import (
     step_jacobians,
     trajectory,
 )
+from rnn_spectra.spectral.lyapunov import initial_frame
 from rnn_spectra.tasks import get_task
 
 H, D, T = 3, 2, 7
@@ -233,6 +239,141 @@ def test_lyapunov_sum_is_log_det_growth():
     np.testing.assert_allclose(float(jnp.sum(lam)), logdet, rtol=1e-4, atol=1e-4)
 
 
+# ----------------------------------------------------------------------------- burn-in and windows
+def _qr_reference(J, Q, count_from):
+    """The QR method in float64 numpy, counting ln|R_ii| from step ``count_from`` on."""
+    total = np.zeros(Q.shape[1])
+    for t, J_t in enumerate(J):
+        Q, R = np.linalg.qr(J_t @ Q)
+        if t >= count_from:
+            total += np.log(np.abs(np.diagonal(R)))
+    return np.sort(total / (len(J) - count_from))[::-1]
+
+
+def test_lyapunov_discard_counts_only_the_steps_after_the_burn_in():
+    model = tiny_model("tanh_rnn")
+    cs = make_step_fn(model, tiny_params(model)["cell"])
+    xs = _xs()
+    J = np.asarray(step_jacobians(cs.step_fn, cs.s0, xs), np.float64)
+    Q0 = np.asarray(initial_frame(H, H), np.float64)
+    lam0 = lyapunov_spectrum(cs.step_fn, cs.s0, xs)
+    # discard = 0 is the average from step 0 of before; a traced 0 (the monitor's) the same numbers.
+    np.testing.assert_array_equal(lam0, lyapunov_spectrum(cs.step_fn, cs.s0, xs, discard=0))
+    traced = jax.jit(lambda d: lyapunov_spectrum(cs.step_fn, cs.s0, xs, discard=d))(jnp.int32(0))
+    np.testing.assert_array_equal(lam0, traced)
+    np.testing.assert_allclose(lam0, _qr_reference(J, Q0, 0), rtol=1e-4, atol=1e-5)
+    # discard = T - 1: the log stretching of the last step alone (of the frame the others evolved);
+    # with k = n they sum to ln|det J[T-1]|.
+    last = [lyapunov_spectrum(cs.step_fn, cs.s0, xs, discard=T - 1),
+            lyapunov_from_jacobians(jnp.asarray(J, jnp.float32), discard=T - 1),
+            lyapunov_spectrum(cs.step_fn, cs.s0, xs, discard=T - 1, reorth_every=3)]
+    for lam in last:
+        np.testing.assert_allclose(lam, _qr_reference(J, Q0, T - 1), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.sum(lam), np.linalg.slogdet(J[-1])[1], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(last[0], lam0, atol=1e-3)
+    # In between, and with re-orthonormalisation every 3 steps (one is forced at the burn-in's end).
+    for d in (2, 4):
+        want = _qr_reference(J, Q0, d)
+        for r in (1, 3):
+            np.testing.assert_allclose(lyapunov_spectrum(cs.step_fn, cs.s0, xs, discard=d, reorth_every=r),
+                                       want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(SpectralInputError, match="discard=7"):
+        lyapunov_spectrum(cs.step_fn, cs.s0, xs, discard=T)
+
+
+def test_near_zero_count_and_kaplan_yorke_dimension():
+    lam = jnp.asarray([[0.3, 0.005, -0.2, -0.5], [-0.1, -0.2, -0.3, -jnp.inf], [0.0, 0.0, -jnp.inf, -jnp.inf],
+                       [2e-7, -3e-7, -0.004, -1.0], [0.2, 0.1, 0.05, -0.1]])
+    np.testing.assert_array_equal(near_zero_count(lam), [1, 0, 2, 3, 0])
+    # j = 3 (0.3 + 0.005 - 0.2 >= 0), then 0.105 / 0.5; all negative: 0; exactly neutral directions
+    # (float32 rounding included) count fully; every partial sum >= 0: the number given.
+    np.testing.assert_allclose(kaplan_yorke_dimension(lam), [3 + 0.105 / 0.5, 0, 2, 2 + 0.0, 4], rtol=1e-6)
+
+
+def test_lag_norms_start_after_the_dead_prefix():
+    """``start=t0``: the Jacobians before t0 count as the identity, so lags reaching back past t0
+    measure ds_T/ds_t0 (and are finite where the true product through zero steps is 0)."""
+    model = tiny_model("irnn", hidden=4, input_size=1)
+    params = model.init(jax.random.PRNGKey(0))
+    params["cell"] = {**params["cell"], "b": jnp.zeros(4)}
+    cs = make_step_fn(model, params["cell"])
+    xs = jnp.concatenate([jnp.zeros((5, 1)), jax.random.uniform(jax.random.PRNGKey(1), (15, 1), minval=0.2)])
+    J = step_jacobians(cs.step_fn, cs.s0, xs)
+    stats = step_jacobian_stats(cs.step_fn, cs.s0, xs)
+    np.testing.assert_array_equal(stats["zero"], np.arange(20) < 5)  # zero state, zero input: J = 0
+    assert int(dead_prefix(stats["zero"])) == 5
+    lags = np.array([1, 4, 15, 20])
+    plain = np.asarray(lag_log_norms(cs.step_fn, cs.s0, xs, lags))
+    assert np.isneginf(plain[-1]) and np.all(np.isfinite(plain[:3]))
+    clamped = np.asarray(lag_log_norms(cs.step_fn, cs.s0, xs, lags, start=5))
+    want = np.asarray(product_log_singular_values(J[5:], lags=[1, 4, 15]))[:, 0]
+    np.testing.assert_allclose(clamped, [*want, want[-1]], rtol=1e-5, atol=1e-5)
+
+
+def test_effective_step_norm_is_the_mean_spectral_norm_of_the_step_jacobians():
+    from rnn_spectra.spectral.monitor import sequence_measurements
+
+    for cell in ("lstm", "gru"):  # gated: no single recurrent matrix is the factor of the bound
+        model = tiny_model(cell)
+        cs = make_step_fn(model, tiny_params(model)["cell"])
+        xs = _xs()
+        direct = np.linalg.norm(np.asarray(step_jacobians(cs.step_fn, cs.s0, xs), np.float64), 2, axis=(1, 2))
+        np.testing.assert_allclose(step_norms(cs.step_fn, cs.s0, xs), direct, rtol=1e-5)
+        m = sequence_measurements(cs, xs, [1, T], discard=2, k=2)
+        assert int(m["t0"]) == 0 and int(m["start"]) == 2
+        np.testing.assert_allclose(m["step_norm"], direct[2:].mean(), rtol=1e-5)
+        np.testing.assert_allclose(m["step_norm_max"], direct[2:].max(), rtol=1e-5)
+        assert float(m["dead_units"]) == 0.0 and float(m["zero_steps"]) == 0.0
+
+
+def _pixels(steps=48, lead=20, seed=0):
+    """A pixel-MNIST-like sequence: ``lead`` blank pixels, then values in [0, 1], a third blank."""
+    x = np.array(jax.random.uniform(jax.random.PRNGKey(seed), (steps, 1)))
+    x[:lead] = 0.0
+    x[x < 0.3] = 0.0
+    return jnp.asarray(x)
+
+
+@pytest.mark.parametrize("cell", ["irnn", "relu_rnn", "exprnn"])
+def test_relu_type_cells_have_finite_spectra_from_the_zero_state(tiny_config, cell):
+    """Issue #14: with zero state, zero bias and blank leading pixels, relu'(0) = modReLU'(0) = 0
+    makes the first Jacobians exactly 0, so lambda_1 and the full-lag norm were -inf at init (and
+    stayed so on pixel MNIST). Measured after the dead prefix they are finite, at init and after
+    a few training steps, on digits and on pixel-like inputs."""
+    from rnn_spectra.spectral.monitor import SpectralMonitor, sequence_measurements
+    from rnn_spectra.train import build, init_state, make_train_step
+
+    tiny_config.task.name, tiny_config.task.seq_len = "digits", 64
+    # H = 32 as in the issue (at H = 6 a relu_rnn's state can collapse to exactly zero mid-sequence:
+    # then the gradient through that step is exactly 0, and -inf is the true answer).
+    tiny_config.model.cell, tiny_config.model.hidden_size = cell, 32
+    tiny_config.spectral.lyapunov_k = 2
+    exp = build(config_lib.resolve(tiny_config))
+    monitor = SpectralMonitor(exp)
+    state = init_state(exp, 0)
+    assert float(jnp.max(jnp.abs(state["params"]["cell"]["b"]))) <= 0.01  # zero bias (exprnn: +-0.01)
+    pixels = _pixels()
+    on_pixels = jax.jit(lambda p: sequence_measurements(make_step_fn(exp.model, p["cell"]), pixels,
+                                                        [1, 8, 48], discard=4, k=2))
+    train_step = jax.jit(make_train_step(exp))
+    for when in ("init", "after 3 steps"):
+        row = monitor.measure(state["params"], 0)
+        assert row["lags"][-1] == 64
+        assert np.isfinite(row["lyapunov/mean"][0]) and np.isfinite(row["jac_log_norm/mean"][-1]), when
+        assert np.all(np.isfinite(row["lyapunov/per_probe"])[:, 0])
+        assert 0 < row["step_norm/mean"] < 10 and 0 <= row["dead_units/mean"] < 1
+        m = on_pixels(state["params"])
+        assert np.isfinite(m["lyap"][0]) and np.isfinite(m["jac"][-1]), when
+        if when == "init":  # the issue is exercised: a dead prefix, and -inf from step 0
+            assert min(row["dead_prefix/per_probe"]) > 0 and int(m["t0"]) >= 20
+            assert row["lyapunov/start/per_probe"] == [t + 16 for t in row["dead_prefix/per_probe"]]
+            cs = make_step_fn(exp.model, state["params"]["cell"])
+            assert np.isneginf(lyapunov_spectrum(cs.step_fn, cs.s0, pixels, 1)[0])
+            assert np.isneginf(lag_log_norms(cs.step_fn, cs.s0, pixels, [48])[0])
+        for _ in range(3):
+            state, _ = train_step(state)
+
+
 # ----------------------------------------------------------------------------- gradient flow
 @pytest.mark.parametrize("cell,task_name", [("lstm", "adding"), ("relu_rnn", "copying"), ("gru", "adding")])
 def test_gradient_flow_matches_adjoint_recursion(cell, task_name):
@@ -355,8 +496,16 @@ def test_monitor_row_is_consistent_and_vmaps(tiny_config):
     # The monitor's matrix-free lag norms equal the top singular values of the explicit products.
     inputs, _ = probe_batch(exp)
     cs = make_step_fn(exp.model, params["cell"])
-    top = product_log_singular_values(step_jacobians(cs.step_fn, cs.s0, inputs[0]), lags=lags)[:, 0]
+    J0 = step_jacobians(cs.step_fn, cs.s0, inputs[0])
+    top = product_log_singular_values(J0, lags=lags)[:, 0]
     np.testing.assert_allclose(row["jac_log_norm/per_probe"][0], top, rtol=1e-4, atol=1e-4)
+    # The effective one-step norm: the mean spectral norm of the step Jacobians over the window
+    # (no dead prefix for an LSTM: from the burn-in on, round(0.25 T) = 2 steps at T = 10).
+    assert row["lyapunov/discard"] == 2 and row["lyapunov/start/per_probe"] == [2] * 4
+    assert row["dead_prefix/per_probe"] == [0] * 4 and row["lyapunov/computed"] == 16
+    norms = np.linalg.norm(np.asarray(J0, np.float64), 2, axis=(1, 2))
+    np.testing.assert_allclose(row["step_norm/per_probe"][0], norms[2:].mean(), rtol=1e-5)
+    assert 0 <= row["lyapunov/near_zero/mean"] <= 16 and row["lyapunov/kaplan_yorke/mean"] >= 0
     # A sweep vmaps the arrays over stacked members: same numbers as one member at a time.
     other = init_state(exp, 1)["params"]
     stacked = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), params, other)

@@ -7,6 +7,8 @@ matrices, its default recurrent init (``inits.py``), and what it needs from the 
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 
 from rnn_spectra.cells.base import PREACTIVATION, Array, CellSpec, Initializer, ParamRule
@@ -18,6 +20,7 @@ from rnn_spectra.cells.constrained import (
 from rnn_spectra.cells.inits import (
     INPUT_INITS, RECURRENT_INITS, get_input_init, get_recurrent_init,
 )
+from rnn_spectra.config import ModelConfig
 from rnn_spectra.errors import ConfigError, unknown_name
 
 CELLS: dict[str, CellSpec] = {
@@ -25,16 +28,21 @@ CELLS: dict[str, CellSpec] = {
     "relu_rnn": CellSpec(ElmanCell, ("W_s",), "normal", 1.0, {"activation": "relu"}),
     "irnn": CellSpec(ElmanCell, ("W_s",), "identity", 1.0, {"activation": "relu"},
                      program="relu_rnn"),
-    "lstm": CellSpec(LSTMCell, ("W_i", "W_f", "W_g", "W_o"), "orthogonal", 1.0),
+    "lstm": CellSpec(LSTMCell, ("W_i", "W_f", "W_g", "W_o"), "orthogonal", 1.0, options=("forget_bias",)),
     "gru": CellSpec(GRUCell, ("W_r", "W_z", "W_n"), "orthogonal", 1.0),
-    # IndRNN's |u| <= 2^(1/T), T the input length, by a projection after every update.
-    "indrnn": CellSpec(IndRNNCell, ("W_s",), "uniform", 1.0, matrices=indrnn_matrices,
+    # IndRNN's |u| <= 2^(1/T), T the input length, by a projection after every update; its init
+    # u ~ U[2^(-1/T), 2^(1/T)] (init_scale = MAG = 2) is the official code's for the layer that
+    # is read out (inits.indrnn_init).
+    "indrnn": CellSpec(IndRNNCell, ("W_s",), "indrnn", 2.0, matrices=indrnn_matrices,
                        param_rules=(ParamRule(INDRNN_DIAG, abs_bound=indrnn_bound),)),
+    # epsilon and gamma are config.model keys (their defaults there keep it stable at init).
     "antisymmetric": CellSpec(AntisymmetricCell, ("W_s",), "normal", 1.0,
-                              {"epsilon": 0.1, "gamma": 0.01}, matrices=antisymmetric_matrices),
+                              matrices=antisymmetric_matrices, options=("epsilon", "gamma"),
+                              skew_params=("W_s",)),
     # expRNN's skew generator A learns at orthogonal_lr_factor x the learning rate (Lezcano-Casado
     # 2019: 10x smaller).
     "exprnn": CellSpec(ExpRNNCell, ("W_s",), "henaff", 1.0, matrices=exprnn_matrices,
+                       skew_params=(EXPRNN_SKEW,),
                        param_rules=(ParamRule(EXPRNN_SKEW,
                                               lr_factor=lambda optim: optim.orthogonal_lr_factor),)),
 }
@@ -51,6 +59,15 @@ def program_name(name: str) -> str:
     return get_cell_spec(name).program or name
 
 
+def cell_options(name: str, config=None) -> dict:
+    """The ``config.model`` values (a ModelConfig; None: the defaults) that cell ``name`` takes
+    beyond the common ones: ``{"forget_bias": ...}`` for the LSTM, ``{"epsilon", "gamma"}`` for
+    AntisymmetricRNN, ``{}`` for the others."""
+    spec = get_cell_spec(name)
+    config = ModelConfig() if config is None else config
+    return {k: getattr(config, k) for k in spec.options}
+
+
 def make_cell(
     name: str,
     hidden_size: int,
@@ -61,18 +78,28 @@ def make_cell(
     input_scale: float = 1.0,
     bias_init: float = 0.0,
     forget_bias: float = 1.0,
+    epsilon: float | None = None,
+    gamma: float | None = None,
+    seq_len: int | None = None,
 ) -> nn.Module:
-    """Build a registered cell. ``recurrent_init``/``init_scale`` default to the cell's own."""
+    """Build a registered cell. ``recurrent_init``/``init_scale`` default to the cell's own;
+    ``epsilon``/``gamma`` (AntisymmetricRNN) to ``config.ModelConfig``'s; ``seq_len`` (the input
+    length T) is what a T-dependent init needs (IndRNN's)."""
     spec = get_cell_spec(name)
     if hidden_size <= 0:
         raise ConfigError(f"model.hidden_size must be a positive integer, got {hidden_size}")
     rec = get_recurrent_init(
         recurrent_init or spec.default_recurrent_init,
         spec.default_init_scale if init_scale is None else init_scale,
+        seq_len=seq_len,
     )
-    kwargs = dict(spec.kwargs)
-    if spec.module is LSTMCell:
-        kwargs["forget_bias"] = forget_bias
+    given = {"forget_bias": forget_bias, "epsilon": epsilon, "gamma": gamma}
+    options = {k: v if given[k] is None else given[k] for k, v in cell_options(name).items()}
+    for key in ("epsilon", "gamma"):
+        value = options.get(key)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"model.{key} must be a finite positive number, got {value!r}")
+    kwargs = {**spec.kwargs, **options}
     return spec.module(
         hidden_size=hidden_size,
         recurrent_init=rec,
@@ -82,11 +109,13 @@ def make_cell(
     )
 
 
-def recurrent_matrices(cell_name: str, cell_params) -> dict[str, Array]:
-    """The cell's recurrent (H, H) matrices by name: {"W_s"} or one per gate (math orientation)."""
+def recurrent_matrices(cell_name: str, cell_params, config=None) -> dict[str, Array]:
+    """The cell's recurrent (H, H) matrices by name: {"W_s"} or one per gate (math orientation).
+    ``config``: the run's ModelConfig, for the cells whose W_s depends on a setting
+    (AntisymmetricRNN's gamma); None: the defaults."""
     spec = get_cell_spec(cell_name)
     if spec.matrices is not None:  # W_s derived from the params (constrained cells)
-        return spec.matrices(cell_params, **spec.kwargs)
+        return spec.matrices(cell_params, **{**spec.kwargs, **cell_options(cell_name, config)})
     w_s = cell_params["W_s"]
     hidden = w_s.shape[-1]
     return {g: w_s[..., i * hidden : (i + 1) * hidden, :] for i, g in enumerate(spec.gates)}
@@ -96,5 +125,6 @@ __all__ = [
     "CELLS", "CellSpec", "ParamRule", "PREACTIVATION", "Array", "Initializer", "ACTIVATIONS",
     "ElmanCell", "LSTMCell", "GRUCell", "IndRNNCell", "AntisymmetricCell", "ExpRNNCell",
     "RECURRENT_INITS", "INPUT_INITS", "get_recurrent_init", "get_input_init", "get_cell_spec",
-    "program_name", "make_cell", "recurrent_matrices", "indrnn_bound", "INDRNN_DIAG", "EXPRNN_SKEW",
+    "program_name", "make_cell", "cell_options", "recurrent_matrices", "indrnn_bound", "INDRNN_DIAG",
+    "EXPRNN_SKEW",
 ]

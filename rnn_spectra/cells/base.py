@@ -44,7 +44,9 @@ class CellSpec:
     """How to build one registered cell; defaults apply when the config leaves them unset.
 
     ``matrices(cell_params, **kwargs) -> {name: (H, H)}``: the recurrent matrices when they are
-    derived from the params (constrained cells); None: ``W_s`` sliced into ``gates``."""
+    derived from the params (constrained cells); None: ``W_s`` sliced into ``gates``.
+    ``options``: the ``config.model`` keys the module takes as fields (LSTM: forget_bias;
+    AntisymmetricRNN: epsilon, gamma), passed to it and to ``matrices``."""
 
     module: type[nn.Module]
     gates: tuple[str, ...]  # names of the (H, H) recurrent blocks, in stacking order
@@ -54,3 +56,5 @@ class CellSpec:
     matrices: Callable[..., dict[str, Array]] | None = None
     param_rules: tuple[ParamRule, ...] = ()
     program: str | None = None  # another cell that is the same compiled program (irnn: relu_rnn)
+    options: tuple[str, ...] = ()
+    skew_params: tuple[str, ...] = ()  # (H, H) params of which only the antisymmetric part is used

@@ -1,5 +1,6 @@
 """Recurrent initializers: ``RECURRENT_INITS[name](scale) -> init(key, shape, dtype)``, and the
-input-kernel initializers ``INPUT_INITS``. Each takes its gain and returns a Flax initializer.
+input-kernel initializers ``INPUT_INITS``. Each takes its gain and returns a Flax initializer;
+those in ``SEQ_LEN_INITS`` (IndRNN's) also take the input length T: ``(scale, seq_len)``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_spectra.cells.base import Array, Initializer
-from rnn_spectra.errors import unknown_name
+from rnn_spectra.errors import ConfigError, unknown_name
 
 
 def orthogonal_init(scale: float) -> Initializer:
@@ -63,6 +64,9 @@ INPUT_INITS: dict[str, Callable[[float], Initializer]] = {
     "normal": lambda s: nn.initializers.variance_scaling(s * s, "fan_in", "normal"),
     "lecun_uniform": lambda s: nn.initializers.variance_scaling(s * s, "fan_in", "uniform"),
     "glorot_uniform": lambda s: nn.initializers.variance_scaling(s * s, "fan_avg", "uniform"),
+    # N(0, scale^2) whatever the fan-in: IndRNN's official input init, N(0, 0.001^2)
+    # (Sunnydreamrain/IndRNN_Theano_Lasagne, adding/adding.py: W_in_to_hid=Normal(in2hidW=0.001)).
+    "normal_std": lambda s: nn.initializers.normal(stddev=s),
 }
 
 
@@ -84,10 +88,35 @@ def stacked(init: Initializer, gates: int) -> Initializer:
 
 
 def uniform_init(scale: float) -> Initializer:
-    """Entries i.i.d. U[0, scale] (IndRNN's recurrent weights; it uses the diagonal)."""
+    """Entries i.i.d. U[0, scale] (IndRNN's lower layers in the official code; it uses the diagonal)."""
 
     def init(key, shape, dtype=jnp.float32):
         return scale * jax.random.uniform(key, shape, dtype)
+
+    return init
+
+
+def indrnn_init(scale: float, seq_len: int | None = None) -> Initializer:
+    """IndRNN's recurrent weights as the official code initialises the layer that is read out:
+    u ~ U[MAG^(-1/T), MAG^(1/T)], MAG = ``scale`` (2 there), T the input length, so that
+    u^T lies in [1/MAG, MAG]. Source: Sunnydreamrain/IndRNN_Theano_Lasagne, adding/adding.py
+    (``U_bound = pow(MAG, 1/seq_len)``, ``U_lowbound = pow(1/MAG, 1/seq_len)``, last layer
+    ``Uniform(range=(U_lowbound, U_bound))``; lower layers ``(0, U_bound)``) and its README ("the
+    recurrent weights for the last IndRNN layer can be initialized to be all 1 or a proper range
+    (1-epsilon, 1+epsilon)"); the PyTorch code (IndRNN_pytorch, pixelMNIST/Indrnn_mnist_network.py)
+    inits its last layer the same way (with MAG 5 there). Our models have one layer, the one read
+    out. ``seq_len`` None (a model built without a task):
+    the T -> infinity limit, u = 1. U[0, 1] instead leaves u^T ~ 1e-19 at T = 64 for the median
+    unit: nothing is carried."""
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 1):
+        raise ConfigError(f"the indrnn init needs model.init_scale = MAG >= 1 (u in [MAG^(-1/T), "
+                          f"MAG^(1/T)], 2 in the official code), got {scale!r}")
+
+    def init(key, shape, dtype=jnp.float32):
+        if seq_len is None:
+            return jnp.ones(shape, dtype)
+        lo, hi = scale ** (-1.0 / seq_len), scale ** (1.0 / seq_len)
+        return jax.random.uniform(key, shape, dtype, lo, hi)
 
     return init
 
@@ -126,13 +155,19 @@ RECURRENT_INITS: dict[str, Callable[[float], Initializer]] = {
     "identity": identity_init,
     "normal": normal_init,
     "np_rnn": np_rnn_init,
-    "uniform": uniform_init,  # IndRNN
+    "uniform": uniform_init,  # IndRNN (lower layers)
+    "indrnn": indrnn_init,  # IndRNN, the layer read out (T-dependent: SEQ_LEN_INITS)
     "henaff": henaff_init,  # expRNN
     "cayley": cayley_init,  # expRNN
 }
 
 
-def get_recurrent_init(name: str, scale: float) -> Initializer:
+SEQ_LEN_INITS = frozenset({"indrnn"})  # these take (scale, seq_len)
+
+
+def get_recurrent_init(name: str, scale: float, seq_len: int | None = None) -> Initializer:
     if name not in RECURRENT_INITS:
         raise unknown_name("recurrent init", name, RECURRENT_INITS)
+    if name in SEQ_LEN_INITS:
+        return RECURRENT_INITS[name](scale, seq_len)
     return RECURRENT_INITS[name](scale)

@@ -123,8 +123,80 @@ def _lag_slots(T: int, lags: np.ndarray) -> Array:
     return jnp.asarray(slot)
 
 
+def step_jacobian_stats(step_fn: StepFn, s0: Array, xs: Array,
+                        states: Array | None = None) -> dict[str, Array]:
+    """What each step's Jacobian ``J[t] = ds_{t+1}/ds_t`` does, along the trajectory from ``s0``.
+
+    Returns (T,) arrays: ``norm`` the spectral norm ``||J[t]||_2`` (the quantity of Pascanu et
+    al.'s bound ``||ds_T/ds_t|| <= prod ||J||``, for gated cells too, where no single matrix is
+    it); ``dead`` how many state components have an all-zero row in ``J[t]`` (nothing flows into
+    them from the state: a ReLU unit at or below zero, or a modReLU unit under its threshold);
+    ``zero`` whether ``J[t]`` is exactly zero (nothing passes the step at all, e.g. a ReLU net at
+    the zero state with a zero input and bias). One scan, one ``jacfwd`` and one SVD per step,
+    memory O(n^2) whatever T.
+    """
+    _check_state(s0, xs)
+    states = trajectory(step_fn, s0, xs) if states is None else states
+    jac = jax.jacfwd(step_fn)
+
+    def body(_, inp):
+        s_t, x_t = inp
+        J = jac(s_t, x_t)
+        dead_rows = jnp.all(J == 0, axis=1)
+        norm = jnp.linalg.svd(J, compute_uv=False)[0]
+        return None, (norm, jnp.sum(dead_rows), jnp.all(dead_rows))
+
+    _, (norm, dead, zero) = jax.lax.scan(body, None, (states[:-1], xs))
+    return {"norm": norm, "dead": dead, "zero": zero}
+
+
+def jacobian_stats(J: Array) -> dict[str, Array]:
+    """``step_jacobian_stats`` from materialised step Jacobians J (T, n, n)."""
+    check_jacobians(J)
+    dead_rows = jnp.all(J == 0, axis=2)
+    return {"norm": jnp.linalg.svd(J, compute_uv=False)[:, 0], "dead": jnp.sum(dead_rows, axis=1),
+            "zero": jnp.all(dead_rows, axis=1)}
+
+
+def step_norms(step_fn: StepFn, s0: Array, xs: Array, states: Array | None = None) -> Array:
+    """``||ds_{t+1}/ds_t||_2`` at every step: (T,), without storing the T Jacobians."""
+    return step_jacobian_stats(step_fn, s0, xs, states)["norm"]
+
+
+def dead_prefix(zero: Array) -> Array:
+    """The number of leading steps whose Jacobian is exactly zero (``zero`` (T,) booleans, as
+    ``step_jacobian_stats`` returns them): T when every step is."""
+    live = ~jnp.asarray(zero, bool)
+    return jnp.where(jnp.any(live), jnp.argmax(live), live.shape[0])
+
+
+def measurement_window(zero: Array, discard) -> tuple[Array, Array]:
+    """``(t0, start)`` of one trajectory: t0 its ``dead_prefix``; ``start = min(t0 + discard, T-1)``
+    the first step a windowed average counts (the dead prefix and a burn-in of ``discard`` steps
+    are left out; at least the last step is always in)."""
+    t0 = dead_prefix(zero)
+    return t0, jnp.minimum(t0 + discard, jnp.asarray(zero).shape[0] - 1)
+
+
+def window_summary(stats: dict[str, Array], start, n: int) -> dict[str, Array]:
+    """Averages of ``step_jacobian_stats`` over the window ``start .. T-1``: ``step_norm`` the mean
+    ``||J[t]||_2``, ``step_norm_max`` its largest value, ``dead_units`` the fraction of the n state
+    components with an all-zero Jacobian row; ``zero_steps``: the fraction of *all* T steps whose
+    Jacobian is zero."""
+    norm = stats["norm"]
+    T, n_dead = norm.shape[0], stats["dead"]
+    window = jnp.arange(T) >= start
+    steps = jnp.sum(window)
+    return {
+        "step_norm": jnp.sum(jnp.where(window, norm, 0.0)) / steps,
+        "step_norm_max": jnp.max(jnp.where(window, norm, -jnp.inf)),
+        "dead_units": jnp.sum(jnp.where(window, n_dead, 0)) / (steps * n),
+        "zero_steps": jnp.mean(stats["zero"].astype(norm.dtype)),
+    }
+
+
 def lag_log_norms(step_fn: StepFn, s0: Array, xs: Array, lags: Sequence[int],
-                  states: Array | None = None) -> Array:
+                  states: Array | None = None, start=None) -> Array:
     """``ln ||ds_T/ds_{T-k}||_2`` for each lag k: shape (L,), memory O(n^2) whatever T.
 
     One reverse scan: the running product ``P = ds_T/ds_t`` takes one step's Jacobian (``jacfwd``)
@@ -133,6 +205,12 @@ def lag_log_norms(step_fn: StepFn, s0: Array, xs: Array, lags: Sequence[int],
     only on t, never on the data, so under ``vmap`` (probe sequences, sweep members) it stays a
     real branch and the SVD runs L times, not T times; no (L, n, n) buffer is carried (copying
     one per step doubled the time on CPU). ``states`` (T+1, n): the trajectory, if known.
+
+    ``start`` (an int or a traced integer, e.g. the ``dead_prefix`` of each probe): steps before
+    it count as the identity, so a lag that reaches back before ``start`` measures
+    ``ds_T/ds_start``. For a ReLU-type net that sits at the zero state until its first nonzero
+    input, the Jacobians there are exactly zero and every lag reaching into them would be -inf
+    although nothing of the sequence has been seen yet. None: every step as it is.
     """
     T = xs.shape[0]
     lags = check_lags(lags, T)
@@ -147,8 +225,11 @@ def lag_log_norms(step_fn: StepFn, s0: Array, xs: Array, lags: Sequence[int],
 
     def body(carry, inp):
         P, c, comp = carry
-        s_t, x_t, record = inp
-        P = P @ jac(s_t, x_t)
+        s_t, x_t, record, t = inp
+        if start is None:
+            P = P @ jac(s_t, x_t)
+        else:  # steps before start: P unchanged (their Jacobian counts as the identity)
+            P = jnp.where(t < start, P, P @ jac(s_t, x_t))
         scale = jnp.sqrt(jnp.sum(P * P))
         c, comp = kahan_add(c, comp, jnp.log(scale))
         P = P / jnp.where(scale > 0, scale, 1.0)
@@ -157,5 +238,6 @@ def lag_log_norms(step_fn: StepFn, s0: Array, xs: Array, lags: Sequence[int],
 
     zero = jnp.zeros((), dtype)
     init = (jnp.eye(n, dtype=dtype), zero, zero)
-    _, per_t = jax.lax.scan(body, init, (states[:-1], xs, jnp.asarray(is_lag)), reverse=True)
+    _, per_t = jax.lax.scan(body, init, (states[:-1], xs, jnp.asarray(is_lag), jnp.arange(T)),
+                            reverse=True)
     return per_t[T - lags]

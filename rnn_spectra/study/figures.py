@@ -1,7 +1,9 @@
 """The study report's figures: one question per figure, per task and T, readable without the text.
 
 Every line is one table row (variant x clipping at its best setting), averaged over its seeds;
-colour names the variant, solid lines are clipped runs and dashed lines unclipped ones.
+colour names the variant, solid lines are clipped runs and dashed lines unclipped ones. A value
+of -inf (an exactly zero Jacobian product, or lambda_1 = -inf) cannot be drawn on the axis: it is
+marked by a downward triangle on the bottom edge at its x, in the line's colour, never dropped.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rnn_spectra import workdir as wd  # noqa: E402
-from rnn_spectra.spectral.rows import gradient_flow, jacobian_by_lag, sigma_max  # noqa: E402
+from rnn_spectra.spectral.rows import (  # noqa: E402
+    gradient_flow, jacobian_by_lag, lyapunov_top, sigma_max, step_norm,
+)
 
 LN10 = math.log(10.0)
 
@@ -39,8 +43,15 @@ def _mean_curve(series: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarray]
     return np.asarray(steps), np.asarray(means)
 
 
-def _legend_below(fig, ax) -> None:
+def _legend_below(fig, ax, *more) -> None:
+    """One legend under the figure with the labelled lines of ``ax`` (and of ``more`` axes,
+    each label once)."""
     handles, labels = ax.get_legend_handles_labels()
+    for other in more:
+        for h, lab in zip(*other.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
     # Room for up to ~18 entries in three columns under the axes.
@@ -54,6 +65,26 @@ def _seed_mean_log10(per_seed: list[list[float | None]]) -> np.ndarray:
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: "mean of empty slice"
         return np.nanmean(np.where(np.isfinite(vals), vals, np.nan), axis=0) / LN10
+
+
+def _neginf_x(x, per_seed: list[list[float | None]]) -> np.ndarray:
+    """The x of the points where at least one seed's value is -inf."""
+    vals = np.asarray([[np.nan if v is None else v for v in s] for s in per_seed], dtype=float)
+    return np.asarray(x)[np.any(np.isneginf(vals), axis=0)] if vals.size else np.asarray([])
+
+
+def _mark_neginf(ax, marks: list[tuple[np.ndarray, dict]]) -> None:
+    """Downward triangles on the bottom edge of ``ax`` at each (x, style) of ``marks``: -inf
+    values, which no axis can show. Call after every line is drawn (the limits are final)."""
+    marks = [(x, st) for x, st in marks if len(x)]
+    if not marks:
+        return
+    bottom, top = ax.get_ylim()
+    for i, (x, st) in enumerate(marks):
+        ax.plot(x, np.full(len(x), bottom), linestyle="none", marker="v", markersize=7,
+                color=st["color"], clip_on=False, zorder=5,
+                label="−∞ (exactly zero; ≥1 seed)" if i == 0 else None)
+    ax.set_ylim(bottom, top)
 
 
 def _finish(fig, ax, title: str, path: str) -> str:
@@ -107,28 +138,50 @@ def _loss_figure(table, rows, data, out_dir):
 
 
 def _sigma_figure(table, rows, data, out_dir):
-    fig, ax = plt.subplots(figsize=(9, 6.5))
-    colours, any_line = {}, False
+    """Three panels over training: σ_max(W_s) (max over gates), the mean norm of the effective
+    one-step state Jacobian (Pascanu's factor, for every cell) and λ₁ (−∞ marked)."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 6.5))
+    colours, any_line, marks = {}, False, []
+    panels = ((axes[0], sigma_max, "σ_max(W_s), max over gates"),
+              (axes[1], step_norm, "mean ‖∂s_{t+1}/∂s_t‖₂ on the probes"),
+              (axes[2], lyapunov_top, "λ₁ (nats per step)"))
     for r in rows:
-        series = [{s["step"]: sigma_max(s) for s in seed["spectra"]} for seed in data[r["variant"]]]
-        x, y = _mean_curve(series)
-        if len(x):
-            any_line = True
-            ax.plot(x, y, marker="o", markersize=3, label=r["variant"], **_style(r["variant"], colours))
-    if not any_line:
+        style = _style(r["variant"], colours)
+        for ax, fn, _ in panels:
+            series = [{s["step"]: fn(s) for s in seed["spectra"]} for seed in data[r["variant"]]]
+            x, y = _mean_curve(series)
+            if len(x):
+                any_line = True
+                ax.plot(x, y, marker="o", markersize=3, label=r["variant"] if ax is axes[0] else None,
+                        **style)
+            if fn is lyapunov_top:
+                marks.append((np.asarray(sorted({st for d in series for st, v in d.items()
+                                                  if v == -math.inf})), style))
+    if not any_line and not any(len(m[0]) for m in marks):
         plt.close(fig)
         return None
-    ax.axhline(1.0, color="black", linestyle=":", linewidth=1.2, label="σ = 1 (vanish / explode border)")
-    ax.set_yscale("log")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("σ_max of the recurrent matrix (max over gates)")
-    return _finish(fig, ax, f"{table}: how does the largest singular value of W_s move?",
-                   os.path.join(out_dir, f"{table}_sigma_max.png"))
+    for ax, _, name in panels[:2]:
+        ax.axhline(1.0, color="black", linestyle=":", linewidth=1.2)
+        ax.set_yscale("log")
+    axes[2].axhline(0.0, color="black", linestyle=":", linewidth=1.2)
+    _mark_neginf(axes[2], marks)
+    for ax, _, name in panels:
+        ax.set_xlabel("training step")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{table}: does the recurrence stretch or shrink? (1 / 0: the vanish–explode border)",
+                 fontsize=10)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.88, wspace=0.25)
+    _legend_below(fig, axes[0], axes[2])
+    path = os.path.join(out_dir, f"{table}_sigma_max.png")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def _jacobian_figure(table, rows, data, out_dir):
     fig, axes = plt.subplots(1, 2, figsize=(10, 6.5), sharey=True)
-    colours, any_line = {}, False
+    colours, any_line, marks = {}, False, {0: [], -1: []}
     for r in rows:
         for ax, which in zip(axes, (0, -1)):
             per_seed = [jacobian_by_lag(seed["spectra"][which]) for seed in data[r["variant"]]
@@ -138,10 +191,14 @@ def _jacobian_figure(table, rows, data, out_dir):
             lags = np.asarray(per_seed[0][0])
             y = _seed_mean_log10([s[1] for s in per_seed])
             any_line = True
-            ax.plot(lags, y, label=r["variant"] if which == -1 else None, **_style(r["variant"], colours))
+            style = _style(r["variant"], colours)
+            ax.plot(lags, y, label=r["variant"] if which == -1 else None, **style)
+            marks[which].append((_neginf_x(lags, [s[1] for s in per_seed]), style))
     if not any_line:
         plt.close(fig)
         return None
+    for ax, which in zip(axes, (0, -1)):
+        _mark_neginf(ax, marks[which])
     for ax, name in zip(axes, ("at initialisation", "at the end of training")):
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -153,7 +210,7 @@ def _jacobian_figure(table, rows, data, out_dir):
     axes[0].set_ylabel("log10 ||∂h_T / ∂h_t||₂ (mean over probes)")
     fig.suptitle(f"{table}: does the long-range gradient vanish or explode?", fontsize=10)
     fig.subplots_adjust(left=0.08, right=0.98, top=0.88, wspace=0.08)
-    _legend_below(fig, axes[1])
+    _legend_below(fig, axes[1], axes[0])
     path = os.path.join(out_dir, f"{table}_jacobian_vs_lag.png")
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -162,7 +219,7 @@ def _jacobian_figure(table, rows, data, out_dir):
 
 def _flow_figure(table, rows, data, out_dir):
     fig, ax = plt.subplots(figsize=(9, 6.5))
-    colours, any_line = {}, False
+    colours, any_line, marks = {}, False, []
     for r in rows:
         per_seed = [gradient_flow(seed["spectra"][-1]) for seed in data[r["variant"]] if seed["spectra"]]
         if not per_seed or not per_seed[0][0]:
@@ -170,10 +227,13 @@ def _flow_figure(table, rows, data, out_dir):
         t = np.asarray(per_seed[0][0])
         y = _seed_mean_log10([s[1] for s in per_seed])
         any_line = True
-        ax.plot(t, y, label=r["variant"], **_style(r["variant"], colours))
+        style = _style(r["variant"], colours)
+        ax.plot(t, y, label=r["variant"], **style)
+        marks.append((_neginf_x(t, [s[1] for s in per_seed]), style))
     if not any_line:
         plt.close(fig)
         return None
+    _mark_neginf(ax, marks)
     ax.set_xlabel("time step t of the input sequence")
     ax.set_ylabel("log10 ||∂L / ∂h_t|| (probe batch)")
     return _finish(fig, ax, f"{table}: how far back does the loss gradient reach? (end of training)",
