@@ -237,10 +237,10 @@ def find_fixed_points(step_fn: StepFn, x, candidates, *, tol_q: float = 1e-9, to
                        slow_points=slow_points, slow_q=sq, **info)
 
 
-def candidates_from_trajectories(states, num: int, noise: float, key) -> Array:
+def candidates_from_trajectories(states, num: int, noise, key) -> Array:
     """``num`` candidate states (num, n): states drawn from ``states`` (..., n) (e.g. time-major
-    (T, B, n) trajectories, or (K, n)) without replacement when there are enough, plus i.i.d.
-    Gaussian noise of standard deviation ``noise`` (state units)."""
+    (T, B, n) trajectories, or (K, n)) without replacement when there are enough, plus Gaussian
+    noise of standard deviation ``noise`` (state units): a scalar, or one per unit (n,)."""
     states = jnp.asarray(states)
     if states.ndim < 2 or states.shape[-1] < 1:
         raise SpectralInputError(
@@ -249,8 +249,12 @@ def candidates_from_trajectories(states, num: int, noise: float, key) -> Array:
     if not (isinstance(num, int) and num >= 1) or states.shape[0] < 1:
         raise SpectralInputError(
             f"need num >= 1 candidates from >= 1 states, got num={num!r} and {states.shape[0]} states")
-    if not (math.isfinite(noise) and noise >= 0):
-        raise SpectralInputError(f"noise must be a finite standard deviation >= 0, got {noise!r}")
+    noise_arr = np.asarray(noise, dtype=np.float64)
+    if noise_arr.ndim > 1 or (noise_arr.ndim == 1 and noise_arr.shape[0] != states.shape[1]) \
+            or not np.all(np.isfinite(noise_arr)) or np.any(noise_arr < 0):
+        raise SpectralInputError(f"noise must be a finite standard deviation >= 0 (a scalar or one "
+                                 f"per unit, ({states.shape[1]},)), got {noise!r}")
+    noise = jnp.asarray(noise_arr, states.dtype)
     k_pick, k_noise = jax.random.split(key)
     idx = jax.random.choice(k_pick, states.shape[0], (num,), replace=num > states.shape[0])
     return states[idx] + noise * jax.random.normal(k_noise, (num, states.shape[1]), states.dtype)
@@ -261,7 +265,10 @@ def fixed_points_of_run(model, params, inputs_BxTxD, *, num_candidates: int = 25
     """Fixed points of a ``SequenceModel`` with ``params`` near the states it visits on ``inputs_BxTxD``.
 
     Candidates: ``num_candidates`` of the flat states (LSTM: c and h) along the unroll, plus
-    Gaussian noise (``noise``; default 0.1 x the states' mean per-unit standard deviation). x (D,):
+    Gaussian noise (``noise``; default 0.1 x each unit's standard deviation over the visited states,
+    so a unit that never moves, e.g. a ReLU unit that never fires, gets none: with noise there, an
+    IRNN's unused units, whose W_s rows stay near the identity, hold it and fake eigenvalues of 1
+    at every point found). x (D,):
     the constant input (default zeros). ``finder_kwargs`` go to ``find_fixed_points``. For ReLU
     Elman cells also the exact enumeration over the activation patterns of the visited states and of
     the optimiser's end points. Returns numpy arrays for ``np.savez``: ``fp/<FixedPoints field>``,
@@ -277,7 +284,7 @@ def fixed_points_of_run(model, params, inputs_BxTxD, *, num_candidates: int = 25
     flat = jax.vmap(jax.vmap(lambda c: ravel_pytree(c)[0]))(carries)  # (T, B, n), cellstep's order
     states = jnp.concatenate([cs.s0[None], flat.reshape(-1, cs.state_size)])
     if noise is None:
-        noise = 0.1 * float(jnp.mean(jnp.std(states, axis=0)))
+        noise = 0.1 * np.asarray(jnp.std(states, axis=0))
     key = jax.random.PRNGKey(0) if key is None else key
     cand = candidates_from_trajectories(states, num_candidates, noise, key)
     fps = find_fixed_points(cs.step_fn, x, cand, **finder_kwargs)
