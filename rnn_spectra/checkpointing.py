@@ -17,14 +17,16 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
+import sys
 import time
 import warnings
 
 import jax
 import orbax.checkpoint as ocp
 
-from rnn_spectra.errors import WorkdirError
+from rnn_spectra.errors import StorageError, WorkdirError
 
 # Orbax's metrics side-file name inside a step directory (``<step>/metrics/metrics``).
 _METRICS_FILE = os.path.join("metrics", "metrics")
@@ -34,14 +36,81 @@ class CheckpointWarning(UserWarning):
     """A checkpoint was skipped (damaged) or moved aside."""
 
 
-class _DropMissingMetricsNoise(logging.Filter):
+_STORAGE_TEXT = re.compile(r"No space left on device|Disk quota exceeded|Input/output error|"
+                           r"File too large")
+
+
+def storage_failure(e: BaseException) -> str | None:
+    """The reason ("No space left on device") if ``e`` or an exception it wraps is the disk's
+    fault, else None. Orbax and TensorStore re-raise OSErrors as other types (ValueError with
+    "[OS error 28: No space left on device]"), so the text is matched too."""
+    from rnn_spectra.workdir import STORAGE_ERRNOS
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            return e.strerror or os.strerror(e.errno)
+        match = _STORAGE_TEXT.search(str(e))
+        if match:
+            return match.group(0)
+        e = e.__cause__ or e.__context__
+    return None
+
+
+class _DropOrbaxNoise(logging.Filter):
     # Orbax warns on every save without metrics once best_fn is set; saves between evals are
-    # expected to have none, so the message is noise on every periodic checkpoint.
+    # expected to have none, so the message is noise on every periodic checkpoint. A save that
+    # fails for lack of disk space is logged by Orbax with its traceback from three threads
+    # (~500 lines); the Checkpointer raises it as one StorageError line instead. After such a
+    # failure, the failed save's metadata thread is still waiting when the process exits, and
+    # logs the executor's shutdown as another traceback.
+    failed_save = False
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "did not provide metrics" not in record.getMessage()
+        if "did not provide metrics" in record.getMessage():
+            return False
+        e = record.exc_info[1] if record.exc_info else None
+        if e is None:
+            return True
+        if storage_failure(e):
+            return False
+        return not (self.failed_save and _AFTER_SHUTDOWN.search(str(e)))
 
 
-_NOISE_FILTER = _DropMissingMetricsNoise()
+_AFTER_SHUTDOWN = re.compile(r"cannot schedule new futures after (interpreter )?shutdown")
+
+
+_NOISE_FILTER = _DropOrbaxNoise()
+
+
+class _QuietClosedEventLoop:
+    """``sys.unraisablehook`` that drops the noise of a damaged checkpoint's abandoned reads ("Event
+    loop is closed") and passes on everything else.
+
+    When Orbax fails to read a damaged checkpoint (or to write one to a full disk), its asyncio
+    loop is closed while TensorStore still holds reads (writes) of the other arrays; each one that
+    completes later calls back into the closed loop and prints a traceback (~140 lines for one
+    fallback), besides the one line (a CheckpointWarning, a StorageError) that says what
+    happened."""
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, unraisable) -> None:
+        e = unraisable.exc_value
+        if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+            return
+        # The same reads, abandoned: their coroutines raise when they are garbage-collected.
+        code = getattr(getattr(unraisable, "object", None), "cr_code", None)
+        if getattr(code, "co_name", "") == "_read_array_index_and_device_put":
+            return
+        self.previous(unraisable)
+
+
+def _silence_closed_event_loop() -> None:
+    if not isinstance(sys.unraisablehook, _QuietClosedEventLoop):
+        sys.unraisablehook = _QuietClosedEventLoop(sys.unraisablehook)
 
 
 def _first_line(e: BaseException) -> str:
@@ -72,6 +141,8 @@ class Checkpointer:
         self.every_minutes = every_minutes
         self._last_save_time = time.monotonic()
         self._last_saved_step: int | None = None
+        self._pending_step: int | None = None  # an async save not yet known to have succeeded
+        self._failed = False  # a save failed and was raised: close() must not raise it again
         if os.path.lexists(self.directory) and not os.path.isdir(self.directory):
             raise WorkdirError(
                 f"{self.directory} exists but is not a directory; move it away (checkpoints are "
@@ -96,13 +167,16 @@ class Checkpointer:
             enable_async_checkpointing=True,
         )
         logging.getLogger("absl").addFilter(_NOISE_FILTER)
+        logging.getLogger("asyncio").addFilter(_NOISE_FILTER)  # "Task exception was never retrieved"
+        # Before any read or write: a failing one's stray callbacks start at once.
+        _silence_closed_event_loop()
         try:
             self.manager = ocp.CheckpointManager(self.directory, options=options)
         except OSError as e:
-            raise WorkdirError(
-                f"cannot use checkpoint directory {self.directory}: {e.strerror or e}; "
-                "check its permissions and free space"
-            ) from None
+            from rnn_spectra.workdir import io_error
+
+            raise io_error(self.directory, "use checkpoint directory", e,
+                           "check its permissions") from None
 
     # ------------------------------------------------------------------ saving
     def due(self, step: int) -> bool:
@@ -121,20 +195,57 @@ class Checkpointer:
         """
         if step == self._last_saved_step or step in self.manager.all_steps():
             return False
+        self.wait()  # the previous save's error (a full disk) surfaces here, naming its step
         if metrics is not None and not all(math.isfinite(v) for v in metrics.values()):
             metrics = None  # a non-finite eval cannot be "best"; JSON cannot hold it either
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            metrics=metrics,
-            force=True,
-        )
+        self._pending_step = step
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                metrics=metrics,
+                force=True,
+            )
+        except Exception as e:  # noqa: BLE001 - a full disk becomes one line; anything else re-raised
+            self._raise_if_storage(e)
+            raise
         self._last_saved_step = step
         self._last_save_time = time.monotonic()
         return True
 
+    def poll(self) -> None:
+        """Raise a finished background save's failure now (StorageError), not at the next save:
+        a run on a full disk stops within a step of the failed save. Cheap (reads a flag)."""
+        if self._pending_step is not None and not self.manager.is_saving_in_progress():
+            self.wait()
+
+    def _raise_if_storage(self, e: BaseException) -> None:
+        reason = storage_failure(e)
+        if reason is None:
+            return
+        step, self._pending_step, self._failed = self._pending_step, None, True
+        _NOISE_FILTER.failed_save = True
+        from rnn_spectra.workdir import free_space
+
+        kept = self.good_steps()
+        raise StorageError(
+            f"cannot save checkpoint step {step} to {self.directory}: {reason} "
+            f"({free_space(self.directory)} on that file system); "
+            + (f"the checkpoints before it are kept (latest: step {kept[-1]}): " if kept else "")
+            + "free some space, then run the same command to resume"
+        ) from None
+
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
+
+    def good_steps(self) -> list[int]:
+        """The steps on disk that were saved completely (re-read from the directory: after a
+        failed save Orbax's own list may be missing steps that are still there)."""
+        try:
+            self.manager.reload()
+            return self.steps()
+        except Exception:  # noqa: BLE001 - only used to word an error
+            return []
 
     # ------------------------------------------------------------------ restoring
     def restore(self, template, step: int | None = None):
@@ -222,10 +333,21 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ shutdown
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Block until the last save is on disk; its failure (a full disk) is a StorageError."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - a full disk becomes one line; anything else re-raised
+            self._raise_if_storage(e)
+            raise
+        self._pending_step = None
 
     def close(self) -> None:
         try:
-            self.manager.wait_until_finished()
+            if not self._failed:
+                self.wait()
         finally:
-            self.manager.close()
+            try:
+                self.manager.close()
+            except Exception:  # noqa: BLE001 - after a failed save the failure was raised already
+                if not self._failed:
+                    raise

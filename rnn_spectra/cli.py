@@ -1,15 +1,19 @@
 """``rnn-spectra``: parse the command line, then call the library. No logic lives here.
 
-Every user error (UserError) becomes one line on stderr and exit code 2.
+Every failure is one line on stderr and an exit code (``errors.EXIT_CODES``): bad input
+(UserError) 2, an I/O failure such as a full disk (StorageError) 74, interrupted -- resume by
+running the same command (Interrupted, a finished-early ``train``) 75.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import warnings
 
-from rnn_spectra.errors import ConfigError, UserError
+from rnn_spectra.errors import INTERRUPTED, ConfigError, Interrupted, StorageError, UserError
 
 EXAMPLE = ("rnn-spectra train --config configs/adding.py --workdir runs/x "
            "--config.model.cell=relu_rnn --config.train.steps=500")
@@ -60,7 +64,7 @@ def cmd_train(args, overrides) -> int:
     cfg = load_run_config(args.config, args.workdir, overrides)
     summary = train_and_evaluate(cfg, args.workdir)
     print(f"{args.workdir}: {summary_line(summary)}")
-    return 0
+    return INTERRUPTED if summary["status"] == "interrupted" else 0  # 75: resume me
 
 
 # What a study's command line may change: where and how it runs, never what it trains.
@@ -81,9 +85,11 @@ def cmd_study(args, overrides) -> int:
 
 
 def cmd_report(args, overrides) -> int:
-    from rnn_spectra.study.report import publish, write_report
+    from rnn_spectra.study.report import check_publish_dir, publish, write_report
     from rnn_spectra.study.run import export_chosen_checkpoints
 
+    if args.publish:
+        check_publish_dir(args.publish)  # before the report is written
     export_chosen_checkpoints(args.workdir)  # those already exported are skipped
     print(write_report(args.workdir))
     if args.publish:
@@ -99,12 +105,24 @@ def _study_preset(workdir: str) -> str:
 
 
 def cmd_analyze(args, overrides) -> int:
-    from rnn_spectra.spectral.analyze import analyze_workdir
+    from rnn_spectra.spectral.analyze import (
+        FP_CANDIDATES, analyze_fixed_points, analyze_workdir, check_candidates,
+    )
 
+    if args.candidates is not None and not args.fixed_points:
+        raise ConfigError("--candidates sets the fixed-point search; add --fixed-points")
+    candidates = FP_CANDIDATES if args.candidates is None else args.candidates
+    if args.fixed_points:  # before the spectral analysis spends its time
+        check_candidates(candidates)
     result = analyze_workdir(args.workdir, step=args.step, out=args.out)
     print(f"{args.workdir}: step {result['step']} analysed -> {result['npz']}")
     for path in result["figures"]:
         print(f"  {path}")
+    if args.fixed_points:
+        fp = analyze_fixed_points(args.workdir, step=result["step"], out=result["out"], candidates=candidates)
+        print(f"{args.workdir}: step {fp['step']} fixed points (input x = 0) -> {fp['npz']}")
+        print(f"  {fp['figure']}")
+        print(fp["summary"])
     return 0
 
 
@@ -145,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--workdir", required=True, help="the run's directory")
     analyze.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     analyze.add_argument("--out", default=None, help="output directory (default WORKDIR/analysis/step_N)")
+    analyze.add_argument("--fixed-points", action="store_true",
+                         help="also find the fixed and slow points under the constant input x = 0 "
+                              "(no input): fixed_points_step<N>.npz, fixed_points.png and a summary")
+    analyze.add_argument("--candidates", type=int, default=None,
+                         help="starting states of the fixed-point search (with --fixed-points; default 256)")
     analyze.set_defaults(func=cmd_analyze)
 
     from rnn_spectra.study.presets import PRESETS
@@ -174,24 +197,114 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+# Commands that checkpoint and pick up where they stopped: their interruption is exit 75.
+RESUMABLE_COMMANDS = ("train", "study")
+# Path arguments TensorStore or the files' readers must open: they must be valid UTF-8.
+PATH_ARGUMENTS = ("workdir", "out", "publish")
+
+
+def say(line: str) -> None:
+    """One line on stderr, whatever it holds (a path with a non-UTF-8 byte is shown escaped)."""
+    enc = getattr(sys.stderr, "encoding", None) or "utf-8"
+    print(line.encode(enc, "backslashreplace").decode(enc, "replace"), file=sys.stderr, flush=True)
+
+
+class SetUpSignals:
+    """SIGINT/SIGTERM before the training loop takes them over (``resume.SignalGuard``): raise
+    Interrupted, so the command ends with one line and its interrupted code instead of a
+    traceback (SIGINT) or a silent kill (SIGTERM). A second signal exits at once."""
+
+    def __init__(self):
+        self._old, self.fired = {}, False
+
+    def _handler(self, signum, frame):
+        if self.fired:
+            os._exit(128 + signum)
+        self.fired = True
+        e = Interrupted(f"interrupted by {signal.Signals(signum).name}")
+        e.signum = signum
+        raise e
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: signals stay with the caller
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def check_path_argument(flag: str, value: str) -> None:
+    try:
+        os.path.abspath(value).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(value).decode("utf-8", "backslashreplace")
+        raise ConfigError(f"--{flag} {shown}: the path is not valid UTF-8 and TensorStore (which "
+                          "writes the checkpoints) cannot open it; use a UTF-8 name") from None
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Our warnings (a skipped damaged checkpoint) in one line, without the source line."""
+    if category.__module__.startswith("rnn_spectra."):
+        return f"rnn-spectra: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
+
+
+def main(argv: list[str] | None = None, *, compilation_cache: bool = False) -> int:
+    command, previous_format = "?", warnings.formatwarning
+    warnings.formatwarning = _format_warning
+    with SetUpSignals():  # from the first line: a Ctrl-C while JAX imports is no traceback either
+        try:
+            parser = build_parser()
+            args, extra = parser.parse_known_args(argv)
+            command = args.command
+            if compilation_cache:
+                enable_compilation_cache()
+            return _dispatch(args, extra)
+        except Interrupted as e:
+            if not hasattr(e, "signum"):  # a study's group checkpointed and stopped
+                say(f"rnn-spectra {command}: {e}")
+                return e.exit_code
+            if command not in RESUMABLE_COMMANDS:
+                say(f"rnn-spectra {command}: {e}")
+                return 128 + e.signum
+            say(f"rnn-spectra {command}: {e} outside the training loop; nothing trained is "
+                "lost: run the same command to resume")
+            return e.exit_code
+        finally:
+            warnings.formatwarning = previous_format
+
+
+def _dispatch(args, extra: list[str]) -> int:
     try:
         overrides = split_overrides(extra) if getattr(args, "takes_overrides", False) else {}
         if extra and not getattr(args, "takes_overrides", False):
             raise ConfigError(f"unrecognised arguments: {' '.join(extra)}")
+        for flag in PATH_ARGUMENTS:
+            if getattr(args, flag, None):
+                check_path_argument(flag, getattr(args, flag))
         if hasattr(args, "distributed"):  # before anything touches a JAX backend
             from rnn_spectra.parallel import initialize_distributed
 
             initialize_distributed(args.distributed, args.coordinator, args.num_processes,
                                    args.process_id)
+        if args.command != "data":  # where the CLI first touches the backend
+            from rnn_spectra.parallel import require_backend
+
+            require_backend()
         return args.func(args, overrides)
-    except UserError as e:
-        print(f"rnn-spectra {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except (UserError, StorageError) as e:  # exit 2: fix the command; 74: fix the disk
+        say(f"rnn-spectra {args.command}: error: {e}")
+        return e.exit_code
+    except KeyboardInterrupt:  # only where SetUpSignals could not be installed
+        say("interrupted")
         return 130
 
 
@@ -224,8 +337,7 @@ def enable_compilation_cache() -> None:
 
 def entry() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    enable_compilation_cache()
-    sys.exit(main())
+    sys.exit(main(compilation_cache=True))
 
 
 if __name__ == "__main__":

@@ -50,14 +50,21 @@ class TaskConfig:
 class ModelConfig:
     cell: str = _f("tanh_rnn", "tanh_rnn | relu_rnn | irnn | lstm | gru | indrnn | antisymmetric | exprnn")
     hidden_size: int = _f(128, "H", "positive")
-    recurrent_init: str | None = _f(None, "orthogonal | identity | normal | np_rnn | uniform (IndRNN) | "
-                                    "henaff | cayley (expRNN); None: the cell's default", kind=str)
+    recurrent_init: str | None = _f(None, "orthogonal | identity | normal | np_rnn | indrnn | uniform "
+                                    "(IndRNN) | henaff | cayley (expRNN); None: the cell's default", kind=str)
     init_scale: float | None = _f(None, "gain of W_s's init (None: the cell's default)", "positive",
                                   kind=float)
-    input_init: str = _f("normal", "normal | lecun_uniform | glorot_uniform (fan-in scaled)")
+    input_init: str = _f("normal", "normal | lecun_uniform | glorot_uniform (fan-in scaled) | "
+                         "normal_std (N(0, input_scale^2): IndRNN's official 0.001)")
     input_scale: float = _f(1.0, "std multiplier of the input kernel", "nonnegative")
     bias_init: float = _f(0.0, "constant bias", "finite")
     forget_bias: float = _f(1.0, "LSTM forget-gate bias at init", "finite")
+    epsilon: float = _f(0.1, "AntisymmetricRNN only: step size eps of its forward-Euler update",
+                        "positive")
+    gamma: float = _f(0.5, "AntisymmetricRNN only: diffusion gamma. Stable (|eig J| <= 1) while "
+                      "gamma >= (1 - sqrt(1 - eps^2 w^2)) / eps ~ eps w^2 / 2, w = max |eig(W - W^T)| "
+                      "(~2.9 x init_scale for its normal init): 0.5 covers w <= 3.12 at eps 0.1",
+                      "positive")
     unroll: int = _f(0, "lax.scan unroll factor, speed only (0: auto, 8 on GPU/TPU, 1 on CPU)",
                      "nonnegative")
     remat: bool = _f(False, "jax.checkpoint each step (memory for long T, ~1 extra forward)")
@@ -94,6 +101,9 @@ class SpectralConfig:
     probe_batch_size: int = _f(4, "fixed probe sequences the measurements average over", "positive")
     num_lags: int = _f(12, "log-spaced lags at which log ||dh_T/dh_t|| is recorded", "positive")
     lyapunov_k: int = _f(8, "top Lyapunov exponents recorded", "positive")
+    lyapunov_discard: float = _f(0.25, "burn-in, a fraction of T in [0, 1): the Lyapunov exponents "
+                                 "and the per-step averages skip the leading zero-Jacobian steps and "
+                                 "then round(this x T) more", "fraction")
     grad_flow_points: int = _f(100, "gradient-flow profile: at most this many evenly spaced t",
                                "int>=2")
 
@@ -165,7 +175,7 @@ def default_config() -> ml_collections.ConfigDict:
 def load_config_file(path: str) -> ml_collections.ConfigDict:
     """Import ``path`` and call its ``get_config()``; errors name the file."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist (try configs/adding.py)")
+        raise ConfigError(f"config file {path!r} does not exist{_config_hint(path)}")
     spec = importlib.util.spec_from_file_location("_rnn_spectra_config", path)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -181,6 +191,23 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     if not isinstance(cfg, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
     return cfg
+
+
+# The repository's example configs, when the package runs from a checkout (editable install).
+REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def _config_hint(path: str) -> str:
+    """Only a path that exists from the current directory (so never the one that just failed):
+    the same file name, or adding.py, in ./configs or else in the repository's configs/."""
+    name = os.path.basename(path) or "adding.py"
+    for folder in ("configs", REPO_CONFIGS):
+        for candidate in (os.path.join(folder, name), os.path.join(folder, "adding.py")):
+            if os.path.isfile(candidate):
+                return f" (try {candidate})"
+    if os.path.isdir(REPO_CONFIGS):
+        return f" (the example configs are in {REPO_CONFIGS})"
+    return " (give the path of a Python file that defines get_config())"
 
 
 def flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -244,11 +271,18 @@ def config_to_json(cfg: ml_collections.ConfigDict) -> str:
     return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
 
 
+# Keys added after runs were recorded, whose absence from a stored config means the value the code
+# had then rather than today's default: AntisymmetricRNN's fixed eps 0.1 and gamma 0.01, the
+# Lyapunov exponents averaged from step 0 (issue #14).
+LEGACY_VALUES = {"model.epsilon": 0.1, "model.gamma": 0.01, "spectral.lyapunov_discard": 0.0}
+
+
 def config_from_dict(d: dict, where: str = "config") -> ml_collections.ConfigDict:
-    """A stored config dict on top of today's defaults (keys added since take their defaults)."""
+    """A stored config dict on top of today's defaults (keys added since take their defaults,
+    except ``LEGACY_VALUES``: what a run recorded before that key existed used)."""
     cfg = default_config()
     try:
-        cfg.update_from_flattened_dict(flatten_dict(d))
+        cfg.update_from_flattened_dict({**LEGACY_VALUES, **flatten_dict(d)})
     except (KeyError, AttributeError, TypeError) as e:
         raise ConfigError(f"{where} is not a valid run config: {e}") from None
     return cfg
@@ -295,6 +329,8 @@ def _check(key: str, value, f: dataclasses.Field) -> None:
         raise ConfigError(f"{key} must be a positive {kind.__name__}, got {value!r}")
     if check == "nonnegative" and not value >= 0:
         raise ConfigError(f"{key} must be >= 0, got {value!r}")
+    if check == "fraction" and not 0 <= value < 1:
+        raise ConfigError(f"{key} must be a fraction in [0, 1), got {value!r}")
     if check == "int>=2" and not value >= 2:
         raise ConfigError(f"{key} must be an integer >= 2, got {value!r}")
     if choices is not None and value not in choices:

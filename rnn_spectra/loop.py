@@ -30,7 +30,8 @@ from rnn_spectra import config as config_lib
 from rnn_spectra import resume
 from rnn_spectra import workdir as wd
 from rnn_spectra.checkpointing import Checkpointer
-from rnn_spectra.errors import ConfigError
+from rnn_spectra.errors import ConfigError, StorageError, WorkdirError
+from rnn_spectra.memory import check_fits
 from rnn_spectra.model import count_params
 from rnn_spectra.parallel import is_writer, run_layout, sweep_layout, to_host
 from rnn_spectra.rng import EVAL_STREAM, TEST_STREAM
@@ -74,6 +75,10 @@ class Loop:
             self.seeds = self.members.put(np.asarray([r.seed for r in self.runs], np.int32))
         else:
             self.layout, self.seeds = run_layout(run.parallel, run.train.batch_size), run.seed
+        # Before anything is written: a config too large for the device is one line, not a
+        # RESOURCE_EXHAUSTED traceback after config.json already claimed the workdir.
+        check_fits(self.exp, self.n, self.layout,
+                   what=f"sweep group {self.name}" if self.stacked else "this config")
         # Under several processes all of them train; only process 0 touches the workdirs' files
         # (Orbax writes the checkpoints collectively).
         self.writer = is_writer()
@@ -85,11 +90,21 @@ class Loop:
     # ------------------------------------------------------------------ set-up
     def run(self, progress: Progress | None = None) -> list[dict]:
         own = self.group_dir or self.workdirs[0]
+        new, self._lock = not os.path.lexists(own), None
+        try:
+            return self._run(own, progress)
+        except BaseException:
+            # e.g. a full disk or a signal during set-up; never a workdir another process holds
+            if new and not self.stacked and self.writer and not getattr(self._lock, "busy", False):
+                _remove_unstarted_workdir(own)
+            raise
+
+    def _run(self, own: str, progress: Progress | None) -> list[dict]:
         if self.stacked:
             os.makedirs(own, exist_ok=True)
         else:
             resume.prepare_workdir(own)
-        lock = resume.WorkdirLock(own) if self.writer else contextlib.nullcontext()
+        lock = self._lock = resume.WorkdirLock(own) if self.writer else contextlib.nullcontext()
         with lock, resume.SignalGuard() as guard:
             old_config, old_summary = None, None
             if not self.stacked:
@@ -105,6 +120,9 @@ class Loop:
             loggers = []
             try:
                 return self._train(guard, ckpt, old_config, old_summary, progress, loggers)
+            except StorageError as e:  # a full disk: stop here, say so in every summary.json
+                self._record_failure(ckpt, e)
+                raise
             finally:
                 ckpt.close()  # waits for the async save on every exit path
                 for logger in loggers:
@@ -158,6 +176,8 @@ class Loop:
             elapsed = float(meta.get("wall_time_s") or 0.0)
             # None until the first finite eval: JSON has no inf.
             saved_best = meta.get("best_eval_loss")
+            if isinstance(saved_best, list) != self.stacked:  # exported from a group before the
+                saved_best = None if not self.stacked else [None] * self.n  # meta was per member
             for i, b in enumerate(saved_best if isinstance(saved_best, list) else [saved_best]):
                 best[i] = math.inf if b is None else float(b)
         start = int(self._host(state["step"])[0])
@@ -193,10 +213,14 @@ class Loop:
                 self._write_spectra(monitor, state["params"], 0, self._running(statuses), loggers)
 
         step, interrupted, last_eval = start, False, None
+        # One process: a failed background save stops the run within a step of it. Several
+        # processes must stop at the same step, so there it surfaces at the next (agreed) save.
+        poll = ckpt.poll if jax.process_count() == 1 else (lambda: None)
         while step < tr.steps and self._running(statuses):
             if guard.requested and step == start and jax.process_count() == 1:  # during set-up
                 interrupted = True
                 break
+            poll()
             state, metrics = train_step(state)
             step += 1
             last = step == tr.steps
@@ -264,7 +288,8 @@ class Loop:
             parts = [eval_fn(state["params"], TEST_STREAM, c) for c in range(self.test_chunks)]
             test = self._host(reduce_metrics({k: jnp.stack([p[k] for p in parts]) for k in parts[0]}, 0))
         wall = time.perf_counter() - t0
-        num_params = count_params(member(state["params"], 0) if self.stacked else state["params"])
+        num_params = count_params(member(state["params"], 0) if self.stacked else state["params"],
+                                  cell=self.runs[0].model.cell)
         ckpt.wait()
         summaries = []
         for i, (w, r, e, (status, diverged_step)) in enumerate(zip(self.workdirs, self.runs, self.exps, statuses)):
@@ -294,6 +319,25 @@ class Loop:
         if interrupted:
             print(f"{self.name}: interrupted at step {step}; run again to resume", file=sys.stderr)
         return summaries
+
+    def _record_failure(self, ckpt: Checkpointer, error: StorageError) -> None:
+        """summary.json of every member: status ``failed``, the error and the step a resume
+        starts from, if the disk still takes that much; the checkpoints are left as they are."""
+        if not self.writer:
+            return
+        good = ckpt.good_steps()
+        for i, (w, r) in enumerate(zip(self.workdirs, self.runs)):
+            s = {"status": "failed", "error": str(error), "steps_completed": good[-1] if good else 0,
+                 "last_checkpoint_step": good[-1] if good else None, "target_steps": r.train.steps}
+            if self.stacked:
+                s["sweep"] = {"group": self.name, "index": i, "members": self.n,
+                              "group_dir": os.path.relpath(self.group_dir, w)}
+            else:
+                s["checkpoint_steps"] = good
+            try:
+                wd.write_json(wd.path(w, wd.SUMMARY), s)
+            except (StorageError, WorkdirError):
+                pass  # the disk is full: the error line says it all
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -353,6 +397,22 @@ class Loop:
         if self.stacked or not (run.train.progress and self.writer):
             return None
         return _Bar(run, start)
+
+
+def _remove_unstarted_workdir(w: str) -> None:
+    """Remove a workdir this process created if it holds no run yet (only the lock or temp
+    files): a failure before config.json was written leaves nothing behind."""
+    try:
+        if wd.is_run(w) or not os.path.isdir(w):
+            return
+        leftovers = set(os.listdir(w))
+        if leftovers - {".lock", *wd.stale_temp_files(w)}:
+            return
+        for name in leftovers:
+            os.remove(os.path.join(w, name))
+        os.rmdir(w)
+    except OSError:
+        pass
 
 
 class _Bar:

@@ -8,6 +8,7 @@ A killed or preempted run loses at most the steps since its last checkpoint and 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -35,23 +36,33 @@ class WorkdirLock:
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, ".lock")
         self.fd = None
+        self.busy = False  # refused: another process holds it
 
     def __enter__(self):
+        created = not os.path.lexists(self.path)
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise WorkdirError(f"cannot open {self.path}: {e.strerror}; check permissions") from None
+            raise wd.io_error(self.path, "open", e, "check permissions") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "another process"
             os.close(self.fd)
+            self.busy = True
             raise WorkdirError(
                 f"workdir {os.path.dirname(self.path)} is in use by pid {holder}; "
                 "wait for it to finish or use another --workdir"
             ) from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        except OSError as e:  # a full disk: leave no empty lock file behind
+            os.close(self.fd)  # releases the flock
+            if created:
+                with contextlib.suppress(OSError):
+                    os.remove(self.path)
+            raise wd.io_error(self.path, "write the workdir lock", e, "check permissions") from None
         return self
 
     def __exit__(self, *exc):
@@ -126,7 +137,7 @@ def prepare_workdir(w: str) -> None:
     try:
         os.makedirs(w, exist_ok=True)
     except OSError as e:
-        raise WorkdirError(f"cannot create workdir {w}: {e.strerror}") from None
+        raise wd.io_error(w, "create workdir", e, "pick another --workdir") from None
     if not os.access(w, os.W_OK):
         raise WorkdirError(f"workdir {w} is not writable; check its permissions")
 

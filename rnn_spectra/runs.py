@@ -129,9 +129,10 @@ def load_run(workdir: str) -> Run:
 
 def init_model(*, cell: str, hidden_size: int, input_size: int = 1, output_size: int = 1,
                recurrent_init: str | None = None, init_scale: float | None = None, seed: int = 0,
-               readout: str = "last", **model_kwargs):
+               readout: str = "last", seq_len: int | None = None, **model_kwargs):
     """``(model, params)``: a fresh, untrained ``SequenceModel`` and its params from ``seed``
-    (the same init stream a run of that seed uses). Other ``config.model`` keys as keywords."""
+    (the same init stream a run of that seed uses). Other ``config.model`` keys as keywords;
+    ``seq_len``: the input length T a run's task would give (IndRNN's init depends on it)."""
     from rnn_spectra.model import SequenceModel
     from rnn_spectra.rng import INIT_STREAM, stream_key
 
@@ -144,5 +145,5 @@ def init_model(*, cell: str, hidden_size: int, input_size: int = 1, output_size:
     for name, value in (("input_size", input_size), ("output_size", output_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise config_lib.ConfigError(f"{name} must be a positive integer, got {value!r}")
-    model = SequenceModel(run.model, input_size, output_size, readout)
+    model = SequenceModel(run.model, input_size, output_size, readout, seq_len=seq_len)
     return model, model.init(stream_key(seed, INIT_STREAM))

@@ -103,8 +103,10 @@ def export_member_checkpoints(group_dir: str, template_state, members: dict[int,
     try:
         for s in src.steps():
             stacked, meta = src.restore(template_state, step=s)
-            for i, ckpt in dst.items():
-                ckpt.save(s, member(stacked, i), meta)
+            best = meta.get("best_eval_loss")
+            for i, ckpt in dst.items():  # a single run's meta: its own best, not the group's list
+                ckpt.save(s, member(stacked, i),
+                          {**meta, "best_eval_loss": best[i] if isinstance(best, list) else best})
     finally:
         for ckpt in [src, *dst.values()]:
             ckpt.close()

@@ -74,6 +74,11 @@ def _finite_array(values) -> np.ndarray:
     return np.asarray([v for v in map(_finite, _seq(values)) if v is not None], dtype=np.float64)
 
 
+# spectra.jsonl means logged as scalars "spectral/<key without /mean>" (monitor.py defines them).
+SUMMARY_KEYS = ("step_norm/mean", "lyapunov/near_zero/mean", "lyapunov/kaplan_yorke/mean",
+                "dead_units/mean", "zero_steps/mean")
+
+
 class TensorBoardLogger:
     """Writes metrics and spectra rows as TensorBoard scalars and histograms (see module doc).
 
@@ -127,6 +132,9 @@ class TensorBoardLogger:
         for lag, value in zip(_seq(row.get("lags")), _seq(row.get("jac_log_norm/mean"))):
             self._scalar(f"spectral/jac_log_norm/lag_{lag}", value, step)
         self._scalar("spectral/probe_loss", row.get("probe_loss"), step)
+        for key in SUMMARY_KEYS:  # rows from before issue #14 lack them: nothing logged
+            if key in row:
+                self._scalar(f"spectral/{key[:-5]}", row[key], step)
 
     def flush(self) -> None:
         self._writer.flush()

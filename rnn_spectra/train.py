@@ -38,7 +38,8 @@ class Experiment:
 def build(run: RunConfig) -> Experiment:
     """Resolve every name of ``run`` (task, cell, inits, optimizer): bad names raise here."""
     task = get_task(run.task)
-    model = SequenceModel(run.model, task.input_size, task.output_size, task.readout)
+    model = SequenceModel(run.model, task.input_size, task.output_size, task.readout,
+                          seq_len=task.length)
     tx, schedule = make_optimizer(run.optim, run.train.steps, seq_len=task.length,
                                   rules=get_cell_spec(run.model.cell).param_rules)
     return Experiment(run, task, model, tx, schedule)

@@ -7,12 +7,14 @@ at any moment leaves either the old or the new file, never half of one.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 from typing import Any, Iterable
 
-from rnn_spectra.errors import WorkdirError
+from rnn_spectra.errors import StorageError, WorkdirError
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -34,7 +36,44 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _fail(path: str, doing: str, e: OSError, hint: str) -> WorkdirError:
+# The machine's fault, not the command's: the same command works once they are fixed (exit 74).
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def free_space(path: str) -> str:
+    """"12.3 MiB free" on the file system that holds ``path`` (or its nearest existing parent)."""
+    where = os.path.abspath(path)
+    while not os.path.exists(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    try:
+        return f"{human_bytes(shutil.disk_usage(where).free)} free"
+    except OSError:
+        return "free space unknown"
+
+
+def storage_error(path: str, doing: str, reason: str) -> StorageError:
+    """One line naming the path, what failed and the free space there (exit 74)."""
+    return StorageError(f"cannot {doing} {path}: {reason} ({free_space(path)} on that file "
+                        "system); free some space, then run the same command again")
+
+
+def io_error(path: str, doing: str, e: OSError, hint: str) -> WorkdirError | StorageError:
+    """A failed file operation as a one-line error: StorageError (exit 74) when the disk is at
+    fault (full, quota, I/O error), else WorkdirError (exit 2) with ``hint``."""
+    return _fail(path, doing, e, hint)
+
+
+def _fail(path: str, doing: str, e: OSError, hint: str) -> WorkdirError | StorageError:
+    if e.errno in STORAGE_ERRNOS:
+        return storage_error(path, doing, e.strerror or str(e))
     return WorkdirError(f"cannot {doing} {path}: {e.strerror or e}; {hint}")
 
 

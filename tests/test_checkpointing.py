@@ -3,10 +3,16 @@ across a restart), the every-minutes clock, damaged checkpoints, and torn/damage
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import gc
 import glob
 import json
 import os
 import shutil
+import sys
+import time
+import types
 
 import jax
 import numpy as np
@@ -15,7 +21,7 @@ import pytest
 from rnn_spectra import workdir as wd
 from rnn_spectra.checkpointing import Checkpointer, CheckpointWarning
 from rnn_spectra.config import default_config, resolve
-from rnn_spectra.errors import WorkdirError
+from rnn_spectra.errors import StorageError, WorkdirError
 from rnn_spectra.train import build, init_state
 
 
@@ -233,3 +239,94 @@ def test_write_json_is_atomic_and_reports_failures(tmp_path):
     with pytest.raises(WorkdirError, match="cannot write"):
         wd.write_json(str(tmp_path / "d.json"), {})
     assert sorted(os.listdir(tmp_path)) == ["d.json", "s.json"]  # no temp file left behind
+
+
+# ----------------------------------------------------------------------------- a full disk
+def fail_saves_with_enospc(monkeypatch):
+    """Orbax's JSON item writes (run in the background commit of an async save) raise ENOSPC
+    while ``full["on"]``: the disk fills up after the arrays were handed to the saver."""
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler as jh
+
+    full, original = {"on": False}, jh.JsonCheckpointHandler._save_fn
+
+    async def save_fn(self, x, directory):
+        if full["on"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+        return await original(self, x, directory)
+
+    monkeypatch.setattr(jh.JsonCheckpointHandler, "_save_fn", save_fn)
+    return full
+
+
+@pytest.mark.parametrize("surfaced_by", ["next save", "wait", "poll"])
+def test_a_failed_background_save_is_one_error_and_keeps_the_earlier_checkpoints(
+        state, tmp_path, monkeypatch, capfd, surfaced_by):
+    full = fail_saves_with_enospc(monkeypatch)
+    d = str(tmp_path / "c")
+    ckpt = Checkpointer(d)
+    ckpt.save(1, at_step(state, 1), {"wall_time_s": 1.0})
+    ckpt.wait()
+    full["on"] = True
+    ckpt.save(2, at_step(state, 2), {"wall_time_s": 2.0})  # returns: the commit runs in the background
+    with pytest.raises(StorageError) as e:
+        if surfaced_by == "next save":
+            ckpt.save(3, at_step(state, 3), {"wall_time_s": 3.0})
+        elif surfaced_by == "wait":
+            ckpt.wait()
+        else:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                ckpt.poll()
+                time.sleep(0.01)
+    msg = str(e.value)
+    assert msg.startswith(f"cannot save checkpoint step 2 to {d}: No space left on device (")
+    assert "free on that file system" in msg and "latest: step 1" in msg
+    ckpt.close()  # does not raise the failure again
+    full["on"] = False
+    assert "Traceback" not in capfd.readouterr().err  # Orbax's logged tracebacks are dropped
+    ckpt = Checkpointer(d)  # the earlier checkpoint is intact and restores exactly
+    assert ckpt.steps() == [1]
+    assert_same(ckpt.restore(state)[0], at_step(state, 1))
+    ckpt.close()
+
+
+def test_restoring_past_a_damaged_checkpoint_prints_no_event_loop_tracebacks(state, tmp_path,
+                                                                            monkeypatch):
+    """Orbax closes its event loop while TensorStore still reads the damaged checkpoint's other
+    arrays; each read that completes later printed "Event loop is closed" with a traceback."""
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+    # Incompressible values, so that the arrays span many data files and reads.
+    noise = np.random.default_rng(0)
+    state = jax.tree_util.tree_map(lambda x: x + noise.standard_normal(x.shape).astype(x.dtype)
+                                   if x.dtype == np.float32 else x, state)
+    d = saved(tmp_path / "c", state, [1, 2])
+    # Only the arrays' data files are cut short: the metadata reads, and so do many array reads
+    for f in glob.glob(os.path.join(d, "2", "state", "**", "d", "*"), recursive=True):
+        os.truncate(f, os.path.getsize(f) // 2)
+    ckpt = Checkpointer(d)
+    with pytest.warns(CheckpointWarning, match="skipping damaged checkpoint"):
+        got, _ = ckpt.restore(state)
+    assert_same(got, at_step(state, 1))
+    ckpt.close()
+    time.sleep(0.5)  # the stray reads finish in TensorStore's threads
+    _late_read_into_a_closed_event_loop()  # as they do when they finish late (timing-dependent)
+    gc.collect()
+    assert not [e for e in seen if "Event loop is closed" in str(e)], seen
+    other = RuntimeError("something else")  # every other unraisable error still gets through
+    sys.unraisablehook(types.SimpleNamespace(exc_value=other, exc_type=RuntimeError))
+    assert seen[-1] is other
+
+
+def _late_read_into_a_closed_event_loop():
+    """What a TensorStore read that completes after Orbax closed its event loop does: its
+    callback calls into the closed loop and the RuntimeError has nowhere to go but
+    ``sys.unraisablehook``."""
+    loop = asyncio.new_event_loop()
+    loop.close()
+
+    class Late:
+        def __del__(self):
+            loop.call_soon_threadsafe(lambda: None)
+
+    Late()

@@ -183,3 +183,56 @@ def test_the_command_line_compiles_through_a_persistent_cache(tmp_path, setting)
                          env={**env, "RNN_SPECTRA_COMPILATION_CACHE": value}).stdout.strip()
     assert out == (value if setting == "folder" else "None")
     assert os.path.isdir(value) == (setting == "folder")
+
+
+@pytest.mark.parametrize("platform", ["cuda", "gpu"])
+def test_a_platform_this_machine_lacks_is_one_line(tmp_path, platform):
+    """JAX_PLATFORMS=cuda on a machine without a GPU was a bare AssertionError ("gpu": backend
+    'rocm' not known), from deep inside JAX; now one line naming the platforms JAX has."""
+    proc = subprocess.run([sys.executable, "-m", "rnn_spectra", "train", "--config", ADDING,
+                           "--workdir", str(tmp_path / "w"), *TINY], capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": platform}, timeout=120)
+    if proc.returncode == 0:
+        pytest.skip(f"this machine has a {platform} backend")
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"rnn-spectra train: error: JAX cannot start platform '{platform}'")
+    assert "this JAX has cpu" in lines[0]
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_model_too_large_for_memory_is_refused_before_the_workdir(capsys, tmp_path, monkeypatch):
+    """hidden_size=1000000 was a RESOURCE_EXHAUSTED traceback after config.json was written."""
+    workdir = tmp_path / "w"
+    code, _, err = run_cli(capsys, "--config", ADDING, "--workdir", str(workdir), *TINY,
+                           "--config.model.hidden_size=1000000")
+    assert_user_error(code, err, "this config needs about", "TiB", "params + optimizer state",
+                      "lower model.hidden_size")
+    assert not workdir.exists()
+    # Compared with what the device has free: with 1 MiB free, even the tiny config is refused.
+    monkeypatch.setattr("rnn_spectra.memory.available", lambda device=None: (1 << 20, "test memory"))
+    code, _, err = run_cli(capsys, "--config", ADDING, "--workdir", str(workdir), *TINY,
+                           "--config.model.hidden_size=512")
+    assert_user_error(code, err, "but there is 1.0 MiB test memory")
+    assert not workdir.exists()
+
+
+def test_a_workdir_name_that_is_not_utf8_is_refused(capsys, tmp_path):
+    """TensorStore cannot open such a path: it failed after config.json was written."""
+    workdir = os.fsdecode(os.fsencode(str(tmp_path)) + b"/bad\xffname")
+    code, _, err = run_cli(capsys, "--config", ADDING, "--workdir", workdir, *TINY)
+    assert_user_error(code, err, "bad\\xffname", "not valid UTF-8")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_missing_config_file_suggests_only_a_path_that_exists_from_here(capsys, tmp_path,
+                                                                          monkeypatch):
+    """From another directory, `--config configs/adding.py` was answered with "try
+    configs/adding.py": the very path that failed."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "--config", "configs/adding.py", "--workdir", "w")
+    assert_user_error(code, err, "'configs/adding.py' does not exist (try ")
+    line = err.strip()
+    suggested = line.split("(try ", 1)[1].rstrip(")")
+    assert suggested != "configs/adding.py" and os.path.isfile(suggested), line

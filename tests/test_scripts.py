@@ -1,10 +1,13 @@
 """The launch scripts in scripts/ parse, say how to use them, and name only real commands, flags
-and config keys (checked against the CLI's parser and the config defaults; nothing is run)."""
+and config keys (checked against the CLI's parser and the config defaults; nothing is run); the
+Slurm scripts' requeue logic is run against stub commands (requeue exactly on exit code 75)."""
 
 import argparse
 import os
 import re
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -91,3 +94,66 @@ def test_script_names_real_commands_flags_and_config_keys(name):
         if key not in valid_keys:
             problems.append(f"unknown config key --config.{key}")
     assert not problems, f"{name}: " + "; ".join(sorted(set(problems)))
+
+
+# ----------------------------------------------------------------------------- requeue on exit 75
+def _stubs(tmp_path, code: int, on_term: int | None = None):
+    """A fake CLI that exits ``code`` (or, given ``on_term``, waits for SIGTERM and exits with
+    it), srun that runs its command, and scontrol that records its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    if on_term is None:
+        body = f'echo "$*" >> {calls}\nexit {code}\n'
+    else:
+        body = (f'echo "$*" >> {calls}\ntrap \'kill "$child"; exit {on_term}\' TERM\n'
+                f'touch {tmp_path / "running"}\nsleep 30 & child=$!\nwait "$child"\n')
+    stubs = {
+        "rnn-spectra": body,
+        "scontrol": f'echo "scontrol $*" >> {calls}\n',
+        "srun": 'while [[ "$1" == --* ]]; do shift; done\nexec "$@"\n',
+    }
+    for name, text in stubs.items():
+        path = bin_dir / name
+        path.write_text("#!/bin/bash\n" + text)
+        path.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "RNN_SPECTRA": str(bin_dir / "rnn-spectra"), "SLURM_ARRAY_TASK_ID": "0",
+           "SLURM_ARRAY_JOB_ID": "7", "SLURM_JOB_ID": "9", "CELLS": "lstm", "SEEDS": "0"}
+    return env, calls
+
+
+SCRIPT_ARGS = {"slurm_array.sbatch": ["configs/adding.py", "runs/x"],
+               "slurm_multinode.sbatch": ["study", "cpu", "runs/s"]}
+REQUEUE = {"slurm_array.sbatch": "scontrol requeue 7_0", "slurm_multinode.sbatch": "scontrol requeue 9"}
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPT_ARGS))
+@pytest.mark.parametrize("code", [0, 2, 74, 75])
+def test_slurm_scripts_requeue_exactly_on_exit_75(tmp_path, name, code):
+    """75 ("interrupted, resume me") requeues the job and ends the script with 0; any other
+    exit code is the script's own, without a requeue (a study's report runs only after 0)."""
+    env, calls = _stubs(tmp_path, code)
+    proc = subprocess.run(["bash", os.path.join(SCRIPTS_DIR, name), *SCRIPT_ARGS[name]],
+                          env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    log = calls.read_text().splitlines()
+    assert proc.returncode == (0 if code == 75 else code), proc.stderr
+    assert (REQUEUE[name] in log) == (code == 75), log
+    if name == "slurm_multinode.sbatch":
+        assert any(line.startswith("report --workdir runs/s") for line in log) == (code == 0), log
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPT_ARGS))
+def test_slurm_scripts_pass_the_time_limit_term_on_and_requeue(tmp_path, name):
+    """Slurm's SIGTERM before the time limit: passed to the run, which checkpoints and exits 75;
+    the script waits for that exit and requeues."""
+    env, calls = _stubs(tmp_path, 0, on_term=75)
+    proc = subprocess.Popen(["bash", os.path.join(SCRIPTS_DIR, name), *SCRIPT_ARGS[name]], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "running").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert REQUEUE[name] in calls.read_text().splitlines()

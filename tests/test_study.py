@@ -68,6 +68,11 @@ def test_notebook_executes(notebook, smoke_study, monkeypatch):
     member = os.path.join(smoke_study, results["rows"][0]["member_dirs"][0])
     monkeypatch.setenv("RNN_SPECTRA_WORKDIR", member)
     monkeypatch.setenv("RNN_SPECTRA_STUDY", smoke_study)
+    # 04_fixed_points: an IRNN and a GRU member (the chosen members have checkpoints).
+    for cell in ("irnn", "gru"):
+        row = next(r for r in results["rows"] if r["variant"].startswith(f"{cell}/"))
+        monkeypatch.setenv(f"RNN_SPECTRA_{cell.upper()}_WORKDIR",
+                           os.path.join(smoke_study, row["member_dirs"][0]))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     book = jupytext.read(notebook)
     nbclient.NotebookClient(book, timeout=600, kernel_name="python3").execute()
@@ -141,3 +146,151 @@ def test_report_from_a_fixture_workdir(tmp_path):
 def test_report_on_a_directory_that_is_not_a_study(tmp_path):
     with pytest.raises(WorkdirError, match="not a study"):
         build_results(str(tmp_path))
+
+
+def test_minus_infinity_is_shown_and_marked_never_dropped(tmp_path, monkeypatch):
+    """A seed whose lambda_1 or lag norm is -inf (an exactly zero Jacobian) is named in the table
+    and marked in the figures, not averaged away into "–" or a missing point (issue #14)."""
+    from rnn_spectra.study import figures as figures_lib
+
+    w, members = str(tmp_path / "study"), []
+    for seed, lam0 in ((0, "-inf"), (1, "-inf")):
+        rel = f"runs/digits_T64/irnn__clip=none/lr0.01_s{seed}"
+        _member(w, rel, test_loss=0.1, eval_losses=(0.2, 0.1))
+        os.remove(os.path.join(w, rel, "spectra.jsonl"))
+        wd.append_jsonl(os.path.join(w, rel, "spectra.jsonl"), [
+            {"step": s, "sv/W_s": [1.0, 0.5], "lyapunov/mean": [lam, -1.0], "lags": [1, 2, 4],
+             "jac_log_norm/mean": [0.0, -0.5, jl], "grad_flow/t": [1, 2, 3],
+             "grad_flow/log_norm": [-2.0, -1.0, 0.0], "step_norm/mean": 1.0, "dead_units/mean": 0.25,
+             "lyapunov/near_zero/mean": 3.0, "lyapunov/kaplan_yorke/mean": 3.0, "lyapunov/discard": 16}
+            for s, lam, jl in ((0, lam0, "-inf"), (30, -0.01 * (seed + 1), -1.0))])
+        members.append({"relpath": rel, "table": "digits_T64", "row": "irnn/clip=none",
+                        "setting": "lr0.01", "seed": seed, "learning_rate": 0.01, "clip": "none",
+                        "clip_value": 1.0})
+    wd.write_json(os.path.join(w, "study.json"), {"preset": "fixture", "members": members,
+                                                  "preset_fields": {"target_fraction": 0.5}})
+    marked = []
+    real = figures_lib._mark_neginf
+    monkeypatch.setattr(figures_lib, "_mark_neginf",
+                        lambda ax, marks: (marked.extend(x.tolist() for x, _ in marks if len(x)),
+                                           real(ax, marks)))
+    text = open(write_report(w)).read()
+    row = next(line for line in text.splitlines() if line.startswith("| irnn/clip=none | lr0.01"))
+    assert "| −∞ → -0.015 | 3 → 3 |" in row
+    spectra = next(line for line in text.splitlines() if line.startswith("| irnn/clip=none | 1 → 1"))
+    assert spectra == "| irnn/clip=none | 1 → 1 | 1 → 1 | −∞ → -0.015 | 3 → 3 | 3 → 3 | 25% → 25% |"
+    assert "burn-in of 16 steps" in text
+    assert [0] in marked and [4] in marked  # lambda_1 at step 0; the lag-4 norm at init
+
+
+# ----------------------------------------------------------------------------- members that changed
+from rnn_spectra import cli  # noqa: E402
+from rnn_spectra.study.presets import Preset, TaskEntry, base, variant  # noqa: E402
+
+TINY = Preset(name="tiny_members", description="one program, two seeds: seconds (tests)",
+              base=base(hidden_size=4, steps=6, batch_size=4, eval_every=3, eval_batches=1,
+                        eval_batch_size=8, log_every=3, spectral_every=0),
+              tasks=(TaskEntry("adding", 6),), variants=(variant("tanh_rnn", "orthogonal", 1.0),),
+              clips=("none",), learning_rates=(1e-2,), clip_values=(1.0,), seeds=(0, 1),
+              test_chunks=1)
+
+
+@pytest.fixture
+def tiny_preset(monkeypatch, tmp_path_factory):
+    """The preset, and a persistent compilation cache: a re-run study compiles nothing again."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    monkeypatch.setitem(PRESETS, TINY.name, TINY)
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    old = {k: getattr(jax.config, k) for k in keys}
+    for k, v in zip(keys, (str(tmp_path_factory.mktemp("jax_cache")), 0.0)):
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()
+    yield TINY.name
+    for k, v in old.items():
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()
+
+
+def _rows(member_dir):
+    return [{k: v for k, v in r.items() if k != "wall_time"}
+            for r in wd.read_jsonl(os.path.join(member_dir, wd.METRICS))]
+
+
+def _one_error_line(capsys, command):
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(f"rnn-spectra {command}: "), err
+    return err[0]
+
+
+def test_report_refuses_a_changed_or_missing_member_and_study_retrains_its_group(
+        tiny_preset, tmp_path, capsys):
+    import shutil
+
+    w = str(tmp_path / "s")
+    run_study(tiny_preset, w, report=False)
+    recs = wd.read_json(os.path.join(w, "study.json"))["members"]
+    assert [r["steps"] for r in recs] == [6, 6] and all(len(r["config_hash"]) == 16 for r in recs)
+    build_results(w)
+    m0, m1 = (os.path.join(w, r["relpath"]) for r in recs)
+    before = {m: _rows(m) for m in (m0, m1)}
+
+    # A member extended as a user would: the report refuses it, naming what differs and the fix.
+    assert cli.main(["train", "--workdir", m0, "--config.train.steps=9"]) == 0
+    capsys.readouterr()
+    assert cli.main(["report", "--workdir", w]) == 2
+    line = _one_error_line(capsys, "report")
+    assert (f"study member {recs[0]['relpath']} was changed after the study trained it "
+            "(train.steps 6 -> 9)") in line
+    assert f"re-run `rnn-spectra study --preset {tiny_preset} --workdir {w}`" in line
+    # A deleted member as well: a finished study must have every member.
+    shutil.rmtree(m1)
+    with pytest.raises(WorkdirError, match=r"\(and 1 other members\)"):
+        build_results(w)
+
+    # The same study command re-trains the group from step 0: both members as the study made
+    # them, rows included (a resumed group would have given m1 a summary and no metrics).
+    run_study(tiny_preset, w, report=False)
+    assert "re-training the group's 2 members from step 0" in capsys.readouterr().err
+    build_results(w)
+    for m in (m0, m1):
+        assert _rows(m) == before[m]
+        summary = wd.read_json(os.path.join(m, wd.SUMMARY))
+        assert summary["status"] == "completed" and summary["steps_completed"] == 6
+
+    shutil.rmtree(m1)
+    with pytest.raises(WorkdirError, match=f"study member {recs[1]['relpath']} is missing"):
+        build_results(w)
+
+
+def test_an_interrupted_study_exits_75(tiny_preset, tmp_path, monkeypatch, capsys):
+    class InterruptedLoop:  # a group whose members all checkpointed and stopped at a signal
+        def __init__(self, configs, workdirs, group_dir, **kwargs):
+            self.n = len(configs)
+
+        def run(self, progress=None):
+            return [{"status": "interrupted"}] * self.n
+
+    monkeypatch.setattr("rnn_spectra.study.run.Loop", InterruptedLoop)
+    assert cli.main(["study", "--preset", tiny_preset, "--workdir", str(tmp_path / "s")]) == 75
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == ("rnn-spectra study: interrupted in group adding_T6/tanh_rnn_"
+                                    "adam_global_norm (checkpointed); run the same command to resume")
+
+
+def test_report_of_a_study_json_without_members_is_one_line(tmp_path, capsys):
+    w = tmp_path / "s"
+    w.mkdir()
+    wd.write_json(str(w / "study.json"), {"preset": "smoke"})
+    assert cli.main(["report", "--workdir", str(w)]) == 2
+    assert "study.json is damaged (no list of members" in _one_error_line(capsys, "report")
+
+
+def test_report_publish_to_a_file_is_one_line(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# mine\n")
+    assert cli.main(["report", "--workdir", str(tmp_path / "s"), "--publish", str(readme)]) == 2
+    assert f"--publish {readme} is a file; give a folder" in _one_error_line(capsys, "report")
+    assert readme.read_text() == "# mine\n"

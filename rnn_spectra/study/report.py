@@ -51,7 +51,9 @@ def findings(results: dict) -> list[str]:
             out.append(
                 f"{table}: {r['variant']} diverged in {r['seeds_diverged']}/{r['seeds']} seeds even at "
                 f"its best setting ({r['setting']}); σ_max(W_s) at init {_fmt(r['sigma_max_init'])}, "
-                f"top Lyapunov exponent at init {_fmt(r['lyapunov_top_init'])} per step."
+                + (f"mean one-step Jacobian norm {_fmt(r['step_norm_init'])}, "
+                   if r.get("step_norm_init") is not None else "")
+                + f"top Lyapunov exponent at init {_lyap(r, 'init')} per step."
             )
         stuck = [r for r in rows if not r["beats_baseline"] and not r["seeds_diverged"]]
         if stuck:
@@ -109,10 +111,83 @@ COLUMNS = [
     ("seeds_diverged", "diverged", None),
     ("steps_to_solve", "steps to solve", _fmt),
     ("target", "to target (steps / s)", None),
-    ("sigma", "σ_max(W_s) init → end", None),
     ("lyap", "λ₁ init → end", None),
+    ("near_zero", "#λ≈0 init → end", None),
     ("group_wall_time_s", "wall (s)", lambda x: f"{x:.0f}"),
 ]
+# The spectra table under each task's table: one row per variant, init → end, seed means.
+SPECTRAL_COLUMNS = [
+    ("variant", "variant"),
+    ("sigma", "σ_max(W) per matrix"),
+    ("step_norm", "‖∂s_{t+1}/∂s_t‖₂ (mean)"),
+    ("lyap", "λ₁"),
+    ("near_zero", "#λ≈0"),
+    ("kaplan_yorke", "D_KY"),
+    ("dead_units", "dead units"),
+]
+
+
+def _init_end(r: dict, key: str, digits: int = 3, fmt=None) -> str:
+    fmt = fmt or (lambda x: _fmt(x, digits))
+    return f"{fmt(r.get(f'{key}_init'))} → {fmt(r.get(f'{key}_end'))}"
+
+
+def _lyap(r: dict, when: str) -> str:
+    """λ₁ of the seeds: "−∞" when every seed's is -inf (exactly zero stretching), and the count of
+    such seeds next to the mean of the others; never a silent "–"."""
+    value, neginf = r.get(f"lyapunov_top_{when}"), r.get(f"lyapunov_top_neginf_{when}") or 0
+    if neginf and value is None:
+        return "−∞"
+    return _fmt(value, 2) + (f" (−∞ in {neginf}/{r['seeds']})" if neginf else "")
+
+
+def _sigma_by_matrix(r: dict) -> str:
+    first, last = r.get("sigma_by_matrix_init") or {}, r.get("sigma_by_matrix_end") or {}
+    if not first and r.get("sigma_max_init") is not None:  # results.json from before #14
+        return _init_end(r, "sigma_max")
+    if list(first) == ["W_s"]:
+        return f"{_fmt(first['W_s'])} → {_fmt(last.get('W_s'))}"
+    order = ("W_i", "W_f", "W_g", "W_o", "W_r", "W_z", "W_n")  # the cells' stacking order
+    names = sorted(first, key=lambda m: order.index(m) if m in order else len(order))
+    return "; ".join(f"{m[2:] if m.startswith('W_') else m} {_fmt(first[m])}→{_fmt(last.get(m))}"
+                     for m in names)
+
+
+def _spectral_cell(r: dict, key: str) -> str:
+    if key == "variant":
+        return r["variant"]
+    if key == "sigma":
+        return _sigma_by_matrix(r)
+    if key == "lyap":
+        return f"{_lyap(r, 'init')} → {_lyap(r, 'end')}"
+    if key == "near_zero":
+        return _init_end(r, key, fmt=lambda x: _fmt(x, 3))
+    if key == "dead_units":
+        return _init_end(r, key, fmt=lambda x: "–" if x is None else f"{100 * x:.0f}%")
+    return _init_end(r, key, 3)
+
+
+def spectral_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: the spectral quantities of one task's rows, with their definitions."""
+    discard = next((r.get("lyapunov_discard") for r in rows if r.get("lyapunov_discard") is not None),
+                   None)
+    burn_in = (f"after a burn-in of {discard} steps" if discard is not None
+               else "from step 0 (members recorded before the burn-in existed)")
+    lines = ["", f"Spectra at init → end of training (mean over seeds, probe batch). Measured on "
+             f"each probe's window: the leading steps with an exactly zero state Jacobian (a "
+             f"ReLU-type cell with zero bias at the zero state while the input is zero) are skipped, "
+             f"then the exponents and averages start {burn_in}. *σ_max(W)*: largest singular value "
+             f"of each recurrent matrix (for LSTM/GRU one per gate, none of which is the factor in "
+             f"Pascanu et al.'s bound); *‖∂s_{{t+1}}/∂s_t‖₂*: that factor, the spectral norm of the "
+             f"effective one-step state Jacobian, averaged over the window (any cell); *λ₁*: top "
+             f"Lyapunov exponent (nats per step; −∞ where a step has an exactly zero Jacobian, "
+             f"marked, never dropped); *#λ≈0*: exponents within ±0.01 of zero (directions that carry "
+             f"gradient over long lags, out of n); *D_KY*: Kaplan–Yorke dimension; *dead units*: "
+             f"share of state components whose Jacobian row is zero.", "",
+             "| " + " | ".join(c[1] for c in SPECTRAL_COLUMNS) + " |",
+             "|" + "---|" * len(SPECTRAL_COLUMNS)]
+    lines += ["| " + " | ".join(_spectral_cell(r, k) for k, _ in SPECTRAL_COLUMNS) + " |" for r in rows]
+    return lines
 
 
 def _cell(r: dict, key: str, fmt) -> str:
@@ -122,10 +197,8 @@ def _cell(r: dict, key: str, fmt) -> str:
         return f"{r[key]}/{r['seeds']}"
     if key == "target":
         return f"{_fmt(r['steps_to_target'])} / {_fmt(r['seconds_to_target'], 2)}"
-    if key == "sigma":
-        return f"{_fmt(r['sigma_max_init'])} → {_fmt(r['sigma_max_end'])}"
-    if key == "lyap":
-        return f"{_fmt(r['lyapunov_top_init'], 2)} → {_fmt(r['lyapunov_top_end'], 2)}"
+    if key in ("lyap", "near_zero"):
+        return _spectral_cell(r, key)
     return fmt(r[key])
 
 
@@ -141,17 +214,18 @@ def render_markdown(results: dict, figures: list[str]) -> str:
               f"≥ {100 * SOLVED_ACCURACY:g}%. *To target*: first evaluation below "
               f"{results['rows'][0]['target_fraction']:g}× the baseline (median over seeds that "
               "reach it; seconds are the wall time of the vmapped program that trained the whole "
-              "group). σ_max and λ₁ (top Lyapunov exponent, natural log per step) are averaged over "
-              "seeds, measured on a fixed probe batch.", ""]
+              "group). λ₁ (top Lyapunov exponent, natural log per step) and #λ≈0 (exponents within "
+              "±0.01 of zero) are averaged over seeds, measured on a fixed probe batch; the table "
+              "under each task's defines them and adds the other spectral quantities.", ""]
     lines += ["## Findings", ""] + [f"- {s}" for s in findings(results)] + [""]
-    current = None
+    by_table = defaultdict(list)
     for r in results["rows"]:
-        if r["table"] != current:
-            current = r["table"]
-            lines += ["", f"## {current} — baseline {_fmt(r['baseline'], 4)}", ""]
-            lines += ["| " + " | ".join(c[1] for c in COLUMNS) + " |",
-                      "|" + "---|" * len(COLUMNS)]
-        lines.append("| " + " | ".join(_cell(r, k, f) for k, _, f in COLUMNS) + " |")
+        by_table[r["table"]].append(r)
+    for table, rows in by_table.items():
+        lines += ["", f"## {table} — baseline {_fmt(rows[0]['baseline'], 4)}", ""]
+        lines += ["| " + " | ".join(c[1] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        lines += ["| " + " | ".join(_cell(r, k, f) for k, _, f in COLUMNS) + " |" for r in rows]
+        lines += spectral_table(rows)
     lines += accuracy_table(results)
     if figures:
         lines += ["", "## Figures", ""]
@@ -191,9 +265,26 @@ def write_report(workdir: str) -> str:
     wd.write_json(wd.path(workdir, "results.json"), results)
     figures = make_figures(workdir, results)
     path = wd.path(workdir, "report.md")
-    with open(path, "w") as f:
-        f.write(render_markdown(results, figures))
+    try:
+        with open(path, "w") as f:
+            f.write(render_markdown(results, figures))
+    except OSError as e:
+        raise wd.io_error(path, "write", e, "check the study folder's permissions") from None
     return path
+
+
+def check_publish_dir(out_dir: str) -> None:
+    """``--publish`` takes a folder (its results.md and figures/ are written): refuse a file
+    (``--publish README.md``) before anything is written."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise WorkdirError(f"--publish {out_dir} is a file; give a folder (e.g. docs): the report "
+                           "goes to FOLDER/results.md and its figures to FOLDER/figures/")
+    for name in ("results.md", "figures"):
+        inside = os.path.join(out_dir, name)
+        if name == "figures" and os.path.exists(inside) and not os.path.isdir(inside):
+            raise WorkdirError(f"--publish {out_dir}: {inside} is a file, not a folder; move it away")
+        if name == "results.md" and os.path.isdir(inside):
+            raise WorkdirError(f"--publish {out_dir}: {inside} is a folder; move it away")
 
 
 def publish(workdir: str, out_dir: str, command: str) -> str:
@@ -201,17 +292,22 @@ def publish(workdir: str, out_dir: str, command: str) -> str:
     docs), headed by the command that produced it; figure links stay relative."""
     import shutil
 
+    check_publish_dir(out_dir)
     report = wd.path(workdir, "report.md")
     if not os.path.exists(report):
         raise WorkdirError(f"{report} does not exist; run `rnn-spectra report --workdir {workdir}`")
     results = wd.read_json(wd.path(workdir, "results.json"))
     fig_out = os.path.join(out_dir, "figures")
-    os.makedirs(fig_out, exist_ok=True)
-    for name in os.listdir(wd.path(workdir, "figures")):
-        shutil.copyfile(os.path.join(workdir, "figures", name), os.path.join(fig_out, name))
     header = (f"<!-- generated by `rnn-spectra report --publish`; do not edit by hand -->\n\n"
               f"Produced by `{command}` on {results['machine']}, finished {results['finished']}.\n\n")
     path = os.path.join(out_dir, "results.md")
-    with open(path, "w") as f:
-        f.write(header + open(report).read())
+    try:
+        os.makedirs(fig_out, exist_ok=True)
+        for name in os.listdir(wd.path(workdir, "figures")):
+            shutil.copyfile(os.path.join(workdir, "figures", name), os.path.join(fig_out, name))
+        with open(report) as src, open(path, "w") as f:
+            f.write(header + src.read())
+    except OSError as e:
+        raise wd.io_error(e.filename or out_dir, "publish to", e, "check the folder given to "
+                          "--publish and its permissions") from None
     return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections import defaultdict
 
 import numpy as np
@@ -16,7 +17,8 @@ import numpy as np
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
 from rnn_spectra.runs import load_run
-from rnn_spectra.spectral.rows import lyapunov_top, sigma_max
+from rnn_spectra.study import members as member_lib
+from rnn_spectra.spectral.rows import init_end_summary, lyapunov_top, sigma_max
 from rnn_spectra.tasks import solved_rule
 
 # ----------------------------------------------------------------------------- loading
@@ -28,17 +30,48 @@ def load_members(workdir: str) -> tuple[dict, list[dict]]:
     if not os.path.exists(study_path):
         raise WorkdirError(f"{workdir} is not a study (no study.json); run `rnn-spectra study` first")
     study = wd.read_json(study_path)
-    members = []
-    for rec in study["members"]:
+    records = study.get("members") if isinstance(study, dict) else None
+    if not isinstance(records, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("relpath"), str) for r in records):
+        raise WorkdirError(f"{study_path} is damaged (no list of members with their relpath); "
+                           f"re-run the `rnn-spectra study` command that made {workdir} to "
+                           "rewrite it")
+    # A finished study must have every member as it trained it; an interrupted one reports
+    # what it has, but never a member that was changed since.
+    finished, bad, members = "finished" in study, [], []
+    for rec in records:
         d = os.path.join(workdir, rec["relpath"])
-        if not os.path.exists(wd.path(d, wd.SUMMARY)):
+        if "config_hash" in rec:
+            p = member_lib.problem(workdir, rec, study.get("preset"))
+            if p is not None:
+                if not (p.not_trained and not finished):
+                    bad.append((rec["relpath"], p))
+                continue
+        elif not _finished(d):  # a study.json from before the config hashes: nothing to check
             continue  # not trained yet (an interrupted study reports what it has)
         run = load_run(d)
         members.append({**rec, "dir": d, "summary": run.summary, "metrics": run.metrics,
                         "spectra": run.spectra})
+    if bad:
+        (rel, p), more = bad[0], len(bad) - 1
+        raise WorkdirError(
+            f"study member {rel} {p.text}" + (f" (and {more} other members)" if more else "")
+            + f"; the report would mix it with the others: re-run `rnn-spectra study --preset "
+            f"{study.get('preset')} --workdir {workdir}` (the same command) to re-train its group")
     if not members:
         raise WorkdirError(f"{workdir}: no member has finished yet; nothing to report")
+    if not finished:
+        print(f"{workdir}: the study has not finished; reporting {len(members)} of "
+              f"{len(records)} members", file=sys.stderr)
     return study, members
+
+
+def _finished(member_dir: str) -> bool:
+    path = wd.path(member_dir, wd.SUMMARY)
+    if not os.path.exists(path):
+        return False
+    summary = wd.read_json(path)
+    return isinstance(summary, dict) and summary.get("status") in member_lib.FINISHED
 
 
 # ----------------------------------------------------------------------------- selection
@@ -134,6 +167,8 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
         "sigma_max_end": _stat(sig1)[0],
         "lyapunov_top_init": _stat(lam0)[0],
         "lyapunov_top_end": _stat(lam1)[0],
+        # step_norm, near_zero, kaplan_yorke, dead_units, sigma_by_matrix: each _init and _end
+        **init_end_summary([m["spectra"] for m in seeds]),
         "group_wall_time_s": s0["wall_time_s"],
         "group_members": s0.get("sweep", {}).get("members", 1),
         "member_dirs": [m["relpath"] for m in seeds],

@@ -23,13 +23,16 @@ from jax.experimental import multihost_utils
 
 from rnn_spectra import config as config_lib
 from rnn_spectra import workdir as wd
-from rnn_spectra.errors import WorkdirError
+from rnn_spectra.errors import Interrupted, WorkdirError
 from rnn_spectra.cells import program_name
 from rnn_spectra.loop import Loop
-from rnn_spectra.parallel import is_writer
+from rnn_spectra.memory import check_fits
+from rnn_spectra.parallel import is_writer, sweep_layout
 from rnn_spectra.runs import load_run
+from rnn_spectra.study import members as member_lib
 from rnn_spectra.study.presets import Preset, TaskEntry, Variant, get_preset
 from rnn_spectra.sweep import export_member_checkpoints, group_by_program
+from rnn_spectra.train import build
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +75,7 @@ def expand(preset: Preset) -> list[Member]:
                 continue
             for clip in v.clips or preset.clips:
                 for lr in v.learning_rates or preset.learning_rates:
-                    for cv in (preset.clip_values if clip != "none" else (0.0,)):
+                    for cv in ((v.clip_values or preset.clip_values) if clip != "none" else (0.0,)):
                         for seed in preset.seeds:
                             members.append(Member(task, v, clip, cv, lr, seed))
     return members
@@ -128,6 +131,8 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
     study_path = wd.path(workdir, "study.json")
     if os.path.exists(study_path):
         old = wd.read_json(study_path)
+        if not isinstance(old, dict):
+            raise WorkdirError(f"{study_path} is damaged (not a JSON object); use a new --workdir")
         if old.get("preset") != preset.name:
             raise WorkdirError(f"{workdir} holds a study of preset {old.get('preset')!r}, not "
                                f"{preset.name!r}; use another --workdir")
@@ -140,13 +145,19 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
         config_lib.apply_overrides(c, overrides or {})
     runs = [config_lib.resolve(c) for c in configs]
     groups = group_by_program(runs)
+    for idx in groups:  # every group before the first is trained: too large is one line now
+        run = runs[idx[0]]
+        check_fits(build(run), len(idx), sweep_layout(run.parallel, run.train.batch_size),
+                   what=f"sweep group {_group_name(members[idx[0]], configs[idx[0]])}")
     t0 = time.perf_counter()
     record = {
         "preset": preset.name, "description": preset.description,
         "preset_fields": _preset_dict(preset),
+        # config_hash and steps: what each member must be; `report` refuses one that differs
         "members": [dict(relpath=m.relpath, table=m.table, task=m.task, row=m.row, setting=m.setting,
                          seed=m.seed, learning_rate=m.learning_rate, clip=m.clip,
-                         clip_value=m.clip_value, group=_group_name(m, configs[i]))
+                         clip_value=m.clip_value, group=_group_name(m, configs[i]),
+                         **member_lib.record(configs[i]))
                     for i, m in enumerate(members)],
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.node()} ({jax.devices()[0].device_kind}, {os.cpu_count()} cores)",
@@ -161,17 +172,27 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
     for idx in groups:
         name = _group_name(members[idx[0]], configs[idx[0]])
         dirs = [os.path.join(workdir, members[i].relpath) for i in idx]
-        if all(_finished(d) for d in dirs):
+        group_dir = os.path.join(workdir, "groups", name)
+        problems = {i: member_lib.problem(workdir, record["members"][i], preset.name) for i in idx}
+        if not any(problems.values()):
             console.start(name + " (done, skipped)", len(idx))
             continue
+        restart = _needs_restart(problems, group_dir)
+        if restart is not None:
+            i, why = restart
+            if writer:
+                print(f"{name}: study member {members[i].relpath} {why.text}; re-training the "
+                      f"group's {len(idx)} members from step 0", file=sys.stderr, flush=True)
+            _clear_group(group_dir, dirs, writer)
         console.start(name, len(idx))
-        group = Loop([configs[i] for i in idx], dirs, os.path.join(workdir, "groups", name),
+        group = Loop([configs[i] for i in idx], dirs, group_dir,
                      name=name, test_chunks=preset.test_chunks)
         gt = time.perf_counter()
         summaries = group.run(progress=console)
         group_times[name] = time.perf_counter() - gt
         if any(s["status"] == "interrupted" for s in summaries):
-            raise WorkdirError(f"study interrupted in group {name}; run the same command to resume")
+            raise Interrupted(f"interrupted in group {name} (checkpointed); run the same command "
+                              "to resume")
     record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     record["wall_time_s"] = time.perf_counter() - t0 + record.get("wall_time_s", 0.0)
     if not writer:
@@ -220,11 +241,41 @@ def export_best_checkpoints(workdir: str, relpaths: list[str]) -> None:
         export_member_checkpoints(group_dir, template, {i: r.workdir for i, r in members.items()})
 
 
-def _finished(member_dir: str) -> bool:
-    path = wd.path(member_dir, wd.SUMMARY)
-    if not os.path.exists(path):
-        return False
-    return wd.read_json(path).get("status") in ("completed", "diverged")
+def _needs_restart(problems: dict, group_dir: str):
+    """(member, problem) that makes resuming the group wrong, or None to resume it (or start it).
+
+    A group resumes from its last stacked checkpoint only while its members are what an
+    interrupted group leaves: every one unfinished with the study's config. A member that was
+    changed (extended, edited) or is incomplete, one deleted after the group started, or a mix
+    of finished and unfinished members cannot be continued: the stacked checkpoint would give
+    the deleted member a summary without its metrics and spectra, or keep the edited one."""
+    started = os.path.isdir(os.path.join(group_dir, wd.CHECKPOINTS)) and any(
+        n.isdigit() for n in os.listdir(os.path.join(group_dir, wd.CHECKPOINTS)))
+    for i, p in problems.items():
+        if p is not None and (not p.not_trained or (p.kind == "missing" and started)):
+            return i, p
+    finished = [i for i, p in problems.items() if p is None]
+    if finished and started:
+        unfinished = next(i for i, p in problems.items() if p is not None)
+        return unfinished, problems[unfinished]
+    return None
+
+
+def _clear_group(group_dir: str, member_dirs: list[str], writer: bool) -> None:
+    """Re-train a group from scratch: remove its stacked checkpoints and its members' workdirs.
+
+    From scratch, not from the group's step-0 checkpoint: simpler, and just as exact (a member's
+    numbers depend only on its config and seed), at the cost of the group's training time."""
+    import shutil
+
+    if jax.process_count() > 1:  # every process has decided before anything is removed
+        multihost_utils.sync_global_devices("rnn_spectra study clear group (decided)")
+    if writer:
+        for d in [group_dir, *member_dirs]:
+            if os.path.isdir(d):
+                shutil.rmtree(d)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("rnn_spectra study clear group (done)")
 
 
 def _preset_dict(p: Preset) -> dict:
