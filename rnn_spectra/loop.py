@@ -30,7 +30,7 @@ from rnn_spectra import config as config_lib
 from rnn_spectra import resume
 from rnn_spectra import workdir as wd
 from rnn_spectra.checkpointing import Checkpointer
-from rnn_spectra.errors import ConfigError, StorageError, WorkdirError
+from rnn_spectra.errors import ConfigError, StorageError
 from rnn_spectra.memory import check_fits
 from rnn_spectra.model import count_params
 from rnn_spectra.parallel import is_writer, run_layout, sweep_layout, to_host
@@ -96,7 +96,7 @@ class Loop:
         except BaseException:
             # e.g. a full disk or a signal during set-up; never a workdir another process holds
             if new and not self.stacked and self.writer and not getattr(self._lock, "busy", False):
-                _remove_unstarted_workdir(own)
+                resume.remove_unstarted_workdir(own)
             raise
 
     def _run(self, own: str, progress: Progress | None) -> list[dict]:
@@ -121,7 +121,9 @@ class Loop:
             try:
                 return self._train(guard, ckpt, old_config, old_summary, progress, loggers)
             except StorageError as e:  # a full disk: stop here, say so in every summary.json
-                self._record_failure(ckpt, e)
+                if self.writer:
+                    resume.record_failure(self.workdirs, self.runs, ckpt.good_steps(), e,
+                                          self.group_dir, self.name)
                 raise
             finally:
                 ckpt.close()  # waits for the async save on every exit path
@@ -320,25 +322,6 @@ class Loop:
             print(f"{self.name}: interrupted at step {step}; run again to resume", file=sys.stderr)
         return summaries
 
-    def _record_failure(self, ckpt: Checkpointer, error: StorageError) -> None:
-        """summary.json of every member: status ``failed``, the error and the step a resume
-        starts from, if the disk still takes that much; the checkpoints are left as they are."""
-        if not self.writer:
-            return
-        good = ckpt.good_steps()
-        for i, (w, r) in enumerate(zip(self.workdirs, self.runs)):
-            s = {"status": "failed", "error": str(error), "steps_completed": good[-1] if good else 0,
-                 "last_checkpoint_step": good[-1] if good else None, "target_steps": r.train.steps}
-            if self.stacked:
-                s["sweep"] = {"group": self.name, "index": i, "members": self.n,
-                              "group_dir": os.path.relpath(self.group_dir, w)}
-            else:
-                s["checkpoint_steps"] = good
-            try:
-                wd.write_json(wd.path(w, wd.SUMMARY), s)
-            except (StorageError, WorkdirError):
-                pass  # the disk is full: the error line says it all
-
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _running(statuses) -> list[int]:
@@ -397,22 +380,6 @@ class Loop:
         if self.stacked or not (run.train.progress and self.writer):
             return None
         return _Bar(run, start)
-
-
-def _remove_unstarted_workdir(w: str) -> None:
-    """Remove a workdir this process created if it holds no run yet (only the lock or temp
-    files): a failure before config.json was written leaves nothing behind."""
-    try:
-        if wd.is_run(w) or not os.path.isdir(w):
-            return
-        leftovers = set(os.listdir(w))
-        if leftovers - {".lock", *wd.stale_temp_files(w)}:
-            return
-        for name in leftovers:
-            os.remove(os.path.join(w, name))
-        os.rmdir(w)
-    except OSError:
-        pass
 
 
 class _Bar:

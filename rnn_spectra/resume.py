@@ -19,7 +19,7 @@ import ml_collections
 
 from rnn_spectra import config as config_lib
 from rnn_spectra import workdir as wd
-from rnn_spectra.errors import ConfigError, WorkdirError
+from rnn_spectra.errors import ConfigError, StorageError, WorkdirError
 from rnn_spectra.optim import make_schedule
 from rnn_spectra.parallel import agree
 
@@ -208,3 +208,36 @@ def _get(d: dict, dotted: str):
             return None
         d = d[part]
     return d
+
+
+def remove_unstarted_workdir(w: str) -> None:
+    """Remove a workdir this process created if it holds no run yet (only the lock or temp
+    files): a failure before config.json was written leaves nothing behind."""
+    try:
+        if wd.is_run(w) or not os.path.isdir(w):
+            return
+        leftovers = set(os.listdir(w))
+        if leftovers - {".lock", *wd.stale_temp_files(w)}:
+            return
+        for name in leftovers:
+            os.remove(os.path.join(w, name))
+        os.rmdir(w)
+    except OSError:
+        pass
+
+
+def record_failure(workdirs, runs, good: list[int], error, group_dir: str | None, name: str) -> None:
+    """summary.json of every member after a storage failure: status ``failed``, the error and the
+    step a resume starts from, if the disk still takes that much; checkpoints are left as they are."""
+    for i, (w, r) in enumerate(zip(workdirs, runs)):
+        s = {"status": "failed", "error": str(error), "steps_completed": good[-1] if good else 0,
+             "last_checkpoint_step": good[-1] if good else None, "target_steps": r.train.steps}
+        if group_dir is not None:
+            s["sweep"] = {"group": name, "index": i, "members": len(runs),
+                          "group_dir": os.path.relpath(group_dir, w)}
+        else:
+            s["checkpoint_steps"] = good
+        try:
+            wd.write_json(wd.path(w, wd.SUMMARY), s)
+        except (StorageError, WorkdirError):
+            pass  # the disk is full: the error line says it all

@@ -9,7 +9,6 @@ import math
 import os
 from collections import defaultdict
 
-import numpy as np
 
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
