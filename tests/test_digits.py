@@ -137,7 +137,7 @@ def test_a_tiny_run_learns_digits_above_chance(tiny_config):
 
 def test_study_presets_add_the_image_tasks_with_their_own_tables():
     from rnn_spectra.study.presets import PRESETS
-    from rnn_spectra.study.run import expand, member_config
+    from rnn_spectra.study.grid import expand, member_config
 
     cpu = expand(PRESETS["cpu"])
     tables = {m.table for m in cpu}

@@ -12,7 +12,8 @@ from rnn_spectra.errors import WorkdirError
 from rnn_spectra.study.report import findings, write_report
 from rnn_spectra.study.results import build_results
 from rnn_spectra.study.presets import PRESETS
-from rnn_spectra.study.run import expand, run_study
+from rnn_spectra.study.grid import expand
+from rnn_spectra.study.run import run_study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

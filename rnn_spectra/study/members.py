@@ -110,6 +110,6 @@ def _differences(found: dict, rec: dict, preset: str | None) -> str:
 @functools.lru_cache(maxsize=4)
 def _expected(p) -> dict:
     """relpath -> the member config preset ``p`` makes today."""
-    from rnn_spectra.study.run import expand, member_config
+    from rnn_spectra.study.grid import expand, member_config
 
     return {m.relpath: member_config(p, m).to_dict() for m in expand(p)}
