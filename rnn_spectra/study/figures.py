@@ -169,7 +169,7 @@ def _sigma_figure(table, rows, data, out_dir):
         ax.set_xlabel("training step")
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{table}: does the recurrence stretch or shrink? (1 / 0: the vanish–explode border)",
+    fig.suptitle(f"{table}: does the recurrence stretch or shrink? (σ_max < 1 or λ₁ < 0: vanishing is certain; σ_max > 1 is needed for exploding, not enough)",
                  fontsize=10)
     fig.subplots_adjust(left=0.06, right=0.98, top=0.88, wspace=0.25)
     _legend_below(fig, axes[0], axes[2])

@@ -19,6 +19,7 @@ from rnn_spectra.errors import WorkdirError
 from rnn_spectra.runs import load_run
 from rnn_spectra.study import members as member_lib
 from rnn_spectra.spectral.rows import init_end_summary, lyapunov_top, sigma_max
+from rnn_spectra.study.stats import sample_sd
 from rnn_spectra.tasks import solved_rule
 
 # ----------------------------------------------------------------------------- loading
@@ -93,11 +94,11 @@ def choose_best(members: list[dict]) -> dict[tuple[str, str], list[dict]]:
         by_setting[(m["table"], m["row"])][m["setting"]].append(m)
     best = {}
     for key, settings in by_setting.items():
-        # Fewer divergences first, then lower mean validation loss.
+        # Fewer diverged seeds first, then lower mean validation loss (never test data).
         def rank(item):
             seeds = item[1]
             diverged = sum(s["summary"]["status"] == "diverged" for s in seeds)
-            return (diverged == len(seeds), float(np.mean([_val_loss(s) for s in seeds])), item[0])
+            return (diverged / len(seeds), float(np.mean([_val_loss(s) for s in seeds])), item[0])
 
         best[key] = min(settings.items(), key=rank)[1]
     return best
@@ -117,7 +118,7 @@ def _stat(values: list[float]) -> tuple[float | None, float | None]:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     if not vals:
         return None, None
-    return float(np.mean(vals)), float(np.std(vals))
+    return float(np.mean(vals)), sample_sd(vals)  # ddof=1: few seeds
 
 
 def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -> dict:
@@ -148,6 +149,7 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
         "clip_value": seeds[0]["clip_value"] if seeds[0]["clip"] != "none" else None,
         "params": s0["num_params"],
         "seeds": len(seeds),
+        "val_loss_mean": _stat([_val_loss(m) for m in seeds])[0],  # what chose the setting
         "test_loss_mean": loss_mean,
         "test_loss_sd": loss_sd,
         "test_accuracy_mean": acc_mean,  # classification tasks only (None elsewhere)
@@ -171,6 +173,11 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
         **init_end_summary([m["spectra"] for m in seeds]),
         "group_wall_time_s": s0["wall_time_s"],
         "group_members": s0.get("sweep", {}).get("members", 1),
+        # One model's share of its vmapped group's time (compiles included), per 1000 steps: the
+        # group's wall time compares nothing (32 ReLU members vs 8 GRU members in one program).
+        "seconds_per_1000_steps": (s0["wall_time_s"] / s0.get("sweep", {}).get("members", 1)
+                                   / max(s0.get("steps_completed") or 0, 1) * 1000
+                                   if s0.get("wall_time_s") else None),
         "member_dirs": [m["relpath"] for m in seeds],
     }
 
