@@ -13,6 +13,7 @@ import signal
 import sys
 import warnings
 
+from rnn_spectra.signals import SignalHandlers
 from rnn_spectra.errors import INTERRUPTED, ConfigError, Interrupted, StorageError, UserError
 
 EXAMPLE = ("rnn-spectra train --config configs/adding.py --workdir runs/x "
@@ -106,7 +107,7 @@ def _study_preset(workdir: str) -> str:
 
 def cmd_analyze(args, overrides) -> int:
     from rnn_spectra.spectral.analyze import (
-        FP_CANDIDATES, analyze_fixed_points, analyze_workdir, check_candidates,
+        FP_CANDIDATES, analyze_fixed_points, analyze_workdir, check_candidates, open_checkpoint,
     )
 
     if args.candidates is not None and not args.fixed_points:
@@ -114,12 +115,13 @@ def cmd_analyze(args, overrides) -> int:
     candidates = FP_CANDIDATES if args.candidates is None else args.candidates
     if args.fixed_points:  # before the spectral analysis spends its time
         check_candidates(candidates)
-    result = analyze_workdir(args.workdir, step=args.step, out=args.out)
+    opened = open_checkpoint(args.workdir, args.step, args.out)  # restored once for both
+    result = analyze_workdir(args.workdir, opened=opened)
     print(f"{args.workdir}: step {result['step']} analysed -> {result['npz']}")
     for path in result["figures"]:
         print(f"  {path}")
     if args.fixed_points:
-        fp = analyze_fixed_points(args.workdir, step=result["step"], out=result["out"], candidates=candidates)
+        fp = analyze_fixed_points(args.workdir, candidates=candidates, opened=opened)
         print(f"{args.workdir}: step {fp['step']} fixed points (input x = 0) -> {fp['npz']}")
         print(f"  {fp['figure']}")
         print(fp["summary"])
@@ -209,13 +211,14 @@ def say(line: str) -> None:
     print(line.encode(enc, "backslashreplace").decode(enc, "replace"), file=sys.stderr, flush=True)
 
 
-class SetUpSignals:
+class SetUpSignals(SignalHandlers):
     """SIGINT/SIGTERM before the training loop takes them over (``resume.SignalGuard``): raise
     Interrupted, so the command ends with one line and its interrupted code instead of a
     traceback (SIGINT) or a silent kill (SIGTERM). A second signal exits at once."""
 
     def __init__(self):
-        self._old, self.fired = {}, False
+        super().__init__()
+        self.fired = False
 
     def _handler(self, signum, frame):
         if self.fired:
@@ -224,18 +227,6 @@ class SetUpSignals:
         e = Interrupted(f"interrupted by {signal.Signals(signum).name}")
         e.signum = signum
         raise e
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread: signals stay with the caller
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def check_path_argument(flag: str, value: str) -> None:

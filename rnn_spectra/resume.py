@@ -22,6 +22,7 @@ from rnn_spectra import workdir as wd
 from rnn_spectra.errors import ConfigError, StorageError, WorkdirError
 from rnn_spectra.optim import make_schedule
 from rnn_spectra.parallel import agree
+from rnn_spectra.signals import SignalHandlers
 
 # Keys that may change when a run is continued: they extend it or change only its bookkeeping.
 RESUMABLE_KEYS = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
@@ -70,12 +71,12 @@ class WorkdirLock:
         os.close(self.fd)
 
 
-class SignalGuard:
+class SignalGuard(SignalHandlers):
     """First SIGTERM/SIGINT: ask the loop to stop after this step. Second: exit at once."""
 
     def __init__(self):
+        super().__init__()
         self.requested = None
-        self._old = {}
 
     def _handler(self, signum, frame):
         if self.requested is not None:
@@ -84,18 +85,6 @@ class SignalGuard:
         self.requested = signal.Signals(signum).name
         print(f"\n{self.requested}: finishing this step, saving a checkpoint, then exiting "
               "(send it again to exit at once)", file=sys.stderr, flush=True)
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread: signals stay with the caller
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def stop_flags(step: int, log_now: bool, ckpt, guard: SignalGuard) -> tuple[bool, bool]:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -23,6 +24,13 @@ Initializer = Callable[..., Array]
 # only these arrays, so the backward pass keeps one (B, G*H) array per step instead of every gate
 # activation and recomputes the cheap element-wise part (fewer, smaller stores: faster on CPU).
 PREACTIVATION = "rnn_preactivation"
+
+
+class ZeroCarry:
+    """Mixin for cells whose carry is h alone: ``initialize_carry`` gives zeros (*batch, H)."""
+
+    def initialize_carry(self, batch_shape: tuple[int, ...]) -> Array:
+        return jnp.zeros((*batch_shape, self.hidden_size))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,14 +11,14 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from rnn_spectra.cells.base import PREACTIVATION, Array, Initializer
+from rnn_spectra.cells.base import PREACTIVATION, Array, Initializer, ZeroCarry
 from rnn_spectra.cells.inits import orthogonal_init, stacked
 
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
 
-class ElmanCell(nn.Module):
+class ElmanCell(ZeroCarry, nn.Module):
     """h' = phi(W_s h + W_x x + b). Params: W_x (D, H), W_s (H, H) math orientation, b (H,)."""
 
     tags_preactivation = True  # see PREACTIVATION (a plain class attribute, not a field)
@@ -37,9 +37,6 @@ class ElmanCell(nn.Module):
         z = checkpoint_name(carry @ w_s.T + x @ w_x + b, PREACTIVATION)
         new_h = ACTIVATIONS[self.activation](z)
         return new_h, new_h
-
-    def initialize_carry(self, batch_shape: tuple[int, ...]) -> Array:
-        return jnp.zeros((*batch_shape, self.hidden_size))
 
 
 class LSTMCell(nn.Module):
@@ -79,7 +76,7 @@ class LSTMCell(nn.Module):
         return (zeros, zeros)
 
 
-class GRUCell(nn.Module):
+class GRUCell(ZeroCarry, nn.Module):
     """GRU (PyTorch/cuDNN form), gates (r, z, n) stacked: W_x (D, 3H), W_s (3H, H), b (3H,), b_hn (H,).
 
     r = s(W_ir x + W_hr h + b_r), z = s(W_iz x + W_hz h + b_z),
@@ -107,8 +104,3 @@ class GRUCell(nn.Module):
         n = jnp.tanh(xn + r * (hn + b_hn))
         new_h = (1.0 - z) * n + z * carry
         return new_h, new_h
-
-    def initialize_carry(self, batch_shape):
-        return jnp.zeros((*batch_shape, self.hidden_size))
-
-

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 
 from jax.ad_checkpoint import checkpoint_name
 
-from rnn_spectra.cells.base import PREACTIVATION, Array, Initializer
+from rnn_spectra.cells.base import PREACTIVATION, Array, Initializer, ZeroCarry
 from rnn_spectra.cells.inits import henaff_init, indrnn_init, orthogonal_init
 from rnn_spectra.config import ModelConfig
 
@@ -49,7 +49,7 @@ INDRNN_DIAG = "u"
 EXPRNN_SKEW = "A"
 
 
-class IndRNNCell(nn.Module):
+class IndRNNCell(ZeroCarry, nn.Module):
     """h' = relu(x W_x + u * h + b). Params: W_x (D, H), u (H,) = diag of the recurrent init, b (H,)."""
 
     hidden_size: int
@@ -70,16 +70,13 @@ class IndRNNCell(nn.Module):
         new_h = jax.nn.relu(checkpoint_name(u * carry + x @ w_x + b, PREACTIVATION))
         return new_h, new_h
 
-    def initialize_carry(self, batch_shape: tuple[int, ...]) -> Array:
-        return jnp.zeros((*batch_shape, self.hidden_size))
-
 
 def antisymmetric_matrix(w: Array, gamma: float) -> Array:
     """M = W - W^T - gamma I (eigenvalues i*omega - gamma)."""
     return w - jnp.swapaxes(w, -1, -2) - gamma * jnp.eye(w.shape[-1], dtype=w.dtype)
 
 
-class AntisymmetricCell(nn.Module):
+class AntisymmetricCell(ZeroCarry, nn.Module):
     """h' = h + epsilon * tanh((W - W^T - gamma I) h + x W_x + b). Params: W_x (D, H), W_s (H, H) = W, b."""
 
     hidden_size: int
@@ -100,9 +97,6 @@ class AntisymmetricCell(nn.Module):
         new_h = carry + self.epsilon * jnp.tanh(z)
         return new_h, new_h
 
-    def initialize_carry(self, batch_shape: tuple[int, ...]) -> Array:
-        return jnp.zeros((*batch_shape, self.hidden_size))
-
 
 def skew(a: Array) -> Array:
     """triu(A, 1) - triu(A, 1)^T: the skew-symmetric matrix A parametrises."""
@@ -120,7 +114,7 @@ def modrelu(z: Array, b: Array) -> Array:
     return jnp.sign(z) * jax.nn.relu(jnp.abs(z) + b)
 
 
-class ExpRNNCell(nn.Module):
+class ExpRNNCell(ZeroCarry, nn.Module):
     """h' = modrelu(exp(skew(A)) h + x W_x, b). Params: W_x (D, H), A (H, H), b (H,).
 
     The modReLU bias starts at the constant bias init plus U[-0.01, 0.01] (expRNN's init; with b = 0
@@ -157,9 +151,6 @@ class ExpRNNCell(nn.Module):
         z = checkpoint_name(carry @ prepared["W_s"].T + x @ prepared["W_x"], PREACTIVATION)
         new_h = modrelu(z, prepared["b"])
         return new_h, new_h
-
-    def initialize_carry(self, batch_shape: tuple[int, ...]) -> Array:
-        return jnp.zeros((*batch_shape, self.hidden_size))
 
 
 # ----------------------------------------------------------------------------- recurrent matrices

@@ -149,21 +149,28 @@ def figures(result: dict, rows: list[dict], step: int, cell: str, out_dir: str) 
     return paths
 
 
-def analyze_workdir(workdir: str, step: int | None = None, out: str | None = None,
-                    num_lags: int = DEFAULT_LAGS) -> dict:
-    """Analyse a checkpoint of the run in ``workdir``; write ``spectra_step<N>.npz`` and PNGs.
-
-    ``out`` defaults to ``WORKDIR/analysis/step_<N>``. Returns {"step", "npz", "figures", "out"}.
-    """
+def open_checkpoint(workdir: str, step: int | None = None, out: str | None = None):
+    """``(run, params, step, out)`` of a checkpoint (default: the latest), with its output
+    folder (default ``WORKDIR/analysis/step_<N>``) created."""
     run = load_run(workdir)
     state = run.state(step)
-    params, step, exp = state["params"], int(state["step"]), run.experiment
+    step = int(state["step"])
     out = out or os.path.join(workdir, "analysis", f"step_{step}")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise WorkdirError(f"cannot create output directory {out}: {e.strerror}") from None
-    cfg = run.run_config.model
+    return run, state["params"], step, out
+
+
+def analyze_workdir(workdir: str, step: int | None = None, out: str | None = None,
+                    num_lags: int = DEFAULT_LAGS, opened=None) -> dict:
+    """Analyse a checkpoint of the run in ``workdir``; write ``spectra_step<N>.npz`` and PNGs.
+
+    ``out`` defaults to ``WORKDIR/analysis/step_<N>``. Returns {"step", "npz", "figures", "out"}.
+    """
+    run, params, step, out = opened or open_checkpoint(workdir, step, out)
+    exp, cfg = run.experiment, run.run_config.model
     print(f"analyzing {workdir} at step {step} ({cfg.cell}, n={cfg.hidden_size}) ...",
           file=sys.stderr, flush=True)
     result = compute(exp, params, num_lags=num_lags)
@@ -300,12 +307,13 @@ def compute_fixed_points(run, params, candidates: int = FP_CANDIDATES, sequences
 
 
 def analyze_fixed_points(workdir: str, step: int | None = None, out: str | None = None,
-                         candidates: int = FP_CANDIDATES, sequences: int = FP_SEQUENCES) -> dict:
+                         candidates: int = FP_CANDIDATES, sequences: int = FP_SEQUENCES,
+                         opened=None) -> dict:
     """Fixed and slow points of a checkpoint of the run in ``workdir`` (default: the latest).
 
     The map is one step of the cell under the constant input x = 0 ("no input"); candidates are
     ``candidates`` states drawn from the unrolls of ``sequences`` of the run's probe sequences
-    (``run.probe_inputs``) plus noise (``fixed_points_of_run``: 0.1 x the states' mean per-unit
+    (``run.probe_inputs``) plus noise (``fixed_points_of_run``: 0.1 x each unit's
     standard deviation); see ``compute_fixed_points``. Writes ``fixed_points_step<N>.npz``
     (``fp/...``, ``fp_slow/eigenvalues``, ``fp_slow/num_unstable`` the linearisation at the slow
     points, ``fp_relu/...`` for ReLU cells, ``states``, ``x``, ``step``) and ``fixed_points.png``
@@ -315,14 +323,7 @@ def analyze_fixed_points(workdir: str, step: int | None = None, out: str | None 
     candidates = check_candidates(candidates)
     if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 1:
         raise ConfigError(f"sequences must be a positive integer, got {sequences!r}")
-    run = load_run(workdir)
-    state = run.state(step)
-    params, step = state["params"], int(state["step"])
-    out = out or os.path.join(workdir, "analysis", f"step_{step}")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise WorkdirError(f"cannot create output directory {out}: {e.strerror}") from None
+    run, params, step, out = opened or open_checkpoint(workdir, step, out)
     cfg = run.run_config.model
     print(f"fixed points of {workdir} at step {step} ({cfg.cell}, H={cfg.hidden_size}, "
           f"{candidates} candidates, x = 0) ...", file=sys.stderr, flush=True)
