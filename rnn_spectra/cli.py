@@ -75,27 +75,54 @@ STUDY_OVERRIDABLE = ("parallel.", "checkpoint.")
 def cmd_study(args, overrides) -> int:
     from rnn_spectra.study.run import run_study
 
+    overrides = dict(overrides)
+    offset = overrides.pop("study.seed_offset", None)  # the same as --seed-offset
     refused = [k for k in overrides if not k.startswith(STUDY_OVERRIDABLE)]
     if refused:
-        raise ConfigError(f"study takes only --config.parallel.* and --config.checkpoint.* "
-                          f"overrides (the grid is the preset's), not --config.{refused[0]}")
-    record = run_study(args.preset, args.workdir, report=not args.no_report, overrides=overrides)
+        raise ConfigError(f"study takes only --config.parallel.*, --config.checkpoint.* and "
+                          f"--config.study.seed_offset overrides (the grid is the preset's), not "
+                          f"--config.{refused[0]}")
+    if offset is not None:
+        try:
+            offset = int(offset)
+        except ValueError:
+            raise ConfigError(f"--config.study.seed_offset must be a non-negative integer, got "
+                              f"{offset!r}") from None
+        if args.seed_offset not in (0, offset):
+            raise ConfigError(f"--seed-offset {args.seed_offset} and --config.study.seed_offset="
+                              f"{offset} disagree; give one")
+        args.seed_offset = offset
+    if args.seed_offset < 0:
+        raise ConfigError(f"--seed-offset must be a non-negative integer, got {args.seed_offset}")
+    record = run_study(args.preset, args.workdir, report=not args.no_report, overrides=overrides,
+                       seed_offset=args.seed_offset)
     print(f"{args.workdir}: study {record['preset']} done in {record['wall_time_s']:.0f}s"
           + ("" if args.no_report else f"; report: {os.path.join(args.workdir, 'report.md')}"))
     return 0
 
 
 def cmd_report(args, overrides) -> int:
+    from rnn_spectra import workdir as wd
+    from rnn_spectra.study.claims import FLIPS, check, read_claims, render_check
     from rnn_spectra.study.report import check_publish_dir, publish, write_report
     from rnn_spectra.study.run import export_chosen_checkpoints
 
     if args.publish:
         check_publish_dir(args.publish)  # before the report is written
+    if args.check_claims:
+        reference = read_claims(args.check_claims)  # before the report is written
     export_chosen_checkpoints(args.workdir)  # those already exported are skipped
     print(write_report(args.workdir))
     if args.publish:
         print(publish(args.workdir, args.publish, f"make study (rnn-spectra study --preset "
                       f"{_study_preset(args.workdir)} --workdir {args.workdir})"))
+    if args.check_claims:
+        rows = check(reference, read_claims(args.workdir))
+        text = render_check(rows)
+        wd.write_text(wd.path(args.workdir, "claims_check.md"),
+                      f"Claims of {args.check_claims} checked against {args.workdir}\n\n{text}\n")
+        print(text)
+        return 1 if any(r["verdict"] == FLIPS for r in rows) else 0
     return 0
 
 
@@ -180,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"grid to run: {', '.join(f'{k} ({p.description})' for k, p in PRESETS.items())}")
     study.add_argument("--workdir", required=True, help="the study's directory")
     study.add_argument("--no-report", action="store_true", help="train only")
+    study.add_argument("--seed-offset", type=int, default=0, metavar="N",
+                       help="add N to every seed (pilot and confirmation): the same study on a "
+                            "disjoint set of seeds, to check its claims (also --config.study.seed_offset=N)")
     add_distributed_flags(study)
     study.set_defaults(func=cmd_study, takes_overrides=True)
 
@@ -195,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--workdir", required=True, help="a study directory")
     report.add_argument("--publish", metavar="DIR",
                         help="also copy the report and figures to DIR/results.md, DIR/figures/ (docs)")
+    report.add_argument("--check-claims", metavar="REF",
+                        help="say per claim of REF/claims.json (a published study, e.g. docs) "
+                             "whether it HOLDS, FLIPS or is UNDECIDED on this study; exit 1 if any flips")
     report.set_defaults(func=cmd_report)
     return parser
 
@@ -202,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands that checkpoint and pick up where they stopped: their interruption is exit 75.
 RESUMABLE_COMMANDS = ("train", "study")
 # Path arguments TensorStore or the files' readers must open: they must be valid UTF-8.
-PATH_ARGUMENTS = ("workdir", "out", "publish")
+PATH_ARGUMENTS = ("workdir", "out", "publish", "check_claims")
 
 
 def say(line: str) -> None:

@@ -68,6 +68,11 @@ class ModelConfig:
     unroll: int = _f(0, "lax.scan unroll factor, speed only (0: auto, 8 on GPU/TPU, 1 on CPU)",
                      "nonnegative")
     remat: bool = _f(False, "jax.checkpoint each step (memory for long T, ~1 extra forward)")
+    recurrent_param: str = _f("free", "free | svd_margin: W_s = U diag(1 + margin tanh p) V^T, U and V "
+                              "orthogonal (Vorontsov et al. 2017; tanh_rnn, relu_rnn, irnn)",
+                              choices=("free", "svd_margin"))
+    margin: float = _f(0.1, "svd_margin: every singular value of W_s in [1 - margin, 1 + margin] "
+                       "(0: W_s orthogonal; at most 1)", "nonnegative")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +135,27 @@ class LogConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LyapunovControlConfig:
+    weight: float = _f(0.0, "loss += weight * mean_i (lambda_i - target)^2 over the top k Lyapunov "
+                       "exponents of the current params on the batch (0: off)", "nonnegative")
+    target: float = _f(0.0, "target exponent, nats per step", "finite")
+    k: int = _f(1, "top exponents penalised (<= the state size: H, 2H for the LSTM)", "positive")
+    seq_len: int = _f(50, "probe window: the first min(this, sequence length) steps", "int>=2")
+    probes: int = _f(4, "batch sequences the exponents are averaged over (<= the batch)", "positive")
+    discard: float = _f(0.25, "burn-in, a fraction of the window (as spectral.lyapunov_discard)",
+                        "fraction")
+    every: int = _f(1, "apply at the steps divisible by this", "positive")
+    until: int = _f(0, "apply only before this step (0: always); may change on resume", "nonnegative")
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlConfig:
+    lyapunov: LyapunovControlConfig = _f(LyapunovControlConfig(), "the Lyapunov regulariser")
+    max_singular_value: float = _f(0.0, "clip W_s's singular values to <= this after every update "
+                                   "(tanh_rnn, relu_rnn, irnn; 0: off)", "nonnegative")
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     seed: int
     task: TaskConfig
@@ -140,34 +166,55 @@ class RunConfig:
     checkpoint: CheckpointConfig
     parallel: ParallelConfig
     log: LogConfig = LogConfig()
+    control: ControlConfig = ControlConfig()
 
 
 SECTIONS = {
     "task": TaskConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
     "spectral": SpectralConfig, "checkpoint": CheckpointConfig, "parallel": ParallelConfig,
-    "log": LogConfig,
+    "log": LogConfig, "control": ControlConfig,
 }
+# Keys added with issue #15 whose default switches their feature off: a config that predates them
+# means these values (a config hash may leave them out at these values).
+OFF_BY_DEFAULT = {
+    "model.recurrent_param": "free", "model.margin": 0.1, "control.max_singular_value": 0.0,
+    **{f"control.lyapunov.{f.name}": f.default for f in dataclasses.fields(LyapunovControlConfig)},
+}
+
+
+def _nested(f: dataclasses.Field) -> bool:
+    """A field that is itself a section (``control.lyapunov``)."""
+    return dataclasses.is_dataclass(f.metadata["kind"])
+
+
 SEED_DOC = "PRNG seed: params, data stream, probe batch and eval sets all derive from it"
 
 
 def field_docs() -> dict[str, str]:
     """``{"section.key": meaning}`` for every key (the help a config file's reader needs)."""
-    out = {"seed": SEED_DOC}
-    for name, cls in SECTIONS.items():
-        out.update({f"{name}.{f.name}": f.metadata["doc"] for f in dataclasses.fields(cls)})
-    return out
+    def docs(prefix: str, cls) -> dict:
+        return {k: v for f in dataclasses.fields(cls) for k, v in (
+            docs(f"{prefix}{f.name}.", f.metadata["kind"]) if _nested(f)
+            else {f"{prefix}{f.name}": f.metadata["doc"]}).items()}
+
+    return {"seed": SEED_DOC, **{k: v for name, cls in SECTIONS.items()
+                                 for k, v in docs(f"{name}.", cls).items()}}
 
 
 def default_config() -> ml_collections.ConfigDict:
     """Every key a run understands, with its default (derived from the sections above)."""
+    def section(cls) -> ml_collections.ConfigDict:
+        out = ml_collections.ConfigDict()
+        for f in dataclasses.fields(cls):
+            out[f.name] = (section(f.metadata["kind"]) if _nested(f) else
+                           config_dict.placeholder(f.metadata["kind"]) if f.default is None
+                           else f.default)
+        return out
+
     c = ml_collections.ConfigDict()
     c.seed = 0
     for name, cls in SECTIONS.items():
-        section = ml_collections.ConfigDict()
-        for f in dataclasses.fields(cls):
-            section[f.name] = (config_dict.placeholder(f.metadata["kind"]) if f.default is None
-                               else f.default)
-        c[name] = section
+        c[name] = section(cls)
     return c
 
 
@@ -345,9 +392,16 @@ def _section(cls, name: str, values) -> Any:
         close = difflib.get_close_matches(key, sorted(fields), n=3, cutoff=0.4)
         hint = f"; did you mean {', '.join(f'{name}.{c}' for c in close)}?" if close else ""
         raise ConfigError(f"unknown config key {name}.{key}{hint}")
+    out = {}
     for k, v in values.items():
-        _check(f"{name}.{k}", v, fields[k])
-    return cls(**dict(values.items()))
+        if _nested(fields[k]):
+            if not hasattr(v, "keys"):
+                raise ConfigError(f"{name}.{k} is a section of keys, got {v!r}")
+            out[k] = _section(fields[k].metadata["kind"], f"{name}.{k}", v)
+        else:
+            _check(f"{name}.{k}", v, fields[k])
+            out[k] = v
+    return cls(**out)
 
 
 def resolve(cfg: ml_collections.ConfigDict) -> RunConfig:

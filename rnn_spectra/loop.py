@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from rnn_spectra import config as config_lib
-from rnn_spectra import resume
+from rnn_spectra import control, resume
 from rnn_spectra import workdir as wd
 from rnn_spectra.checkpointing import Checkpointer
 from rnn_spectra.errors import ConfigError, StorageError
@@ -105,7 +105,7 @@ class Loop:
         else:
             resume.prepare_workdir(own)
         lock = self._lock = resume.WorkdirLock(own) if self.writer else contextlib.nullcontext()
-        with lock, resume.SignalGuard() as guard:
+        with lock, resume.SignalGuard() as guard, control.lapack_threads(self.runs[0]):
             old_config, old_summary = None, None
             if not self.stacked:
                 if self.writer:
@@ -304,7 +304,8 @@ class Loop:
                  "best_eval_loss": best[i] if math.isfinite(best[i]) else None}
             if test is not None:
                 s["test"] = {k: float(v[i]) for k, v in test.items()}
-            s.update({"baseline": e.task.baseline, "solved": e.task.solved(s.get("test", final)),
+            s.update({"baseline": e.task.baseline,  # a diverged member solved nothing
+                      "solved": status != "diverged" and e.task.solved(s.get("test", final)),
                       "num_params": num_params, "wall_time_s": wall})
             if self.stacked:
                 s["sweep"] = {"group": self.name, "index": i, "members": self.n,

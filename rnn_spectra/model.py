@@ -58,6 +58,8 @@ class SequenceModel:
             epsilon=config.epsilon,
             gamma=config.gamma,
             seq_len=seq_len,
+            recurrent_param=config.recurrent_param,
+            margin=config.margin,
         )
         self.head = nn.Dense(output_size)
         # What the backward pass of the scan keeps per step when ``remat`` is off (a speed knob,
@@ -82,7 +84,7 @@ class SequenceModel:
 
     def cell_step(self, cell_params):
         """``(carry, x_BxD) -> (carry, h_BxH)`` for fixed params: the function the scan unrolls."""
-        prepare = getattr(type(self.cell), "prepare_params", None)
+        prepare = getattr(self.cell, "prepare_params", None)
         if prepare is not None:  # per-sequence work hoisted out of the scan (expRNN: W = exp(A))
             prepared = prepare(cell_params)
             return lambda carry, x: self.cell.prepared_step(prepared, carry, x)
@@ -154,12 +156,13 @@ class SequenceModel:
 def count_params(params, cell: str | None = None) -> int:
     """Free parameters of one model's params. With ``cell``, a param of which the cell uses only
     the antisymmetric part (``CellSpec.skew_params``: expRNN's A, whose strict upper triangle
-    generates skew(A); AntisymmetricRNN's W, through W - W^T) counts H(H-1)/2, not H^2; IndRNN's
-    u is a vector, H. Without ``cell``: every stored entry."""
+    generates skew(A); AntisymmetricRNN's W, through W - W^T; svd_margin's A_U and A_V) counts
+    H(H-1)/2, not H^2; IndRNN's u is a vector, H. Without ``cell``: every stored entry."""
     total = sum(x.size for x in jax.tree_util.tree_leaves(params))
     if cell is not None:
         cell_params = params.get("cell", params)
-        for name in cells_lib.get_cell_spec(cell).skew_params:
+        margin = (cells_lib.MARGIN_U, cells_lib.MARGIN_V) if cells_lib.MARGIN_P in cell_params else ()
+        for name in cells_lib.get_cell_spec(cell).skew_params + margin:
             h = cell_params[name].shape[-1]
             total -= cell_params[name].size - h * (h - 1) // 2
     return int(total)

@@ -87,12 +87,34 @@ def project_abs(bound: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def project_singular_values(max_singular_value) -> optax.GradientTransformation:
+    """Updates that land each (..., n, n) param at ``U min(S, max_singular_value) V^T`` (its SVD
+    after the update): a projected step onto sigma_max <= bound. A param already inside keeps the
+    plain update, so it picks up no SVD round-off. Works under vmap (batched SVD)."""
+
+    def project(w):
+        u, sv, vt = jnp.linalg.svd(w, full_matrices=False)
+        clipped = jnp.einsum("...ij,...j,...jk->...ik", u, jnp.minimum(sv, max_singular_value), vt,
+                             precision=jax.lax.Precision.HIGHEST)
+        return jnp.where(sv[..., :1, None] > max_singular_value, clipped, w)
+
+    def update(updates, state, params):
+        if params is None:
+            raise ValueError("project_singular_values needs the params")
+        return jax.tree_util.tree_map(lambda p, u: project(p + u) - p, params, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(cfg: OptimConfig, total_steps: int, *, rules: Sequence = (), seq_len: int = 1,
+                   sv_bounds: dict | None = None,
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """``(tx, multiplier_schedule)``; clip first (on the raw gradient), then the optimizer, then
     one masked stage per cell rule (``cells.ParamRule``, applied to the params named
     ``rule.param`` only): ``lr_factor`` scales that param's update, ``abs_bound(seq_len)``
-    projects it onto ``|p| <= bound``."""
+    projects it onto ``|p| <= bound``; then one per ``sv_bounds`` entry ``{param: bound}``
+    (``control.max_singular_value``): the param's singular values clipped to ``<= bound``, the
+    bound held as state (``max_singular_value``) so members with different bounds share a program."""
     schedule = make_schedule(cfg, total_steps)
     stages = [
         ("clip", make_clip(cfg.clip, cfg.clip_value)),
@@ -108,6 +130,9 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, *, rules: Sequence = (), 
         if rule.abs_bound is not None:
             stages.append((f"bound/{rule.param}",
                            optax.masked(project_abs(rule.abs_bound(seq_len)), _named(rule.param))))
+    for param, bound in (sv_bounds or {}).items():
+        stage = optax.inject_hyperparams(project_singular_values)(max_singular_value=bound)
+        stages.append((f"sv_bound/{param}", optax.masked(stage, _named(param))))
     return optax.named_chain(*stages), schedule
 
 

@@ -18,6 +18,7 @@ import jax
 import ml_collections
 
 from rnn_spectra import config as config_lib
+from rnn_spectra import control
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import ConfigError, StorageError, WorkdirError
 from rnn_spectra.optim import make_schedule
@@ -28,7 +29,7 @@ from rnn_spectra.signals import SignalHandlers
 RESUMABLE_KEYS = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
                   "spectral.every", "checkpoint.every_steps", "checkpoint.every_minutes",
                   "checkpoint.keep", "parallel.mode", "parallel.num_devices", "model.unroll",
-                  "log.tensorboard")
+                  "log.tensorboard", "control.lyapunov.until")
 
 
 class WorkdirLock:
@@ -170,7 +171,9 @@ def refuse_diverged(w: str, diverged_step, last_good_step) -> None:
 
 
 def check_schedule(w: str, run, schedule, old_config: dict | None, start: int) -> None:
-    """Refuse a train.steps change that would rewrite the learning rates of done steps."""
+    """Refuse a train.steps change that would rewrite the learning rates of done steps, and a
+    control.lyapunov.until change that would rewrite which done steps were regularised."""
+    control.check_resume(w, run, old_config, start)
     old_steps = _get(old_config or {}, "train.steps")
     if start == 0 or not isinstance(old_steps, int) or old_steps == run.train.steps:
         return

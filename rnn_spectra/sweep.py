@@ -1,7 +1,7 @@
 """Sweeps that compile once: which member configs can share one program, and their stacking.
 
-Seeds, recurrent init schemes, learning rates and clip thresholds (with "none" as an infinite
-global-norm threshold) do not change shapes, so members that differ only in those are stacked
+Seeds, recurrent init schemes, learning rates, clip thresholds (with "none" as an infinite
+global-norm threshold) and the values of the control settings held as state do not change shapes, so members that differ only in those are stacked
 along a leading axis and trained by ``jax.vmap`` of the single-run train step (``loop.Loop``):
 one compile per (task, T, architecture, hidden size, optimizer family) instead of one per member.
 """
@@ -25,8 +25,13 @@ from rnn_spectra.parallel import padded_size
 
 
 def program_signature(run: RunConfig) -> RunConfig:
-    """The config with every vmappable field blanked: members with equal signatures share a program."""
+    """The config with every vmappable field blanked: members with equal signatures share a program.
+    The regulariser's weight and target and the projection bound are state (``control.py``) once
+    they are on, so only on/off is part of the program."""
     clip = "global_norm" if run.optim.clip == "none" else run.optim.clip
+    ctl, lc = run.control, run.control.lyapunov
+    lc = dataclasses.replace(lc, weight=float(lc.weight > 0), target=0.0)
+    ctl = dataclasses.replace(ctl, lyapunov=lc, max_singular_value=float(ctl.max_singular_value > 0))
     return dataclasses.replace(
         run,
         seed=0,
@@ -34,6 +39,7 @@ def program_signature(run: RunConfig) -> RunConfig:
                                   recurrent_init=None, init_scale=None),
         optim=dataclasses.replace(run.optim, learning_rate=0.0, clip=clip, clip_value=0.0),
         checkpoint=dataclasses.replace(run.checkpoint, keep=0),
+        control=ctl,
     )
 
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rnn_spectra import control
 from rnn_spectra.cells import get_cell_spec
 from rnn_spectra.config import RunConfig
 from rnn_spectra.model import SequenceModel
@@ -40,14 +41,18 @@ def build(run: RunConfig) -> Experiment:
     task = get_task(run.task)
     model = SequenceModel(run.model, task.input_size, task.output_size, task.readout,
                           seq_len=task.length)
+    control.check(run, model)
     tx, schedule = make_optimizer(run.optim, run.train.steps, seq_len=task.length,
-                                  rules=get_cell_spec(run.model.cell).param_rules)
+                                  rules=get_cell_spec(run.model.cell).param_rules,
+                                  sv_bounds=control.sv_bounds(run))
     return Experiment(run, task, model, tx, schedule)
 
 
 def init_state(exp: Experiment, seed: int | jax.Array) -> dict:
-    """Training state pytree: params, opt_state, step, data key and the divergence marker."""
+    """Training state pytree: params, opt_state, step, data key and the divergence marker (and,
+    with the Lyapunov regulariser on, its weight and target: ``control.initial_state``)."""
     params = exp.model.init(stream_key(seed, INIT_STREAM))
+    extra = {"control": control.initial_state(exp.run)} if control.regularised(exp.run) else {}
     return {
         "params": params,
         "opt_state": exp.tx.init(params),
@@ -55,6 +60,7 @@ def init_state(exp: Experiment, seed: int | jax.Array) -> dict:
         "key": stream_key(seed, DATA_STREAM),
         # 1-based step whose loss or gradient was non-finite; -1 while the run is healthy.
         "diverged_at": jnp.full((), -1, jnp.int32),
+        **extra,
     }
 
 
@@ -67,17 +73,25 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation | None = N
     task, model, batch_size = exp.task, exp.model, exp.run.train.batch_size
     tx = tx or exp.tx
     shard_batch = layout.shard_batch if layout is not None else (lambda tree: tree)
+    # Static: with weight 0 the regulariser is not traced, the program is the one without it.
+    lyapunov = exp.run.control.lyapunov if control.regularised(exp.run) else None
 
-    def loss_fn(params, inputs, targets):
+    def loss_fn(params, inputs, targets, state):
         outputs = model.apply(params, inputs)
-        return task.loss(outputs, targets), outputs
+        loss, aux = task.loss(outputs, targets), {"outputs": outputs}
+        if lyapunov is not None:
+            penalty, lam = control.lyapunov_penalty(model, lyapunov, state["control"], params["cell"],
+                                                    inputs, state["step"])
+            loss, aux = loss + penalty, {**aux, "penalty": penalty, "lambdas": lam}
+        return loss, aux
 
     def train_step(state):
         step = state["step"]
         inputs, targets = shard_batch(task.train_batch(state["key"], step, batch_size))
-        (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"], inputs, targets
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"], inputs, targets, state
         )
+        outputs = aux["outputs"]
         grad_norm = optax.global_norm(grads)  # before clipping: the quantity the theory is about
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
@@ -92,7 +106,13 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation | None = N
             "key": state["key"],
             "diverged_at": jnp.where(healthy & ~finite, step + 1, state["diverged_at"]),
         }
+        if lyapunov is not None:
+            new_state["control"] = state["control"]
         metrics = task.metrics(outputs, targets)
+        if lyapunov is not None:  # the task's loss stays "loss"; the total is loss + penalty
+            metrics["control/lyapunov_penalty"] = aux["penalty"]
+            metrics["control/lyapunov"] = aux["lambdas"]  # (k,), NaN at steps it is off
+            metrics["control/lyapunov_1"] = aux["lambdas"][0]
         metrics["grad_norm"] = grad_norm
         metrics["learning_rate"] = learning_rate(state["opt_state"], exp.schedule, step)
         return new_state, metrics

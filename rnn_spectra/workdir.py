@@ -79,11 +79,15 @@ def _fail(path: str, doing: str, e: OSError, hint: str) -> WorkdirError | Storag
 
 def write_json(path: str, obj: Any) -> None:
     """Atomic: a kill at any moment leaves the old file or the new one."""
+    write_text(path, json.dumps(_clean(obj), indent=2, sort_keys=True) + "\n")
+
+
+def write_text(path: str, text: str) -> None:
+    """Atomic: a kill at any moment leaves the old file or the new one."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp, "w") as f:
-            json.dump(_clean(obj), f, indent=2, sort_keys=True)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

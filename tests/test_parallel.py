@@ -168,4 +168,4 @@ def test_study_refuses_overrides_of_what_it_trains(tmp_path, capsys):
     code = main(["study", "--preset", "smoke", "--workdir", str(tmp_path / "s"),
                  "--config.model.hidden_size=8"])
     err = capsys.readouterr().err
-    assert code == 2 and "only --config.parallel.* and --config.checkpoint.*" in err
+    assert code == 2 and "only --config.parallel.*, --config.checkpoint.*" in err

@@ -9,6 +9,7 @@ import pytest
 
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
+from rnn_spectra.study.findings import build_claims
 from rnn_spectra.study.report import findings, write_report
 from rnn_spectra.study.results import build_results
 from rnn_spectra.study.presets import PRESETS
@@ -29,10 +30,14 @@ def test_smoke_study_end_to_end(smoke_study):
     preset = PRESETS["smoke"]
     results = json.load(open(os.path.join(smoke_study, "results.json")))
     # One row per variant x clipping mode and table, each at its chosen setting.
-    assert len(results["rows"]) == len(preset.tasks) * len(preset.variants) * len(preset.clips)
-    assert results["members"] == len(expand(preset))
+    rows = len(preset.tasks) * len(preset.variants) * len(preset.clips)
+    assert len(results["rows"]) == rows
+    assert results["members"] == len(expand(preset)) + rows * len(preset.confirm_seeds)
     for r in results["rows"]:
-        assert r["seeds"] == len(preset.seeds)
+        # reported: the confirmation seeds, at the setting the pilot seeds chose
+        assert r["seeds"] == len(preset.confirm_seeds) and r["confirmed"]
+        assert sorted(map(int, r["test_losses"])) == sorted(preset.confirm_seeds)
+        assert all(d.startswith("runs/confirm/") for d in r["member_dirs"])
         assert r["sigma_max_init"] is not None and r["lyapunov_top_init"] is not None
         assert math.isclose(r["baseline"], 1 / 6)
     # Orthogonal and identity inits start with sigma_max = 1 exactly (to float precision).
@@ -42,7 +47,10 @@ def test_smoke_study_end_to_end(smoke_study):
     assert "## Findings" in report and "| variant |" in report
     for fig in glob.glob(os.path.join(smoke_study, "figures", "*.png")):
         assert os.path.relpath(fig, smoke_study) in report
-    assert len(glob.glob(os.path.join(smoke_study, "figures", "*.png"))) == 4 * len(preset.tasks)
+    assert len(glob.glob(os.path.join(smoke_study, "figures", "*.png"))) == 5 * len(preset.tasks) + 1  # + predictors.png
+    claims = json.load(open(os.path.join(smoke_study, "claims.json")))["claims"]
+    assert {c["id"] for c in claims} >= {f"adding_T8|{r['variant']}|baseline|test loss"
+                                         for r in results["rows"]}
     # Every member has spectra from init to the end, and the report's rows have checkpoints.
     for r in results["rows"]:
         first = os.path.join(smoke_study, r["member_dirs"][0])
@@ -136,12 +144,15 @@ def test_report_from_a_fixture_workdir(tmp_path):
     assert good["beats_baseline"] and not bad["beats_baseline"]
     assert bad["seeds_diverged"] == 1 and bad["diverged_steps"] == [7]
     assert bad["sigma_max_init"] == pytest.approx(2.5) and bad["lyapunov_top_init"] == pytest.approx(0.3)
-    text = findings(results)
-    assert text[0].startswith("**adding_T8** (baseline 0.1667): 1 of 2 variants beat the baseline")
-    assert "good/clip=global_norm at lr0.01_c1 with test loss 0.005" in text[0]
+    assert not good["confirmed"]  # no confirmation members: the report must say so (†)
+    text = findings(results, build_claims(results))
+    assert text[0].startswith("**adding_T8** (baseline 0.1667): 1 of 2 rows have a test loss "
+                              "below the baseline (95% CI of the difference below zero), 1 above it")
     assert any("bad/clip=none diverged in 1/2 seeds" in s and "σ_max(W_s) at init 2.5" in s for s in text)
     path = write_report(w)
-    assert "| good/clip=global_norm | lr0.01_c1 | 97 | 0.005 ± 0.0014 | 1/2 | 0/2 | 20 |" in open(path).read()
+    report = open(path).read()
+    assert "| good/clip=global_norm | lr0.01_c1 (edge) | 97 | 0.005 [0.004, 0.006] † | 1/2 | 0/2 |" in report
+    assert "† marks a row without confirmation seeds" in report
 
 
 def test_report_on_a_directory_that_is_not_a_study(tmp_path):
@@ -177,7 +188,7 @@ def test_minus_infinity_is_shown_and_marked_never_dropped(tmp_path, monkeypatch)
                                            real(ax, marks)))
     text = open(write_report(w)).read()
     row = next(line for line in text.splitlines() if line.startswith("| irnn/clip=none | lr0.01"))
-    assert "| −∞ → -0.015 | 3 → 3 |" in row
+    assert "| −∞ → -0.015 |" in row
     spectra = next(line for line in text.splitlines() if line.startswith("| irnn/clip=none | 1 → 1"))
     assert spectra == "| irnn/clip=none | 1 → 1 | 1 → 1 | −∞ → -0.015 | 3 → 3 | 3 → 3 | 25% → 25% |"
     assert "burn-in of 16 steps" in text
@@ -192,8 +203,8 @@ TINY = Preset(name="tiny_members", description="one program, two seeds: seconds 
               base=base(hidden_size=4, steps=6, batch_size=4, eval_every=3, eval_batches=1,
                         eval_batch_size=8, log_every=3, spectral_every=0),
               tasks=(TaskEntry("adding", 6),), variants=(variant("tanh_rnn", "orthogonal", 1.0),),
-              clips=("none",), learning_rates=(1e-2,), clip_values=(1.0,), seeds=(0, 1),
-              test_chunks=1)
+              clips=("none",), learning_rates=(1e-2,), clip_values=(1.0,), pilot_seeds=(0, 1),
+              confirm_seeds=(), test_chunks=1)
 
 
 @pytest.fixture
@@ -277,7 +288,7 @@ def test_an_interrupted_study_exits_75(tiny_preset, tmp_path, monkeypatch, capsy
     assert cli.main(["study", "--preset", tiny_preset, "--workdir", str(tmp_path / "s")]) == 75
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert err.splitlines()[-1] == ("rnn-spectra study: interrupted in group adding_T6/tanh_rnn_"
+    assert err.splitlines()[-1] == ("rnn-spectra study: interrupted in group pilot/adding_T6/tanh_rnn_"
                                     "adam_global_norm (checkpointed); run the same command to resume")
 
 
@@ -313,12 +324,11 @@ def test_settings_rank_fewer_diverged_seeds_first_then_validation_loss():
 
 
 def test_family_representative_is_chosen_on_validation_not_test():
-    """Two ReLU rows: the one with the lower validation loss represents the family even when the
-    other has the lower test loss (choosing on test would be selection on the test set)."""
-    rows = [dict(table="t", variant=v, setting="s", test_loss_mean=te, val_loss_mean=va,
-                 baseline=1.0, beats_baseline=True, seeds_solved=0, seeds=2, seeds_diverged=0,
-                 lyapunov_top_end=None, sigma_max_end=None, clip="none", runs_all_settings=2,
-                 runs_diverged_all_settings=0)
-            for v, te, va in (("relu_rnn/a/clip=none", 0.1, 0.3), ("irnn/b/clip=none", 0.2, 0.25))]
-    text = " ".join(findings({"rows": rows}))
-    assert "ReLU 0.2 (irnn/b/clip=none)" in text and "the best is irnn/b/clip=none" in text
+    """Two ReLU rows: the one with the lower pilot validation loss represents the family even when
+    the other has the lower test loss (choosing on test would be selection on the test set)."""
+    rows = [dict(table="t", variant=v, setting="s", pilot_val_loss_mean=va, baseline=1.0,
+                 seeds=2, test_losses={"0": te, "1": te + 0.01}, optimizer="adam", clip="none")
+            for v, te, va in (("relu_rnn/a/clip=none", 0.1, 0.3), ("irnn/b/clip=none", 0.2, 0.25),
+                              ("lstm/c/clip=none", 0.5, 0.1))]
+    fam = next(c for c in build_claims({"rows": rows}) if c["id"] == "t|family LSTM|family ReLU|test loss")
+    assert "best ReLU (irnn/b/clip=none)" in fam["text"] and fam["difference"]["estimate"] == pytest.approx(0.3)

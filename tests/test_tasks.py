@@ -61,14 +61,17 @@ def test_adding_constant_predictor_matches_one_sixth(adding_batch):
 def test_adding_metrics():
     task = AddingTask(seq_len=10)
     targets = jnp.array([[1.0], [0.5], [1.5], [0.2]])
-    outputs = targets + jnp.array([[0.0], [0.1], [0.3], [-0.19]])
+    outputs = targets + jnp.array([[0.0], [0.1], [0.5], [-0.19]])
     m = task.metrics(outputs, targets)
-    np.testing.assert_allclose(m["mse"], np.mean([0, 0.01, 0.09, 0.0361]), rtol=1e-5)
+    np.testing.assert_allclose(m["mse"], np.mean([0, 0.01, 0.25, 0.0361]), rtol=1e-5)
     np.testing.assert_allclose(m["loss"], m["mse"])
-    np.testing.assert_allclose(m["frac_sq_err_lt_0.04"], 0.75)
-    np.testing.assert_allclose(m["max_sq_err"], 0.09, rtol=1e-5)
+    np.testing.assert_allclose(m["frac_sq_err_lt_0.16"], 0.75)
+    np.testing.assert_allclose(m["max_sq_err"], 0.25, rtol=1e-5)
     assert not task.solved({k: float(v) for k, v in m.items()})
-    assert task.solved({"max_sq_err": 0.039})
+    # Pascanu's 0.04 on the mean of the two values is 0.16 on our target, their sum
+    assert task.solved({"max_sq_err": 0.159}) and not task.solved({"max_sq_err": 0.161})
+    # a broken evaluation (a diverged run's NaN, or the -inf a max over NaNs can give) is no success
+    assert not task.solved({"max_sq_err": float("nan")}) and not task.solved({"max_sq_err": -float("inf")})
 
 
 @pytest.mark.parametrize("t", [5, 100])

@@ -12,22 +12,27 @@ import math
 import flax.linen as nn
 
 from rnn_spectra.cells.base import PREACTIVATION, Array, CellSpec, Initializer, ParamRule
-from rnn_spectra.cells.classic import ACTIVATIONS, ElmanCell, GRUCell, LSTMCell
+from rnn_spectra.cells.classic import (
+    ACTIVATIONS, MARGIN_P, MARGIN_U, MARGIN_V, ElmanCell, GRUCell, LSTMCell, MarginElmanCell,
+    margin_matrix,
+)
 from rnn_spectra.cells.constrained import (
     EXPRNN_SKEW, INDRNN_DIAG, AntisymmetricCell, ExpRNNCell, IndRNNCell, antisymmetric_matrices,
     exprnn_matrices, indrnn_bound, indrnn_matrices,
 )
 from rnn_spectra.cells.inits import (
-    INPUT_INITS, RECURRENT_INITS, get_input_init, get_recurrent_init,
+    INPUT_INITS, RECURRENT_INITS, cayley_init, get_input_init, get_recurrent_init, henaff_init,
 )
 from rnn_spectra.config import ModelConfig
 from rnn_spectra.errors import ConfigError, unknown_name
 
 CELLS: dict[str, CellSpec] = {
-    "tanh_rnn": CellSpec(ElmanCell, ("W_s",), "orthogonal", 1.0, {"activation": "tanh"}),
-    "relu_rnn": CellSpec(ElmanCell, ("W_s",), "normal", 1.0, {"activation": "relu"}),
+    "tanh_rnn": CellSpec(ElmanCell, ("W_s",), "orthogonal", 1.0, {"activation": "tanh"},
+                         margin_module=MarginElmanCell),
+    "relu_rnn": CellSpec(ElmanCell, ("W_s",), "normal", 1.0, {"activation": "relu"},
+                         margin_module=MarginElmanCell),
     "irnn": CellSpec(ElmanCell, ("W_s",), "identity", 1.0, {"activation": "relu"},
-                     program="relu_rnn"),
+                     program="relu_rnn", margin_module=MarginElmanCell),
     "lstm": CellSpec(LSTMCell, ("W_i", "W_f", "W_g", "W_o"), "orthogonal", 1.0, options=("forget_bias",)),
     "gru": CellSpec(GRUCell, ("W_r", "W_z", "W_n"), "orthogonal", 1.0),
     # IndRNN's |u| <= 2^(1/T), T the input length, by a projection after every update; its init
@@ -52,6 +57,52 @@ def get_cell_spec(name: str) -> CellSpec:
     if name not in CELLS:
         raise unknown_name("cell", name, CELLS)
     return CELLS[name]
+
+
+def square_ws_cells() -> list[str]:
+    """The cells whose W_s is one free square param (svd_margin and the W_s projection apply)."""
+    return sorted(n for n, s in CELLS.items() if s.margin_module is not None)
+
+
+def require_square_ws(name: str, what: str) -> CellSpec:
+    """The spec of ``name``, or a one-line error: ``what`` needs a single square W_s."""
+    spec = get_cell_spec(name)
+    if spec.margin_module is None:
+        raise ConfigError(f"{what} needs a cell with one square recurrent matrix W_s; valid: "
+                          f"{', '.join(square_ws_cells())} (got model.cell={name!r})")
+    return spec
+
+
+# svd_margin: how model.recurrent_init starts U = exp(skew(A_U)) (V = I, W_s = init_scale * U).
+# "orthogonal": a dense N(0, 1) generator, a rotation in random planes.
+MARGIN_INITS = {
+    "identity": lambda scale: nn.initializers.zeros,
+    "orthogonal": lambda scale: nn.initializers.normal(stddev=1.0),
+    "henaff": henaff_init,
+    "cayley": cayley_init,
+}
+
+
+def _margin_cell(spec: CellSpec, name: str, hidden_size: int, recurrent_init, init_scale,
+                 margin, **kwargs) -> nn.Module:
+    require_square_ws(name, "model.recurrent_param=svd_margin")
+    if not (isinstance(margin, (int, float)) and 0 <= margin <= 1):
+        raise ConfigError(f"model.margin must be in [0, 1] (singular values in [1 - margin, "
+                          f"1 + margin]), got {margin!r}")
+    init = recurrent_init or ("identity" if spec.default_recurrent_init == "identity" else "orthogonal")
+    if init not in MARGIN_INITS:
+        raise ConfigError(f"model.recurrent_param=svd_margin starts from an orthogonal W_s: "
+                          f"model.recurrent_init must be one of {', '.join(sorted(MARGIN_INITS))} "
+                          f"(or None), got {init!r}")
+    gain = 1.0 if init_scale is None else init_scale
+    # init_scale is the gain of W_s at init: every singular value 1 + margin tanh(p0) = gain.
+    if gain != 1.0 and not abs(gain - 1.0) < margin:
+        raise ConfigError(f"model.init_scale={gain!r} is outside svd_margin's singular values "
+                          f"(1 - margin, 1 + margin) with model.margin={margin!r}")
+    p0 = math.atanh((gain - 1.0) / margin) if gain != 1.0 else 0.0
+    return spec.margin_module(hidden_size=hidden_size, recurrent_init=MARGIN_INITS[init](1.0),
+                              sv_init=nn.initializers.constant(p0), margin=float(margin),
+                              **spec.kwargs, **kwargs)
 
 
 def program_name(name: str) -> str:
@@ -81,13 +132,22 @@ def make_cell(
     epsilon: float | None = None,
     gamma: float | None = None,
     seq_len: int | None = None,
+    recurrent_param: str = "free",
+    margin: float = 0.1,
 ) -> nn.Module:
     """Build a registered cell. ``recurrent_init``/``init_scale`` default to the cell's own;
     ``epsilon``/``gamma`` (AntisymmetricRNN) to ``config.ModelConfig``'s; ``seq_len`` (the input
-    length T) is what a T-dependent init needs (IndRNN's)."""
+    length T) is what a T-dependent init needs (IndRNN's). ``recurrent_param="svd_margin"``: the
+    cell's ``margin_module`` with singular values in [1 - margin, 1 + margin]."""
     spec = get_cell_spec(name)
     if hidden_size <= 0:
         raise ConfigError(f"model.hidden_size must be a positive integer, got {hidden_size}")
+    if recurrent_param == "svd_margin":
+        return _margin_cell(spec, name, hidden_size, recurrent_init, init_scale, margin,
+                            input_init=get_input_init(input_init, input_scale),
+                            bias_init=nn.initializers.constant(bias_init))
+    if recurrent_param != "free":
+        raise unknown_name("model.recurrent_param", recurrent_param, ["free", "svd_margin"])
     rec = get_recurrent_init(
         recurrent_init or spec.default_recurrent_init,
         spec.default_init_scale if init_scale is None else init_scale,
@@ -112,8 +172,10 @@ def make_cell(
 def recurrent_matrices(cell_name: str, cell_params, config=None) -> dict[str, Array]:
     """The cell's recurrent (H, H) matrices by name: {"W_s"} or one per gate (math orientation).
     ``config``: the run's ModelConfig, for the cells whose W_s depends on a setting
-    (AntisymmetricRNN's gamma); None: the defaults."""
+    (AntisymmetricRNN's gamma, svd_margin's margin); None: the defaults."""
     spec = get_cell_spec(cell_name)
+    if MARGIN_P in cell_params and spec.margin_module is not None:  # svd_margin: U diag(s) V^T
+        return {"W_s": margin_matrix(cell_params, (config or ModelConfig()).margin)}
     if spec.matrices is not None:  # W_s derived from the params (constrained cells)
         return spec.matrices(cell_params, **{**spec.kwargs, **cell_options(cell_name, config)})
     w_s = cell_params["W_s"]
@@ -126,5 +188,6 @@ __all__ = [
     "ElmanCell", "LSTMCell", "GRUCell", "IndRNNCell", "AntisymmetricCell", "ExpRNNCell",
     "RECURRENT_INITS", "INPUT_INITS", "get_recurrent_init", "get_input_init", "get_cell_spec",
     "program_name", "make_cell", "cell_options", "recurrent_matrices", "indrnn_bound", "INDRNN_DIAG",
-    "EXPRNN_SKEW",
+    "EXPRNN_SKEW", "MarginElmanCell", "margin_matrix", "MARGIN_U", "MARGIN_V", "MARGIN_P",
+    "square_ws_cells", "require_square_ws",
 ]

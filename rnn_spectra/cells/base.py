@@ -66,3 +66,7 @@ class CellSpec:
     program: str | None = None  # another cell that is the same compiled program (irnn: relu_rnn)
     options: tuple[str, ...] = ()
     skew_params: tuple[str, ...] = ()  # (H, H) params of which only the antisymmetric part is used
+    # The cell with W_s = U diag(1 + margin tanh p) V^T instead of a free W_s (model.recurrent_param
+    # = svd_margin); set for the cells whose W_s is one square param the step uses as it is, which
+    # is also what control.max_singular_value projects.
+    margin_module: type[nn.Module] | None = None

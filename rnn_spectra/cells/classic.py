@@ -12,7 +12,11 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from rnn_spectra.cells.base import PREACTIVATION, Array, Initializer, ZeroCarry
+from rnn_spectra.cells.constrained import exp_orthogonal
 from rnn_spectra.cells.inits import orthogonal_init, stacked
+
+# MarginElmanCell's params: W_s = exp(skew(A_U)) diag(1 + margin tanh(p)) exp(skew(A_V))^T.
+MARGIN_U, MARGIN_V, MARGIN_P = "A_U", "A_V", "p"
 
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
@@ -37,6 +41,57 @@ class ElmanCell(ZeroCarry, nn.Module):
         z = checkpoint_name(carry @ w_s.T + x @ w_x + b, PREACTIVATION)
         new_h = ACTIVATIONS[self.activation](z)
         return new_h, new_h
+
+
+class MarginElmanCell(ElmanCell):
+    """ElmanCell with ``W_s = U diag(1 + margin tanh p) V^T`` (Vorontsov et al. 2017, "On orthogonality
+    and learning RNNs with long term dependencies"), U = exp(skew(A_U)), V = exp(skew(A_V)): every
+    singular value of W_s lies in [1 - margin, 1 + margin] whatever the params, margin 0 is an
+    orthogonal W_s. Params: W_x (D, H), A_U (H, H) (``recurrent_init``), A_V (H, H) (zeros: V = I),
+    p (H,) (``sv_init``), b (H,). ``model.recurrent_param = svd_margin``."""
+
+    margin: float = 0.1
+    sv_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, carry: Array, x: Array) -> tuple[Array, Array]:
+        h = self.hidden_size
+        params = {
+            "W_x": self.param("W_x", self.input_init, (x.shape[-1], h)),
+            MARGIN_U: self.param(MARGIN_U, self.recurrent_init, (h, h)),
+            MARGIN_V: self.param(MARGIN_V, nn.initializers.zeros, (h, h)),
+            MARGIN_P: self.param(MARGIN_P, self.sv_init, (h,)),
+            "b": self.param("b", self.bias_init, (h,)),
+        }
+        return self.prepared_step(self.prepare_params(params), carry, x)
+
+    # As ExpRNNCell: the model computes W_s once per sequence (two expm), not once per step.
+    @nn.nowrap
+    def prepare_params(self, params) -> dict[str, Array]:
+        """Stored params -> the step's ``W_x``, ``W_s`` (H, H), ``b``."""
+        return {"W_x": params["W_x"], "W_s": margin_matrix(params, self.margin), "b": params["b"]}
+
+    @nn.nowrap
+    def prepared_step(self, prepared, carry: Array, x: Array) -> tuple[Array, Array]:
+        z = checkpoint_name(carry @ prepared["W_s"].T + x @ prepared["W_x"] + prepared["b"], PREACTIVATION)
+        new_h = ACTIVATIONS[self.activation](z)
+        return new_h, new_h
+
+
+def margin_matrix(params, margin: float) -> Array:
+    """``U diag(1 + margin tanh p) V^T`` from MarginElmanCell's params; stacked params (sweeps)
+    give one matrix per member."""
+
+    def one(a_u, a_v, p):
+        return (exp_orthogonal(a_u) * (1.0 + margin * jnp.tanh(p))) @ exp_orthogonal(a_v).T
+
+    fn = one
+    for _ in range(params[MARGIN_P].ndim - 1):
+        fn = jax.vmap(fn)
+    # Full float32 matmuls (in expm too): TF32 on a GPU would move the singular values by ~1e-3,
+    # out of the band the parametrisation promises. Once per sequence, so it costs nothing.
+    with jax.default_matmul_precision("highest"):
+        return fn(params[MARGIN_U], params[MARGIN_V], params[MARGIN_P])
 
 
 class LSTMCell(nn.Module):

@@ -26,9 +26,9 @@ def claim(cid: str, text: str, quantity: str, a: str, b: str, ci: Interval) -> d
             "difference": ci.as_dict(), "sign": sign}
 
 
-def write_claims(workdir: str, claims: list[dict]) -> str:
+def write_claims(workdir: str, claims: list[dict], about: dict | None = None) -> str:
     path = wd.path(workdir, CLAIMS)
-    wd.write_json(path, {"claims": claims})
+    wd.write_json(path, {**(about or {}), "claims": claims})
     return path
 
 

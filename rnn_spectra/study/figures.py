@@ -1,7 +1,9 @@
 """The study report's figures: one question per figure, per task and T, readable without the text.
 
-Every line is one table row (variant x clipping at its best setting), averaged over its seeds;
-colour names the variant, solid lines are clipped runs and dashed lines unclipped ones. A value
+Every line is one table row (variant x clipping at its chosen setting), averaged over its seeds,
+with the band from the lowest to the highest seed where the figure shows a loss; colour names
+the variant, solid lines are clipped runs and dashed lines unclipped ones. Rows with seeds still
+learning when training stopped at the step cap say so in their label. A value
 of -inf (an exactly zero Jacobian product, or lambda_1 = -inf) cannot be drawn on the axis: it is
 marked by a downward triangle on the bottom edge at its x, in the line's colour, never dropped.
 """
@@ -33,6 +35,19 @@ def _style(variant: str, colours: dict) -> dict:
     if base not in colours:
         colours[base] = plt.cm.tab10(len(colours) % 10)
     return {"color": colours[base], "linestyle": "--" if clip == "none" else "-", "linewidth": 1.4}
+
+
+def _label(r: dict, text: str) -> str:
+    k = r.get("seeds_still_learning")
+    return f"{text} [still learning at cap: {k}/{r['seeds']}]" if k else text
+
+
+def _band(series: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lowest and highest seed at every step that at least two seeds reached."""
+    steps = [s for s in sorted({s for d in series for s in d})
+             if sum(s in d and d[s] is not None and math.isfinite(d[s]) for d in series) >= 2]
+    vals = [[d[s] for d in series if s in d and d[s] is not None and math.isfinite(d[s])] for s in steps]
+    return np.asarray(steps), np.asarray([min(v) for v in vals]), np.asarray([max(v) for v in vals])
 
 
 def _mean_curve(series: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +122,7 @@ def make_figures(workdir: str, results: dict) -> list[str]:
     written = []
     for table, rows in by_table.items():
         data = {r["variant"]: _load(workdir, r["member_dirs"]) for r in rows}
-        for fn in (_loss_figure, _sigma_figure, _jacobian_figure, _flow_figure):
+        for fn in (_test_loss_figure, _loss_figure, _sigma_figure, _jacobian_figure, _flow_figure):
             path = fn(table, rows, data, out_dir)
             if path:
                 written.append(os.path.relpath(path, workdir))
@@ -127,14 +142,55 @@ def _loss_figure(table, rows, data, out_dir):
                   for seed in data[r["variant"]]]
         x, y = _mean_curve(series)
         if len(x):
-            ax.plot(x, y, label=f"{r['variant']} ({r['setting']})", **_style(r["variant"], colours))
+            style = _style(r["variant"], colours)
+            ax.plot(x, y, label=_label(r, f"{r['variant']} ({r['setting']})"), **style)
+            bx, lo, hi = _band(series)
+            if len(bx):
+                ax.fill_between(bx, lo, hi, color=style["color"], alpha=0.12, linewidth=0)
     ax.axhline(rows[0]["baseline"], color="black", linestyle=":", linewidth=1.2,
                label=f"trivial baseline {rows[0]['baseline']:.4g}")
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("validation loss (log scale)")
-    return _finish(fig, ax, f"{table}: which variants learn? (validation loss, mean over seeds)",
+    return _finish(fig, ax, f"{table}: which variants learn? (validation loss: mean over the "
+                            "reported seeds, band lowest to highest)",
                    os.path.join(out_dir, f"{table}_loss.png"))
+
+
+def _test_loss_figure(table, rows, data, out_dir):
+    """Every reported seed's test loss as a point, the mean with its 95% CI as a bar; hollow
+    points for a row with seeds still learning at the step cap."""
+    rows = [r for r in rows if r.get("test_losses")]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 0.9 + 0.38 * len(rows) + 1.2))
+    colours = {}
+    for i, r in enumerate(reversed(rows)):
+        style = _style(r["variant"], colours)
+        vals = [v for v in r["test_losses"].values() if v is not None and math.isfinite(v)]
+        jitter = np.linspace(-0.15, 0.15, len(vals)) if len(vals) > 1 else np.zeros(len(vals))
+        ax.plot(vals, i + jitter, linestyle="none", marker="o", markersize=5,
+                markerfacecolor="none" if r.get("seeds_still_learning") else style["color"],
+                markeredgecolor=style["color"])
+        ci = r.get("test_loss_ci") or {}
+        if ci.get("n", 0) > 1:
+            ax.errorbar([ci["estimate"]], [i], xerr=[[ci["estimate"] - ci["lo"]], [ci["hi"] - ci["estimate"]]],
+                        color="black", marker="|", markersize=14, capsize=3, linewidth=1.2)
+    ax.axvline(rows[0]["baseline"], color="black", linestyle=":", linewidth=1.2)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([_label(r, r["variant"].removesuffix("/clip=none")) for r in reversed(rows)],
+                       fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("test loss per seed (log scale)\nbar: mean, 95% bootstrap CI; dotted: baseline; "
+                  "hollow: still learning at the step cap", fontsize=8)
+    ax.grid(alpha=0.3, axis="x")
+    ax.set_title(f"{table}: test loss of every reported seed", fontsize=10)
+    fig.subplots_adjust(left=0.45, right=0.97, top=1 - 0.5 / fig.get_figheight(),
+                        bottom=0.95 / fig.get_figheight())
+    path = os.path.join(out_dir, f"{table}_test_loss.png")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def _sigma_figure(table, rows, data, out_dir):

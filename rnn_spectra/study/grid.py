@@ -1,15 +1,25 @@
-"""What a preset expands to: one ``Member`` per (table, variant, clipping, learning rate, clip
-threshold, seed), and the config each member trains with. Plain functions of the preset, shared
-by the study's run (what to train) and its member checks (what each member must be).
+"""What a preset expands to: one ``Member`` per (phase, table, variant, clipping, learning rate,
+clip threshold, seed), and the config each member trains with. Plain functions of the preset,
+shared by the study's run (what to train) and its member checks (what each member must be).
+
+The pilot expands the whole grid on the pilot seeds; ``beyond_edge`` adds one learning rate past
+the grid where a row's best one sits on its edge; ``confirmation`` trains a chosen setting on the
+confirmation seeds. ``seed_offset`` shifts every seed (a replication on disjoint seeds).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import os
 
 from rnn_spectra import config as config_lib
+from rnn_spectra.errors import ConfigError
 from rnn_spectra.study.presets import Preset, TaskEntry, Variant
+
+PHASES = ("pilot", "extend", "confirm")  # the first two choose, the last is reported
+MATCH_TOLERANCE = 0.05  # matched parameter counts: within 5%
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +30,7 @@ class Member:
     clip_value: float
     learning_rate: float
     seed: int
+    phase: str = "pilot"
 
     @property
     def task(self) -> str:
@@ -41,28 +52,109 @@ class Member:
 
     @property
     def relpath(self) -> str:
-        return os.path.join("runs", self.table, self.row.replace("/", "__"), f"{self.setting}_s{self.seed}")
+        return os.path.join("runs", self.phase, self.table, self.row.replace("/", "__"),
+                            f"{self.setting}_s{self.seed}")
 
 
-def expand(preset: Preset) -> list[Member]:
-    members = []
-    for task in preset.tasks:
-        for v in preset.variants:
-            if v.tasks is not None and task.name not in v.tasks:
-                continue
-            for clip in v.clips or preset.clips:
-                for lr in v.learning_rates or preset.learning_rates:
-                    for cv in ((v.clip_values or preset.clip_values) if clip != "none" else (0.0,)):
-                        for seed in preset.seeds:
-                            members.append(Member(task, v, clip, cv, lr, seed))
-    return members
+def _settings(preset: Preset, v: Variant):
+    for clip in v.clips or preset.clips:
+        for lr in v.learning_rates or preset.learning_rates:
+            for cv in ((v.clip_values or preset.clip_values) if clip != "none" else (0.0,)):
+                yield clip, cv, lr
+
+
+def expand(preset: Preset, seed_offset: int = 0) -> list[Member]:
+    """The pilot: every setting of every row on the pilot seeds."""
+    return [Member(task, v, clip, cv, lr, seed + seed_offset)
+            for task in preset.tasks for v in preset.variants if v.on(task)
+            for clip, cv, lr in _settings(preset, v) for seed in preset.pilot_seeds]
+
+
+def lr_grid(preset: Preset, v: Variant) -> tuple[float, ...]:
+    return tuple(sorted(v.learning_rates or preset.learning_rates))
+
+
+def beyond_edge(preset: Preset, m: Member) -> float | None:
+    """The learning rate one grid step past the edge ``m``'s sits on (None inside the grid, or
+    for a grid of one point): the grid extends once in the direction of its best point."""
+    grid = lr_grid(preset, m.variant)
+    if len(grid) < 2 or m.learning_rate not in (grid[0], grid[-1]):
+        return None
+    ratio = grid[1] / grid[0] if m.learning_rate == grid[0] else grid[-1] / grid[-2]
+    lr = m.learning_rate / ratio if m.learning_rate == grid[0] else m.learning_rate * ratio
+    return float(f"{lr:.3g}")
+
+
+def extension(preset: Preset, best: Member, seed_offset: int = 0) -> list[Member]:
+    lr = beyond_edge(preset, best)
+    if lr is None:
+        return []
+    return [dataclasses.replace(best, learning_rate=lr, seed=s + seed_offset, phase="extend")
+            for s in preset.pilot_seeds]
+
+
+def confirmation(preset: Preset, chosen: Member, seed_offset: int = 0) -> list[Member]:
+    return [dataclasses.replace(chosen, seed=s + seed_offset, phase="confirm")
+            for s in preset.confirm_seeds]
+
+
+def find(preset: Preset, table: str, variant: str) -> tuple[TaskEntry, Variant]:
+    entry = next(t for t in preset.tasks if t.table == table)
+    return entry, next(v for v in preset.variants if v.name == variant)
 
 
 def member_config(preset: Preset, m: Member):
-    """Defaults, then the preset's base, the table's and the variant's settings, then the axes."""
+    """Defaults, then the preset's base, the table's and the variant's settings (and the pilot's
+    own), the matched hidden size, then the axes."""
     c = config_lib.default_config()
     axes = (("seed", m.seed), ("optim.learning_rate", m.learning_rate), ("optim.clip", m.clip),
             ("optim.clip_value", m.clip_value if m.clip != "none" else 1.0))
-    for key, value in preset.base + m.entry.settings + m.variant.config + axes:
+    own = preset.pilot_config if m.phase != "confirm" else ()
+    for key, value in preset.base + m.entry.settings + m.variant.config + own:
+        config_lib.apply_overrides(c, {key: value})
+    if m.variant.match_params_of:  # before the axes, so the search runs once per variant
+        h = matched_hidden_size(c, m.variant.match_params_of)
+        config_lib.apply_overrides(c, {"model.hidden_size": h})
+    for key, value in axes:
         config_lib.apply_overrides(c, {key: value})
     return c
+
+
+def matched_hidden_size(c, reference_cell: str) -> int:
+    """The hidden size whose free parameter count (``model.count_params``) is closest to
+    ``reference_cell``'s at ``c.model.hidden_size``; a ConfigError if none is within 5%."""
+    return _matched(config_lib.config_to_json(c), reference_cell)
+
+
+@functools.lru_cache(maxsize=64)
+def _matched(config_json: str, reference_cell: str) -> int:
+    c = config_lib.config_from_dict(json.loads(config_json))
+    target = _count(c, reference_cell=reference_cell)
+    lo, hi = 1, 8 * c.model.hidden_size  # the count grows with H: bisect for the crossing
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if _count(c, hidden_size=mid) < target else (lo, mid)
+    best = min((lo, hi), key=lambda h: abs(_count(c, hidden_size=h) - target))
+    got = _count(c, hidden_size=best)
+    if abs(got - target) > MATCH_TOLERANCE * target:
+        raise ConfigError(f"no hidden size gives {c.model.cell} the {target} free parameters of "
+                          f"{reference_cell} at H={c.model.hidden_size} within 5%; the closest, "
+                          f"H={best}, has {got}")
+    return best
+
+
+def _count(c, *, reference_cell: str | None = None, hidden_size: int | None = None) -> int:
+    """Free parameters of ``c``'s model, from shapes only (nothing is computed)."""
+    import jax
+
+    from rnn_spectra.model import count_params
+    from rnn_spectra.train import build
+
+    d = c.to_dict()
+    if hidden_size:
+        d["model"]["hidden_size"] = hidden_size
+    else:
+        d["model"].update(cell=reference_cell, recurrent_init="orthogonal", init_scale=1.0)
+    c = config_lib.config_from_dict(d)
+    exp = build(config_lib.resolve(c))
+    return count_params(jax.eval_shape(exp.model.init, jax.random.PRNGKey(0)), c.model.cell)

@@ -27,10 +27,14 @@ FINISHED = ("completed", "diverged")
 
 def comparable(config) -> dict:
     """A member's config (ConfigDict or dict) on today's defaults, flattened, without
-    ``HOW_IT_RUNS``: a key added to the code later, at its default, changes nothing."""
+    ``HOW_IT_RUNS`` and without the keys added later (``config.OFF_BY_DEFAULT``) while they hold
+    the value that switches their feature off: a member recorded before they existed keeps its
+    hash."""
     d = config.to_dict() if hasattr(config, "to_dict") else config
     flat = config_lib.flatten_dict(config_lib.config_from_dict(d).to_dict())
-    return {k: v for k, v in flat.items() if not k.startswith(HOW_IT_RUNS)}
+    off = config_lib.OFF_BY_DEFAULT
+    return {k: v for k, v in flat.items() if not k.startswith(HOW_IT_RUNS)
+            and not (k in off and v == off[k])}
 
 
 def config_hash(config) -> str:
@@ -84,7 +88,9 @@ def problem(study_dir: str, rec: dict, preset: str | None = None) -> Problem | N
     if status == "completed" and summary.get("steps_completed") != rec["steps"]:
         return Problem("incomplete", f"has {summary.get('steps_completed')} steps, the study "
                                      f"trains {rec['steps']}")
-    wanted = [wd.METRICS] + ([wd.SPECTRA] if (found.get("spectral") or {}).get("every") else [])
+    # A member that diverged before its first logged step has no rows: that is its record.
+    wanted = [] if status == "diverged" else [wd.METRICS] + (
+        [wd.SPECTRA] if (found.get("spectral") or {}).get("every") else [])
     missing = [name for name in wanted if not os.path.exists(wd.path(d, name))]
     if missing:
         return Problem("incomplete", f"is incomplete (no {missing[0]})")

@@ -1,6 +1,11 @@
 """The study's grids: a base config plus the axes that vary (variants, tasks, learning rates,
 clipping, seeds). Every setting is a config key (``rnn_spectra.config``): nothing here re-spells
 one. Plain data, no JAX: the CLI reads the preset names from here without starting JAX.
+
+A study runs in two phases (``run.py``): the *pilot* trains every setting of the grid on
+``pilot_seeds`` and chooses each row's setting by validation loss (extending the learning-rate
+grid once where the best point is at its edge); the *confirmation* trains the chosen setting on
+fresh ``confirm_seeds``, whose test losses are the numbers the report quotes.
 """
 
 from __future__ import annotations
@@ -22,11 +27,21 @@ class Variant:
     learning_rates: tuple[float, ...] | None = None  # None: the preset's grid
     clips: tuple[str, ...] | None = None  # None: the preset's clipping modes
     clip_values: tuple[float, ...] | None = None  # None: the preset's clip thresholds
-    tasks: tuple[str, ...] | None = None  # None: every task of the preset; else only these
+    tasks: tuple[str, ...] | None = None  # None: every table; else only these tasks or tables
+    # A cell name: this row's hidden size is chosen so its free parameters match that cell's at
+    # the preset's hidden size (within 5%, grid.matched_hidden_size); None: the preset's size.
+    match_params_of: str | None = None
 
     @property
     def cell(self) -> str:
         return dict(self.config)["model.cell"]
+
+    @property
+    def optimizer(self) -> str | None:
+        return dict(self.config).get("optim.name")
+
+    def on(self, entry: "TaskEntry") -> bool:
+        return self.tasks is None or entry.name in self.tasks or entry.table in self.tasks
 
 
 def variant(cell: str, init: str, scale: float, *, label: str = "", config: Settings = (),
@@ -113,32 +128,112 @@ class Preset:
     clips: tuple[str, ...]  # axis: optim.clip, crossed with every variant
     learning_rates: tuple[float, ...]  # axis: optim.learning_rate
     clip_values: tuple[float, ...]  # axis: optim.clip_value where clipping is on
-    seeds: tuple[int, ...]  # axis: seed
+    pilot_seeds: tuple[int, ...]  # every setting of the grid: these choose each row's setting
+    confirm_seeds: tuple[int, ...]  # the chosen setting only: these are reported
     test_chunks: int = 4  # test set: test_chunks x eval_batches x eval_batch_size samples
     target_fraction: float = 0.5  # time-to-target: first eval below this x baseline
+    extend_grid: bool = True  # best learning rate at the grid's edge: one more point beyond it
+    pilot_config: Settings = ()  # only the pilot's members (e.g. no spectra: they choose, not explain)
 
+
+def log_grid(lo: float, hi: float, points: int) -> tuple[float, ...]:
+    """``points`` learning rates evenly spaced in log10 from ``lo`` to ``hi``, 3 significant
+    digits (so the settings' names stay short and equal on every machine)."""
+    step = (math.log10(hi) - math.log10(lo)) / (points - 1)
+    return tuple(float(f"{10 ** (math.log10(lo) + i * step):.3g}") for i in range(points))
+
+
+# 5 points over 2 decades; centred where the pilot of an earlier version chose (the gated cells at
+# its top, 0.0316 after extending 1e-4..1e-2; the ReLU inits across it)
+ADAM_LRS = log_grid(10 ** -3.5, 10 ** -1.5, 5)
+SGD_LRS = log_grid(1e-3, 1e-1, 5)
+# The exploding claim is about SGD (Adam's step is bounded by its learning rate): a tanh and the
+# ReLU variants again with plain SGD (np-RNN and tanh/normal left out for time), as Pascanu et al. and Le et al. trained them, without and
+# with norm clipping (threshold chosen in the pilot), logged every 10 steps so that the
+# instability events (criteria.py) are counted on 1 step in 10 rather than 1 in 50.
+SGD_ARM = tuple(dataclasses.replace(
+    v, name=f"{v.name}/sgd", config=v.config + (("optim.name", "sgd"), ("train.log_every", 10)),
+    learning_rates=SGD_LRS, clips=("none", "global_norm"), clip_values=(1.0, 10.0),
+    tasks=("adding_T100",)) for v in BASE_VARIANTS
+    if v.name in ("tanh_rnn/orthogonal", "relu_rnn/normal", "relu_rnn/orthogonal", "irnn/identity"))
+# Fair size: the plain RNNs again with the LSTM's free-parameter count (H = 65 instead of 32).
+MATCHED_PARAMS = tuple(dataclasses.replace(v, name=f"{v.name}/params=lstm", match_params_of="lstm",
+                                           tasks=("adding_T100",))
+                       for v in BASE_VARIANTS if v.name in ("tanh_rnn/orthogonal",
+                                                            "relu_rnn/orthogonal", "irnn/identity"))
+ADDING = (TaskEntry("adding", 50), TaskEntry("adding", 100), TaskEntry("adding", 200))
+CPU_BASE = base(hidden_size=32, steps=600, batch_size=32, eval_every=50, eval_batches=2,
+                eval_batch_size=128, log_every=50, spectral_every=300)
+NO_PILOT_SPECTRA = (("spectral.every", 0),)  # the pilot chooses; the confirmation is measured
+
+# Steering the spectrum (control.py): a tanh and two ReLU RNNs, plain and with each intervention.
+# The regulariser pulls the top Lyapunov exponent to 0 (weight 1, k = 1, a 50-step window); the
+# margin keeps every singular value of W_s within 1 +- 0.1; the projection caps them at 1.
+INTERVENTIONS = (
+    ("", ()),
+    ("lyapunov", (("control.lyapunov.weight", 1.0), ("control.lyapunov.target", 0.0))),
+    ("margin", (("model.recurrent_param", "svd_margin"), ("model.margin", 0.1))),
+    ("projection", (("control.max_singular_value", 1.0),)),
+)
+CONTROLLED = tuple(
+    dataclasses.replace(v, name=f"{v.name}/{tag}" if tag else v.name, config=v.config + settings)
+    for v in BASE_VARIANTS if v.name in ("tanh_rnn/orthogonal", "relu_rnn/orthogonal", "irnn/identity")
+    for tag, settings in INTERVENTIONS)
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
-        name="smoke", description="about a minute (4 programs to compile); for tests and notebooks",
+        name="smoke", description="about two minutes (both phases); for tests and notebooks",
         base=base(hidden_size=8, steps=20, batch_size=8, eval_every=10, eval_batches=1,
                   eval_batch_size=32, log_every=5, spectral_every=10),
         tasks=(TaskEntry("adding", 8),), variants=BASE_VARIANTS,
-        clips=("none", "global_norm"), learning_rates=(1e-2,), clip_values=(1.0,), seeds=(0, 1),
-        test_chunks=2,
+        clips=("none", "global_norm"), learning_rates=(1e-2,), clip_values=(1.0,),
+        pilot_seeds=(0, 1), confirm_seeds=(2, 3), test_chunks=2, extend_grid=False,
     ),
     "cpu": Preset(
-        name="cpu", description="the whole grid on a 2-core CPU in 10-15 minutes",
-        base=base(hidden_size=32, steps=500, batch_size=32, eval_every=50, eval_batches=2,
-                  eval_batch_size=128, log_every=50, spectral_every=250),
-        tasks=(TaskEntry("adding", 50), TaskEntry("adding", 100), TaskEntry("copying", 20),
-               TaskEntry("copying", 50))
-        + tuple(dataclasses.replace(t, config=t.config + (("train.steps", 150),)) for t in DIGITS),
-        # On digits only one reference per family joins the constrained cells, to fit the time.
+        name="cpu", description="adding at T = 50, 100, 200: Adam for every variant, the SGD arm "
+                                "and matched parameter counts at T = 100; about 20 minutes on a "
+                                "2-core CPU",
+        base=CPU_BASE, tasks=ADDING, variants=BASE_VARIANTS + SGD_ARM + MATCHED_PARAMS,
+        clips=("none",), learning_rates=ADAM_LRS, clip_values=(1.0,),
+        pilot_seeds=(0, 1), confirm_seeds=(100, 101, 102, 103, 104),
+        pilot_config=NO_PILOT_SPECTRA,
+    ),
+    "cpu-full": Preset(
+        name="cpu-full", description="the cpu preset plus copying (T = 20, 50) and the 8x8 digits "
+                                     "with the constrained cells; about an hour on a 2-core CPU",
+        base=CPU_BASE,
+        tasks=ADDING + (TaskEntry("copying", 20), TaskEntry("copying", 50))
+        + tuple(dataclasses.replace(t, config=t.config + (("train.steps", 400),)) for t in DIGITS),
         variants=tuple(v if v.name in DIGITS_REFERENCES else dataclasses.replace(v, tasks=("adding", "copying"))
-                       for v in BASE_VARIANTS)
+                       for v in BASE_VARIANTS) + SGD_ARM + MATCHED_PARAMS
         + tuple(dataclasses.replace(v, tasks=("digits",)) for v in CONSTRAINED_VARIANTS),
-        clips=("none", "global_norm"), learning_rates=(1e-3, 1e-2), clip_values=(1.0,), seeds=(0, 1),
+        clips=("none",), learning_rates=ADAM_LRS, clip_values=(1.0,),
+        pilot_seeds=(0, 1), confirm_seeds=(100, 101, 102, 103, 104),
+        pilot_config=NO_PILOT_SPECTRA,
+    ),
+    "control": Preset(
+        name="control", description="nonlinearity or dynamics? tanh vs ReLU (orthogonal, identity), "
+                                    "plain and with each intervention, adding T = 100, 200; about "
+                                    "20 minutes on a 2-core CPU",
+        base=CPU_BASE, tasks=ADDING[1:], variants=CONTROLLED,
+        clips=("none",), learning_rates=ADAM_LRS, clip_values=(1.0,),
+        pilot_seeds=(0, 1), confirm_seeds=(100, 101, 102, 103, 104),
+        pilot_config=NO_PILOT_SPECTRA,
+    ),
+    "gpu": Preset(
+        name="gpu", description="H = 128, adding up to T = 400 and copying up to T = 200, 10,000 "
+                                "steps; for one large GPU (add --config.parallel.mode=sweep to "
+                                "shard the sweeps over several)",
+        base=base(hidden_size=128, steps=10_000, batch_size=50, eval_every=500, eval_batches=4,
+                  eval_batch_size=250, log_every=100, spectral_every=2500),
+        tasks=(TaskEntry("adding", 100), TaskEntry("adding", 200), TaskEntry("adding", 400),
+               TaskEntry("copying", 100), TaskEntry("copying", 200)),
+        variants=BASE_VARIANTS + tuple(dataclasses.replace(
+            v, config=tuple((k, 100 if k == "train.log_every" else x) for k, x in v.config))
+            for v in SGD_ARM) + MATCHED_PARAMS,
+        clips=("none",), learning_rates=ADAM_LRS, clip_values=(1.0,),
+        pilot_seeds=(0, 1), confirm_seeds=(100, 101, 102, 103, 104),
+        pilot_config=NO_PILOT_SPECTRA,
     ),
     "paper": Preset(
         name="paper",
@@ -152,8 +247,8 @@ PRESETS: dict[str, Preset] = {
         variants=BASE_VARIANTS + CONSTRAINED_VARIANTS + (variant(
             "irnn", "identity", 1.0, label="irnn/identity/sgd", config=(("optim.name", "sgd"),),
             learning_rates=(1e-4, 1e-3, 1e-2), clips=("none", "global_norm")),),
-        clips=("none", "value"), learning_rates=(1e-3,), clip_values=(1.0,), seeds=(0, 1, 2),
-        test_chunks=5,
+        clips=("none", "value"), learning_rates=(1e-3,), clip_values=(1.0,),
+        pilot_seeds=(0, 1), confirm_seeds=(100, 101, 102), test_chunks=5, extend_grid=False,
     ),
 }
 

@@ -12,7 +12,11 @@ from collections import defaultdict
 
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
+from rnn_spectra.study.claims import CLAIMS, write_claims
+from rnn_spectra.study.findings import EVENTS, build_claims, sentence
+from rnn_spectra.study.predictors import predictors_figure, render_predictors
 from rnn_spectra.study.results import build_results
+from rnn_spectra.study.stats import UNDECIDED, Interval
 from rnn_spectra.tasks.images import SOLVED_ACCURACY
 
 # ----------------------------------------------------------------------------- findings
@@ -24,68 +28,58 @@ def _fmt(x, digits=3) -> str:
     return f"{x:.{digits}g}"
 
 
-def findings(results: dict) -> list[str]:
-    """Sentences generated from the numbers in the table; no hand-written conclusions."""
+def findings(results: dict, claims: list[dict] | None = None) -> list[str]:
+    """Sentences generated from the rows and their claims (``findings.py``; built from the rows
+    when not given); no hand-written conclusions, no comparison without its CI."""
+    claims = build_claims(results) if claims is None else claims
     out = []
     by_table = defaultdict(list)
     for r in results["rows"]:
         by_table[r["table"]].append(r)
     for table, rows in by_table.items():
         base = rows[0]["baseline"]
-        beat = [r for r in rows if r["beats_baseline"]]
-        solved = [r for r in rows if r["seeds_solved"]]
-        text = (f"**{table}** (baseline {_fmt(base, 4)}): {len(beat)} of {len(rows)} variants beat "
-                f"the baseline on average")
-        if beat:
-            best = min(beat, key=lambda r: r["val_loss_mean"] if r.get("val_loss_mean") is not None
-                       else math.inf)  # chosen on validation, quoted on test
-            text += (f"; the best is {best['variant']} at {best['setting']} with test loss "
-                     f"{_fmt(best['test_loss_mean'])} ({_fmt(best['test_loss_mean'] / base, 2)}× "
-                     "baseline)")
-        text += f". {len(solved)} variants solve the task in at least one seed"
-        text += (": " + ", ".join(f"{r['variant']} ({r['seeds_solved']}/{r['seeds']})" for r in solved)
-                 if solved else "") + "."
-        out.append(text)
-        diverged = [r for r in rows if r["seeds_diverged"]]
-        for r in diverged:
-            out.append(
-                f"{table}: {r['variant']} diverged in {r['seeds_diverged']}/{r['seeds']} seeds even at "
-                f"its best setting ({r['setting']}); σ_max(W_s) at init {_fmt(r['sigma_max_init'])}, "
-                + (f"mean one-step Jacobian norm {_fmt(r['step_norm_init'])}, "
-                   if r.get("step_norm_init") is not None else "")
-                + f"top Lyapunov exponent at init {_lyap(r, 'init')} per step."
-            )
-        stuck = [r for r in rows if not r["beats_baseline"] and not r["seeds_diverged"]]
-        if stuck:
-            lams = [r["lyapunov_top_end"] for r in stuck if r["lyapunov_top_end"] is not None]
-            sigs = [r["sigma_max_end"] for r in stuck if r["sigma_max_end"] is not None]
-            out.append(
-                f"{table}: {len(stuck)} variants stay at or above the baseline without diverging"
-                + (f"; at the end their top Lyapunov exponent lies in [{_fmt(min(lams))}, "
-                   f"{_fmt(max(lams))}] per step and σ_max(W_s) in [{_fmt(min(sigs))}, "
-                   f"{_fmt(max(sigs))}]" if lams and sigs else "") + "."
-            )
-        families = defaultdict(list)
+        mine = [c for c in claims if c["id"].startswith(f"{table}|")]
+        vs_base = {c["a"]: c["sign"] for c in mine if c["b"] == "baseline"}
+        below = [v for v, s in vs_base.items() if s < 0]
+        above = [v for v, s in vs_base.items() if s > 0]
+        learning = [r for r in rows if r.get("seeds_still_learning")]
+        text = (f"**{table}** (baseline {_fmt(base, 4)}): {len(below)} of {len(rows)} rows have a "
+                f"test loss below the baseline (95% CI of the difference below zero), "
+                f"{len(above)} above it, {len(rows) - len(below) - len(above)} not distinguishable "
+                f"from it at this budget")
+        if learning:
+            text += ("; still learning at the step cap (best validation loss of the last 25% of "
+                     "the steps > 1% below the best before): " + ", ".join(
+                         f"{r['variant']} ({r['seeds_still_learning']}/{r['seeds']})" for r in learning)
+                     + ": their numbers are a property of the budget")
+        out.append(text + ".")
         for r in rows:
-            families[_family(r["variant"])].append(r)
-        # Each family's representative is chosen on validation loss, like every other choice;
-        # the test loss is only what is then quoted.
-        best_by_family = {f: min(rs, key=lambda r: r["val_loss_mean"] if r.get("val_loss_mean")
-                                 is not None else math.inf) for f, rs in families.items()}
-        ranking = sorted(best_by_family.items(), key=lambda kv: kv[1]["test_loss_mean"]
-                         if kv[1]["test_loss_mean"] is not None else math.inf)
-        out.append(f"{table}: best of each family, ranked: " + "; ".join(
-            f"{f} {_fmt(r['test_loss_mean'])} ({r['variant']})" for f, r in ranking) + ".")
-    none_div = [r for r in results["rows"] if r["clip"] == "none" and r["seeds_diverged"]]
-    clip_div = [r for r in results["rows"] if r["clip"] != "none" and r["seeds_diverged"]]
-    out.append(f"Across all tables, {len(none_div)} variant rows without clipping and "
-               f"{len(clip_div)} with clipping diverged in at least one seed at their best setting.")
+            if r["seeds_diverged"]:
+                out.append(
+                    f"{table}: {r['variant']} diverged in {r['seeds_diverged']}/{r['seeds']} seeds "
+                    f"even at its chosen setting ({r['setting']}); σ_max(W_s) at init "
+                    f"{_fmt(r['sigma_max_init'])}, "
+                    + (f"mean one-step Jacobian norm {_fmt(r['step_norm_init'])}, "
+                       if r.get("step_norm_init") is not None else "")
+                    + f"top Lyapunov exponent at init {_lyap(r, 'init')} per step.")
+        edge = [r for r in rows if r.get("lr_at_grid_edge")]
+        if edge:
+            out.append(f"{table}: chosen learning rate still on the edge of the (extended) grid: "
+                       + ", ".join(f"{r['variant']} ({r['setting']})" for r in edge)
+                       + "; a better one may lie beyond it.")
+        decided = [c for c in mine if c["sign"] and c["b"] != "baseline"]
+        out += [f"{table}: {sentence(c)}" for c in decided]
+        undecided = [c for c in mine if not c["sign"] and c["b"] != "baseline"]
+        if undecided:
+            out.append(f"{table}: {UNDECIDED}: " + "; ".join(
+                f"{c['a']} vs {c['b']} ({'events' if c['quantity'] == EVENTS else 'loss'}, "
+                f"{Interval(**c['difference']).text()})" for c in undecided) + ".")
     for clip_on in (False, True):
         rs = [r for r in results["rows"] if (r["clip"] != "none") == clip_on
               and r.get("runs_diverged_all_settings")]
         total = sum(r["runs_all_settings"] for r in results["rows"] if (r["clip"] != "none") == clip_on)
         div = sum(r["runs_diverged_all_settings"] for r in rs)
-        text = (f"Over every setting of the grid, {div} of {total} runs "
+        text = (f"Over every setting of the pilot grid, {div} of {total} runs "
                 f"{'with' if clip_on else 'without'} clipping diverged")
         if rs:
             worst = sorted(rs, key=lambda r: -r["runs_diverged_all_settings"])[:4]
@@ -96,25 +90,19 @@ def findings(results: dict) -> list[str]:
     return out
 
 
-def _family(variant: str) -> str:
-    cell = variant.split("/")[0]
-    return {"irnn": "ReLU", "relu_rnn": "ReLU", "tanh_rnn": "tanh", "lstm": "LSTM", "gru": "GRU"}.get(
-        cell, cell)
-
-
 # ----------------------------------------------------------------------------- markdown
 
 COLUMNS = [
     ("variant", "variant", str),
-    ("setting", "best setting", str),
+    ("setting", "chosen setting", None),
     ("params", "params", str),
-    ("test_loss", "test loss (mean ± sd)", None),
+    ("test_loss", "test loss, mean [95% CI]", None),
     ("seeds_solved", "solved", None),
     ("seeds_diverged", "diverged", None),
-    ("steps_to_solve", "steps to solve", _fmt),
-    ("target", "to target (steps / s)", None),
+    ("seeds_still_learning", "still learning", None),
+    ("events", "instability events / run [95% CI]", None),
+    ("target", "to target (steps)", None),
     ("lyap", "λ₁ init → end", None),
-    ("near_zero", "#λ≈0 init → end", None),
     ("seconds_per_1000_steps", "s / 1000 steps / model", lambda x: _fmt(x, 2)),
 ]
 # The spectra table under each task's table: one row per variant, init → end, seed means.
@@ -192,38 +180,64 @@ def spectral_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _ci(r: dict, key: str, fallback: str) -> str:
+    ci = r.get(key)
+    return Interval(**ci).text() if ci else _fmt(r.get(fallback))
+
+
 def _cell(r: dict, key: str, fmt) -> str:
     if key == "test_loss":
-        return f"{_fmt(r['test_loss_mean'], 3)} ± {_fmt(r['test_loss_sd'], 2)}"
-    if key in ("seeds_solved", "seeds_diverged"):
-        return f"{r[key]}/{r['seeds']}"
+        return _ci(r, "test_loss_ci", "test_loss_mean") + ("" if r.get("confirmed", True) else " †")
+    if key in ("seeds_solved", "seeds_diverged", "seeds_still_learning"):
+        return f"{r.get(key, 0)}/{r['seeds']}"
+    if key == "setting":
+        return r["setting"] + (" (edge)" if r.get("lr_at_grid_edge") else "")
+    if key == "events":
+        return _ci(r, "instability_events_ci", "") if r.get("optimizer") == "sgd" else "–"
     if key == "target":
-        return f"{_fmt(r['steps_to_target'])} / {_fmt(r['seconds_to_target'], 2)}"
+        return _fmt(r["steps_to_target"])
     if key in ("lyap", "near_zero"):
         return _spectral_cell(r, key)
     return fmt(r[key])
 
 
-def render_markdown(results: dict, figures: list[str]) -> str:
+def render_markdown(results: dict, figures: list[str], claims: list[dict] | None = None) -> str:
+    claims = build_claims(results) if claims is None else claims
     lines = [f"# Study report: preset `{results['preset']}`", ""]
     lines += [f"Machine: {results['machine']}; jax {results['jax']}; started {results['started']}, "
               f"finished {results['finished']}; {results['members']} trained members; study wall "
               f"time {_fmt(results['wall_time_s'], 4)} s.", ""]
-    lines += ["Each row is a variant at its own best setting (learning rate, clip threshold), chosen "
-              "by mean validation loss over seeds (fewer diverged seeds first); losses are on a "
-              "separate test set, mean ± sample sd (ddof=1) over seeds. *Solved*: adding — no test "
-              "sample with squared error > 0.04 on the sum of the two marked values (stricter than "
-              "Pascanu et al. 2013, whose 0.04 is on their mean, i.e. 0.16 on the sum, checked on "
-              "10,000 samples; ours on the study's test set); copying — "
-              "test loss < 10% of the baseline; classification (digits, pixel MNIST) — test accuracy "
-              f"≥ {100 * SOLVED_ACCURACY:g}%. *To target*: first evaluation below "
-              f"{results['rows'][0]['target_fraction']:g}× the baseline (median over seeds that "
-              "reach it; seconds are the wall time of the vmapped program that trained the whole "
-              "group). *s / 1000 steps / model*: the group's wall time (compiles included) divided "
-              "by its members and steps. λ₁ (top Lyapunov exponent, natural log per step) and #λ≈0 (exponents within "
-              "±0.01 of zero) are averaged over seeds, measured on a fixed probe batch; the table "
-              "under each task's defines them and adds the other spectral quantities.", ""]
-    lines += ["## Findings", ""] + [f"- {s}" for s in findings(results)] + [""]
+    rows = results["rows"]
+    steps = sorted({r.get("steps") for r in rows if r.get("steps")})
+    lines += [
+        "**Design.** Each row is a variant at its own setting (learning rate; clip threshold where "
+        "clipping is on), chosen on the *pilot* seeds by mean validation loss (fewer diverged seeds "
+        "first) over a log grid that is extended once where its best point lay on the edge "
+        "(*(edge)*: still on it after that). The numbers are those of fresh *confirmation* seeds "
+        "at the chosen setting, on a separate test set: no number in a table is one that chose "
+        "it" + (" († marks a row without confirmation seeds: chosen and quoted on the same seeds)"
+                if any(not r.get("confirmed", True) for r in rows) else "") + ". Means carry a 95% "
+        "percentile-bootstrap CI over the confirmation seeds; every comparison in *Findings* is "
+        "the bootstrap CI of a difference (paired by seed where both rows ran the same seeds) and "
+        "is stated only when it excludes zero, else it reads *not distinguishable at this "
+        "budget*; the comparisons are in `claims.json`, which `rnn-spectra report --check-claims` "
+        "checks against another run." + (f" Training stops at a step cap ({', '.join(map(str, steps))} "
+                                         "steps)." if steps else ""), "",
+        "*Still learning*: seeds whose best validation loss over the last 25% of the steps was "
+        "more than 1% below the best before (a row with such seeds is a property of its budget, "
+        "never a failure). *Instability events* (SGD rows): logged training steps whose loss "
+        "exceeded 10× the running median of the losses logged before, or whose pre-clip gradient "
+        "norm exceeded 100× its running median, plus 1 for a divergence. *Solved*: adding — no "
+        "test sample with squared error > 0.16 on the sum of the two marked values (Pascanu et al. "
+        "2013's 0.04 on their mean; they check 10,000 samples, we check the test set); copying — "
+        "test loss < 10% of the baseline; classification — test accuracy "
+        f"≥ {100 * SOLVED_ACCURACY:g}%. *To target*: first evaluation below "
+        f"{rows[0]['target_fraction']:g}× the baseline (median over seeds that reach it). "
+        "*s / 1000 steps / model*: the vmapped group's wall time (compiles included) divided by its "
+        "members and steps. *params*: free parameters. λ₁ (top Lyapunov exponent, nats per step) "
+        "is averaged over seeds on a fixed probe batch; the table under each task's defines it and "
+        "adds the other spectral quantities.", ""]
+    lines += ["## Findings", ""] + [f"- {s}" for s in findings(results, claims)] + [""]
     by_table = defaultdict(list)
     for r in results["rows"]:
         by_table[r["table"]].append(r)
@@ -233,6 +247,8 @@ def render_markdown(results: dict, figures: list[str]) -> str:
         lines += ["| " + " | ".join(_cell(r, k, f) for k, _, f in COLUMNS) + " |" for r in rows]
         lines += spectral_table(rows)
     lines += accuracy_table(results)
+    if results.get("predictors"):
+        lines += [""] + render_predictors(results["predictors"])
     if figures:
         lines += ["", "## Figures", ""]
         for f in figures:
@@ -268,12 +284,17 @@ def write_report(workdir: str) -> str:
     from rnn_spectra.study.figures import make_figures
 
     results = build_results(workdir)
+    claims = build_claims(results)
     wd.write_json(wd.path(workdir, "results.json"), results)
+    write_claims(workdir, claims, {k: results.get(k) for k in ("preset", "machine", "finished")})
     figures = make_figures(workdir, results)
+    if results.get("predictors"):
+        figures.append(os.path.relpath(predictors_figure(
+            results["predictors"], os.path.join(workdir, "figures", "predictors.png")), workdir))
     path = wd.path(workdir, "report.md")
     try:
         with open(path, "w") as f:
-            f.write(render_markdown(results, figures))
+            f.write(render_markdown(results, figures, claims))
     except OSError as e:
         raise wd.io_error(path, "write", e, "check the study folder's permissions") from None
     return path
@@ -294,8 +315,9 @@ def check_publish_dir(out_dir: str) -> None:
 
 
 def publish(workdir: str, out_dir: str, command: str) -> str:
-    """Copy a study's report and figures to ``out_dir/results.md`` + ``out_dir/figures/`` (the
-    docs), headed by the command that produced it; figure links stay relative."""
+    """Copy a study's report, figures and claims to ``out_dir/results.md``, ``out_dir/figures/``
+    and ``out_dir/claims.json`` (the docs), headed by the command that produced it; figure links
+    stay relative."""
     import shutil
 
     check_publish_dir(out_dir)
@@ -311,6 +333,8 @@ def publish(workdir: str, out_dir: str, command: str) -> str:
         os.makedirs(fig_out, exist_ok=True)
         for name in os.listdir(wd.path(workdir, "figures")):
             shutil.copyfile(os.path.join(workdir, "figures", name), os.path.join(fig_out, name))
+        if os.path.exists(wd.path(workdir, CLAIMS)):  # what `report --check-claims docs` reads
+            shutil.copyfile(wd.path(workdir, CLAIMS), os.path.join(out_dir, CLAIMS))
         with open(report) as src, open(path, "w") as f:
             f.write(header + src.read())
     except OSError as e:

@@ -1,8 +1,9 @@
 """The study's results from its workdir alone: each row a variant at its own best setting.
 
 Each table row is a variant (cell / init / clipping) at its *own* best setting (learning rate,
-clip threshold), chosen by mean validation loss over seeds; the numbers quoted are on a separate
-test set. Members are opened with ``runs.load_run``, like any run.
+clip threshold), chosen by mean validation loss over the pilot seeds; the numbers quoted are the
+confirmation seeds' losses on a separate test set, with 95% bootstrap CIs. No number in a row is
+one that chose it. Members are opened with ``runs.load_run``, like any run.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from rnn_spectra.errors import WorkdirError
 from rnn_spectra.runs import load_run
 from rnn_spectra.study import members as member_lib
 from rnn_spectra.spectral.rows import init_end_summary, lyapunov_top, sigma_max
-from rnn_spectra.study.stats import sample_sd
+from rnn_spectra.study.criteria import instability_events, still_learning
+from rnn_spectra.study.predictors import predictor_table
+from rnn_spectra.study.stats import mean_ci, sample_sd
 from rnn_spectra.tasks import solved_rule
 
 # ----------------------------------------------------------------------------- loading
@@ -51,8 +54,12 @@ def load_members(workdir: str) -> tuple[dict, list[dict]]:
         elif not _finished(d):  # a study.json from before the config hashes: nothing to check
             continue  # not trained yet (an interrupted study reports what it has)
         run = load_run(d)
+        cfg = run.config
+        lyap = cfg.control.lyapunov if "control" in cfg else None
         members.append({**rec, "dir": d, "summary": run.summary, "metrics": run.metrics,
-                        "spectra": run.spectra})
+                        "spectra": run.spectra, "optimizer": cfg.optim.name,
+                        "hidden_size": cfg.model.hidden_size,
+                        "lyapunov_target": lyap.target if lyap is not None and lyap.weight > 0 else None})
     if bad:
         (rel, p), more = bad[0], len(bad) - 1
         raise WorkdirError(
@@ -83,7 +90,7 @@ def _eval_rows(m: dict) -> list[dict]:
 
 
 def _val_loss(m: dict) -> float:
-    v = m["summary"].get("final_eval", {}).get("loss", math.inf)
+    v = _num(m["summary"].get("final_eval", {}).get("loss", math.inf))
     return v if isinstance(v, (int, float)) and math.isfinite(v) else math.inf
 
 
@@ -114,6 +121,16 @@ def _first_step(m: dict, predicate) -> tuple[int | None, float | None]:
     return None, None
 
 
+def _num(v):
+    """A recorded number: JSON keeps NaN and infinities as strings ("nan", "-inf")."""
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return v
+
+
 def _stat(values: list[float]) -> tuple[float | None, float | None]:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     if not vals:
@@ -125,8 +142,8 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
     task = seeds[0].get("task") or table.split("_T")[0]  # study.json records before "task" existed
     s0 = seeds[0]["summary"]
     baseline = s0["baseline"]
-    test_losses = [m["summary"].get("test", {}).get("loss", math.nan) for m in seeds]
-    test_acc = [m["summary"].get("test", {}).get("accuracy") for m in seeds]
+    test_losses = [_num(m["summary"].get("test", {}).get("loss", math.nan)) for m in seeds]
+    test_acc = [_num(m["summary"].get("test", {}).get("accuracy")) for m in seeds]
     solved_pred = lambda r: solved_rule(task)(r, baseline)  # noqa: E731 - the task's own rule
     # Over the seeds that pass the test-set criterion: their first validation eval that passes it.
     solve_steps = [_first_step(m, solved_pred)[0] for m in seeds if m["summary"].get("solved")]
@@ -138,6 +155,11 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
     lam1 = [lyapunov_top(m["spectra"][-1]) if m["spectra"] else None for m in seeds]
     loss_mean, loss_sd = _stat(test_losses)
     acc_mean, acc_sd = _stat(test_acc)
+    steps = [m["summary"].get("steps_completed") for m in seeds]
+    learning = [m["summary"]["status"] == "completed" and still_learning(_eval_rows(m), int(n))
+                for m, n in zip(seeds, steps) if n]
+    events = [instability_events([r for r in m["metrics"] if r.get("split") == "train"])
+              + (m["summary"]["status"] == "diverged") for m in seeds]
     reached = [t for t in target if t[0] is not None]
     return {
         "table": table,
@@ -149,14 +171,26 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
         "clip_value": seeds[0]["clip_value"] if seeds[0]["clip"] != "none" else None,
         "params": s0["num_params"],
         "seeds": len(seeds),
+        "steps": seeds[0].get("steps"),  # the step cap (study.json's record)
         "val_loss_mean": _stat([_val_loss(m) for m in seeds])[0],  # what chose the setting
         "test_loss_mean": loss_mean,
         "test_loss_sd": loss_sd,
+        "test_loss_ci": mean_ci(test_losses).as_dict(),  # 95% bootstrap over seeds
+        "test_losses": dict(zip((str(m["seed"]) for m in seeds), test_losses)),  # by seed: pairs
+        "seeds_still_learning": sum(learning),  # stopped on the step cap while still improving
+        "instability_events": dict(zip((str(m["seed"]) for m in seeds), events)),
+        "instability_events_ci": mean_ci(events).as_dict(),
+        "optimizer": seeds[0].get("optimizer"),
+        "hidden_size": seeds[0].get("hidden_size"),
+        "match_params_of": seeds[0].get("match_params_of"),
+        "lyapunov_target": seeds[0].get("lyapunov_target"),  # where a regulariser aimed λ₁
+        "lyapunov_top_end_by_seed": {str(m["seed"]): v for m, v in zip(seeds, lam1) if v is not None},
         "test_accuracy_mean": acc_mean,  # classification tasks only (None elsewhere)
         "test_accuracy_sd": acc_sd,
         "baseline": baseline,
         "beats_baseline": loss_mean is not None and loss_mean < baseline,
-        "seeds_solved": sum(bool(m["summary"].get("solved")) for m in seeds),
+        "seeds_solved": sum(bool(m["summary"].get("solved")) and m["summary"]["status"] != "diverged"
+                            for m in seeds),
         "seeds_diverged": sum(m["summary"]["status"] == "diverged" for m in seeds),
         "diverged_steps": [m["summary"].get("diverged_step") for m in seeds
                            if m["summary"]["status"] == "diverged"],
@@ -182,15 +216,58 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
     }
 
 
+def seed_baselines(members: list[dict], test_chunks: int) -> dict[tuple[str, int], float]:
+    """(table, seed) -> the baseline predictor's loss on that seed's test set, where the task's
+    baseline varies with the sample (adding: the test set's own variance of the target), so a
+    row is compared with the baseline on the very samples it was tested on."""
+    from rnn_spectra.rng import TEST_STREAM, stream_key
+
+    out = {}
+    for m in members:
+        key = (m["table"], m["seed"])
+        if key in out or not test_chunks:
+            continue
+        run = load_run(m["dir"])
+        task, tr = run.experiment.task, run.run_config.train
+        k = stream_key(run.run_config.seed, TEST_STREAM)
+        values = [task.baseline_on(task.eval_batch(k, i, tr.eval_batch_size, True)[1])
+                  for i in range(test_chunks * tr.eval_batches)]
+        out[key] = None if values[0] is None else float(np.mean([float(v) for v in values]))
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def build_results(workdir: str) -> dict:
     study, members = load_members(workdir)
     frac = study.get("preset_fields", {}).get("target_fraction", 0.5)
-    best = choose_best(members)
-    rows = [summarise(t, r, seeds, frac) for (t, r), seeds in best.items()]
+    reported = [m for m in members if m.get("phase") == "confirm"] or members
+    baselines = seed_baselines(reported, study.get("preset_fields", {}).get("test_chunks", 4))
+    choosing = [m for m in members if m.get("phase") != "confirm"]
+    confirming = defaultdict(list)
+    for m in members:
+        if m.get("phase") == "confirm":
+            confirming[(m["table"], m["row"], m["setting"])].append(m)
+    rows = []
+    for (t, r), seeds in choose_best(choosing).items():
+        reported = confirming.get((t, r, seeds[0]["setting"]))
+        row = summarise(t, r, reported or seeds, frac)
+        row["test_baselines"] = {str(m["seed"]): baselines[(t, m["seed"])]
+                                 for m in (reported or seeds) if (t, m["seed"]) in baselines}
+        grid = sorted({m["learning_rate"] for m in choosing if (m["table"], m["row"]) == (t, r)})
+        row.update({
+            "confirmed": bool(reported),  # False: the numbers are the pilot's (a study from before
+            # the confirmation phase, or one interrupted before it): chosen and quoted on one set
+            "pilot_seeds": len(seeds),
+            "pilot_val_loss_mean": _stat([_val_loss(m) for m in seeds])[0],
+            "learning_rates_tried": grid,
+            "lr_at_grid_edge": len(grid) > 1 and seeds[0]["learning_rate"] in (grid[0], grid[-1]),
+            "extended": any(m.get("phase") == "extend" for m in choosing
+                            if (m["table"], m["row"]) == (t, r)),
+        })
+        rows.append(row)
     # Divergence over the whole grid of a row, not only at its chosen setting: an unclipped
     # variant can look fine at its best learning rate and still blow up at the other ones.
     runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for m in members:
+    for m in choosing:  # the pilot's grid (and its extension): every setting, the same seeds
         runs[(m["table"], m["row"])].append(m)
     for r in rows:
         every = runs[(r["table"], r["variant"])]
@@ -199,6 +276,11 @@ def build_results(workdir: str) -> dict:
     order = {name: i for i, name in enumerate(dict.fromkeys(m["table"] for m in study["members"]))}
     rows.sort(key=lambda r: (order.get(r["table"], 99), r["test_loss_mean"] if r["test_loss_mean"]
                              is not None else math.inf))
-    return {"preset": study["preset"], "machine": study.get("machine"), "jax": study.get("jax"),
+    # Does an early spectrum predict the end? Over the members measured from init (the
+    # confirmation; the pilot records no spectra), per table.
+    measured = [m for m in members if len(m["spectra"]) >= 2]
+    confirmed = [m for m in measured if m.get("phase") == "confirm"]
+    return {"predictors": predictor_table(confirmed or measured),
+            "preset": study["preset"], "machine": study.get("machine"), "jax": study.get("jax"),
             "started": study.get("started"), "finished": study.get("finished"),
             "wall_time_s": study.get("wall_time_s"), "members": len(members), "rows": rows}

@@ -1,11 +1,14 @@
-"""The study: every variant of the question (tanh vs ReLU vs gated; init; clipping) on long-range
-tasks, each at its own best hyperparameters, trained as vmapped sweeps; then the report.
+"""The study: every variant of the question (tanh vs ReLU vs gated; init; clipping; SGD vs
+Adam) on long-range tasks, each at its own chosen hyperparameters, trained as vmapped sweeps;
+then the report.
 
-``run_study(preset, workdir)`` expands a preset into member configs (variant x clipping x
-learning rate x clip threshold x seed x task/T), groups them by program (``sweep.py``), trains
-each group once (``loop.Loop``), and writes ``W/study.json`` plus one ordinary workdir per member under
-``W/runs/``. Re-running the same command resumes: finished groups are skipped, a preempted group
-continues from its last stacked checkpoint.
+``run_study(preset, workdir)`` runs three phases, each expanded into member configs (``grid.py``),
+grouped by program (``sweep.py``) and trained group by group (``loop.Loop``): the pilot (every
+setting on the pilot seeds), the grid's extension (one learning rate past the edge where a row's
+best sits on it), the confirmation (each row's chosen setting on fresh seeds). It writes
+``W/study.json`` plus one ordinary workdir per member under ``W/runs/<phase>/``. Re-running the
+same command resumes: finished groups are skipped, a preempted group continues from its last
+stacked checkpoint, and the choices are recomputed from the finished pilot (so they are the same).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from rnn_spectra.memory import check_fits
 from rnn_spectra.parallel import is_writer, sweep_layout
 from rnn_spectra.runs import load_run
 from rnn_spectra.study import members as member_lib
-from rnn_spectra.study.grid import Member, expand, member_config
+from rnn_spectra.study.grid import Member, confirmation, expand, extension, member_config
 from rnn_spectra.study.presets import Preset, get_preset
 from rnn_spectra.sweep import export_member_checkpoints, group_by_program
 from rnn_spectra.train import build
@@ -38,7 +41,8 @@ from rnn_spectra.train import build
 
 def _group_name(m: Member, cfg) -> str:
     clip = "global_norm" if cfg.optim.clip == "none" else cfg.optim.clip
-    return f"{m.table}/{program_name(cfg.model.cell)}_{cfg.optim.name}_{clip}"
+    size = f"_H{cfg.model.hidden_size}" if m.variant.match_params_of else ""
+    return f"{m.phase}/{m.table}/{program_name(cfg.model.cell)}{size}_{cfg.optim.name}_{clip}"
 
 
 class Console:
@@ -65,84 +69,45 @@ class Console:
 
 
 def run_study(preset_name: str, workdir: str, *, report: bool = True,
-              overrides: dict[str, str] | None = None) -> dict:
+              overrides: dict[str, str] | None = None, seed_offset: int = 0) -> dict:
     """Train the whole preset into ``workdir`` (resuming if it holds part of it); then report.
 
+    Pilot (every setting on the pilot seeds), the grid's extension where a row's best learning
+    rate is on its edge, then the confirmation (each row's chosen setting on fresh seeds).
+    ``seed_offset`` shifts every seed: the same study on a disjoint set of seeds.
     ``overrides`` (``{"parallel.mode": "sweep", ...}``) apply to every member: where and how the
     study runs (``parallel.*``, ``checkpoint.*``), never what it trains. Under several processes
     every process trains, process 0 writes."""
     preset = get_preset(preset_name)
     writer = is_writer()
-    study_path = wd.path(workdir, "study.json")
-    if os.path.exists(study_path):
-        old = wd.read_json(study_path)
-        if not isinstance(old, dict):
-            raise WorkdirError(f"{study_path} is damaged (not a JSON object); use a new --workdir")
-        if old.get("preset") != preset.name:
-            raise WorkdirError(f"{workdir} holds a study of preset {old.get('preset')!r}, not "
-                               f"{preset.name!r}; use another --workdir")
-    elif os.path.isdir(workdir) and os.listdir(workdir) and writer:
-        raise WorkdirError(f"{workdir} is not empty and holds no study.json; use a new --workdir")
+    _admit(workdir, preset, seed_offset, writer)
     os.makedirs(workdir, exist_ok=True)
-    members = expand(preset)
-    configs = [member_config(preset, m) for m in members]
-    for c in configs:
-        config_lib.apply_overrides(c, overrides or {})
-    runs = [config_lib.resolve(c) for c in configs]
-    groups = group_by_program(runs)
-    for idx in groups:  # every group before the first is trained: too large is one line now
-        run = runs[idx[0]]
-        check_fits(build(run), len(idx), sweep_layout(run.parallel, run.train.batch_size),
-                   what=f"sweep group {_group_name(members[idx[0]], configs[idx[0]])}")
     t0 = time.perf_counter()
     record = {
         "preset": preset.name, "description": preset.description,
-        "preset_fields": _preset_dict(preset),
-        # config_hash and steps: what each member must be; `report` refuses one that differs
-        "members": [dict(relpath=m.relpath, table=m.table, task=m.task, row=m.row, setting=m.setting,
-                         seed=m.seed, learning_rate=m.learning_rate, clip=m.clip,
-                         clip_value=m.clip_value, group=_group_name(m, configs[i]),
-                         **member_lib.record(configs[i]))
-                    for i, m in enumerate(members)],
+        "preset_fields": _preset_dict(preset), "seed_offset": seed_offset,
+        "members": [],  # config_hash and steps: what each member must be; `report` checks them
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.node()} ({jax.devices()[0].device_kind}, {os.cpu_count()} cores)",
         "jax": jax.__version__,
     }
-    if writer:
-        wd.write_json(study_path, record)
     if jax.process_count() > 1:  # the others wait until process 0 has claimed the workdir
         multihost_utils.sync_global_devices("rnn_spectra study start")
-    console = Console(len(groups))
-    group_times = {}
-    for idx in groups:
-        name = _group_name(members[idx[0]], configs[idx[0]])
-        dirs = [os.path.join(workdir, members[i].relpath) for i in idx]
-        group_dir = os.path.join(workdir, "groups", name)
-        problems = {i: member_lib.problem(workdir, record["members"][i], preset.name) for i in idx}
-        if not any(problems.values()):
-            console.start(name + " (done, skipped)", len(idx))
-            continue
-        restart = _needs_restart(problems, group_dir)
-        if restart is not None:
-            i, why = restart
-            if writer:
-                print(f"{name}: study member {members[i].relpath} {why.text}; re-training the "
-                      f"group's {len(idx)} members from step 0", file=sys.stderr, flush=True)
-            _clear_group(group_dir, dirs, writer)
-        console.start(name, len(idx))
-        group = Loop([configs[i] for i in idx], dirs, group_dir,
-                     name=name, test_chunks=preset.test_chunks)
-        gt = time.perf_counter()
-        summaries = group.run(progress=console)
-        group_times[name] = time.perf_counter() - gt
-        if any(s["status"] == "interrupted" for s in summaries):
-            raise Interrupted(f"interrupted in group {name} (checkpointed); run the same command "
-                              "to resume")
+    phase = _Phase(preset, workdir, record, overrides or {}, writer)
+    pilot = expand(preset, seed_offset)
+    phase.train("pilot", pilot)
+    best = _best(workdir, pilot)
+    if preset.extend_grid:
+        extra = [m for b in best.values() for m in extension(preset, b, seed_offset)]
+        if extra:
+            phase.train("grid extension", extra)
+            best = _best(workdir, pilot + extra)
+    phase.train("confirmation", [m for b in best.values() for m in confirmation(preset, b, seed_offset)])
     record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-    record["wall_time_s"] = time.perf_counter() - t0 + record.get("wall_time_s", 0.0)
+    record["wall_time_s"] = time.perf_counter() - t0
     if not writer:
         return record
-    wd.write_json(study_path, record)
+    wd.write_json(wd.path(workdir, "study.json"), record)
     from rnn_spectra.study.report import write_report
 
     if jax.process_count() == 1:
@@ -154,6 +119,90 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
     if report:
         write_report(workdir)
     return record
+
+
+def _admit(workdir: str, preset: Preset, seed_offset: int, writer: bool) -> None:
+    study_path = wd.path(workdir, "study.json")
+    if os.path.exists(study_path):
+        old = wd.read_json(study_path)
+        if not isinstance(old, dict):
+            raise WorkdirError(f"{study_path} is damaged (not a JSON object); use a new --workdir")
+        if old.get("preset") != preset.name:
+            raise WorkdirError(f"{workdir} holds a study of preset {old.get('preset')!r}, not "
+                               f"{preset.name!r}; use another --workdir")
+        if old.get("seed_offset", 0) != seed_offset:
+            raise WorkdirError(f"{workdir} holds a study with seed offset {old.get('seed_offset', 0)}, "
+                               f"not {seed_offset}; use another --workdir")
+    elif os.path.isdir(workdir) and os.listdir(workdir) and writer:
+        raise WorkdirError(f"{workdir} is not empty and holds no study.json; use a new --workdir")
+
+
+def _best(workdir: str, members: list[Member]) -> dict[tuple[str, str], Member]:
+    """Each row's chosen setting (``results.choose_best``: validation loss of the pilot seeds)."""
+    from rnn_spectra.study.results import choose_best
+
+    by_path = {m.relpath: m for m in members}
+    loaded = [{"relpath": m.relpath, "table": m.table, "row": m.row, "setting": m.setting,
+               "summary": wd.read_json(wd.path(os.path.join(workdir, m.relpath), wd.SUMMARY))}
+              for m in members]
+    return {key: by_path[seeds[0]["relpath"]] for key, seeds in choose_best(loaded).items()}
+
+
+class _Phase:
+    """Trains one list of members (a phase of the study) group by group, recording each in
+    study.json first; finished groups are skipped, a preempted one resumes."""
+
+    def __init__(self, preset, workdir, record, overrides, writer):
+        self.preset, self.workdir, self.record = preset, workdir, record
+        self.overrides, self.writer = overrides, writer
+
+    def train(self, label: str, members: list[Member]) -> None:
+        preset, workdir, record, writer = self.preset, self.workdir, self.record, self.writer
+        if not members:
+            return
+        configs = [member_config(preset, m) for m in members]
+        for c in configs:
+            config_lib.apply_overrides(c, self.overrides)
+        runs = [config_lib.resolve(c) for c in configs]
+        groups = group_by_program(runs)
+        for idx in groups:  # every group before the first is trained: too large is one line now
+            run = runs[idx[0]]
+            check_fits(build(run), len(idx), sweep_layout(run.parallel, run.train.batch_size),
+                       what=f"sweep group {_group_name(members[idx[0]], configs[idx[0]])}")
+        recs = [dict(relpath=m.relpath, phase=m.phase, table=m.table, task=m.task, row=m.row,
+                     setting=m.setting, seed=m.seed, learning_rate=m.learning_rate, clip=m.clip,
+                     clip_value=m.clip_value, group=_group_name(m, configs[i]),
+                     match_params_of=m.variant.match_params_of,
+                     **member_lib.record(configs[i])) for i, m in enumerate(members)]
+        record["members"] += recs
+        if writer:
+            wd.write_json(wd.path(workdir, "study.json"), record)
+        if writer:
+            print(f"{preset.name} {label}: {len(members)} members in {len(groups)} programs",
+                  file=sys.stderr, flush=True)
+        console = Console(len(groups))
+        for idx in groups:
+            name = _group_name(members[idx[0]], configs[idx[0]])
+            dirs = [os.path.join(workdir, members[i].relpath) for i in idx]
+            group_dir = os.path.join(workdir, "groups", name)
+            problems = {i: member_lib.problem(workdir, recs[i], preset.name) for i in idx}
+            if not any(problems.values()):
+                console.start(name + " (done, skipped)", len(idx))
+                continue
+            restart = _needs_restart(problems, group_dir)
+            if restart is not None:
+                i, why = restart
+                if writer:
+                    print(f"{name}: study member {members[i].relpath} {why.text}; re-training the "
+                          f"group's {len(idx)} members from step 0", file=sys.stderr, flush=True)
+                _clear_group(group_dir, dirs, writer)
+            console.start(name, len(idx))
+            group = Loop([configs[i] for i in idx], dirs, group_dir,
+                         name=name, test_chunks=preset.test_chunks)
+            summaries = group.run(progress=console)
+            if any(s["status"] == "interrupted" for s in summaries):
+                raise Interrupted(f"interrupted in group {name} (checkpointed); run the same command "
+                                  "to resume")
 
 
 def export_chosen_checkpoints(workdir: str) -> None:

@@ -10,8 +10,10 @@ import jax.numpy as jnp
 
 from rnn_spectra.tasks.base import Task
 
-# Pascanu et al. 2013: a task is solved when no sample has squared error above this.
-SOLVED_SQ_ERR = 0.04
+# Pascanu et al. 2013 call the task solved when no sample's squared error exceeds 0.04, with the
+# target the *mean* of the two marked values; ours is their sum (twice it), so the same rule is
+# 4 x 0.04 on our squared error. (They check 10,000 samples; a study checks its test set.)
+SOLVED_SQ_ERR = 0.16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +45,7 @@ class AddingTask(Task):
         return {
             "loss": jnp.mean(sq_err),
             "mse": jnp.mean(sq_err),
-            "frac_sq_err_lt_0.04": jnp.mean(sq_err < SOLVED_SQ_ERR),
+            "frac_sq_err_lt_0.16": jnp.mean(sq_err < SOLVED_SQ_ERR),
             "max_sq_err": jnp.max(sq_err),
         }
 
@@ -52,6 +54,10 @@ class AddingTask(Task):
         # Predicting 1 = E[X1 + X2]; the error is Var(X1 + X2) = 2 / 12.
         return 1.0 / 6.0
 
+    def baseline_on(self, targets):
+        return jnp.mean((targets - 1.0) ** 2)  # predicting E[X1 + X2] = 1
+
     @staticmethod
     def solved_by(metrics, baseline):
-        return bool(metrics.get("max_sq_err", math.inf) <= SOLVED_SQ_ERR)
+        worst = metrics.get("max_sq_err", math.inf)  # a NaN or -inf (a broken eval) is not solved
+        return bool(math.isfinite(worst) and worst <= SOLVED_SQ_ERR)

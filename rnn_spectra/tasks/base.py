@@ -78,6 +78,13 @@ class Task(abc.ABC):
     def baseline(self) -> float:
         """Loss of the best input-independent (memoryless) predictor."""
 
+    def baseline_on(self, targets: Array) -> Array | None:
+        """The baseline predictor's loss on these ``targets`` where it varies with the sample (a
+        comparison with the baseline is then paired with the same test set); None where
+        ``baseline`` is exact on any set."""
+        del targets
+        return None
+
     def solved(self, metrics: dict[str, float]) -> bool:
         """The task's binary success criterion on a (large) eval set."""
         return self.solved_by(metrics, self.baseline)
