@@ -15,13 +15,12 @@ final save are outside them. Target: under 5% of training time on CPU.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 
+from benchmarks import script_main
 from rnn_spectra import config as config_lib
 from rnn_spectra import workdir as wd
 from rnn_spectra.loop import train_and_evaluate
@@ -85,12 +84,7 @@ def run(quick: bool) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    for row in run(args.quick):
-        print(json.dumps(row))
-    return 0
+    return script_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

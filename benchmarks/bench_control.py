@@ -11,17 +11,13 @@ BLAS thread for XLA:CPU's LAPACK calls, as the training loop runs them (``contro
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 
-import jax
 
-from benchmarks.bench_train_step import jax_device_label, make_config, time_rounds
-from rnn_spectra import config as config_lib
+from benchmarks import script_main
+from benchmarks.bench_train_step import JaxRunner, jax_device_label, time_rounds
 from rnn_spectra.spectral.monitor import single_threaded_blas
-from rnn_spectra.train import build, init_state, make_train_step
 
 SHAPE, QUICK_SHAPE = (64, 200, 128), (16, 50, 32)  # (B, T, H)
 CELL = "tanh_rnn"
@@ -41,27 +37,10 @@ def variants(hidden: int) -> dict[str, dict]:
     return out
 
 
-class Runner:
-    """A jitted, donated train step and its state, kept between timed calls."""
-
-    def __init__(self, batch: int, seq_len: int, hidden: int, overrides: dict):
-        c = make_config(CELL, batch, seq_len, hidden)
-        config_lib.apply_overrides(c, overrides)
-        exp = build(config_lib.resolve(c))
-        self.step = jax.jit(make_train_step(exp), donate_argnums=0)
-        self.state = init_state(exp, 0)
-
-    def run(self, steps: int) -> None:
-        state = self.state
-        for _ in range(steps):
-            state, metrics = self.step(state)
-        jax.block_until_ready((state, metrics))
-        self.state = state
-
-
 def run(quick: bool) -> list[dict]:
     batch, seq_len, hidden = QUICK_SHAPE if quick else SHAPE
-    runners = {name: Runner(batch, seq_len, hidden, o) for name, o in variants(hidden).items()}
+    runners = {name: JaxRunner(CELL, batch, seq_len, hidden, overrides=o)
+               for name, o in variants(hidden).items()}
     # every=10: a 10-step call covers one regularised step and nine plain ones.
     with single_threaded_blas():
         raw = time_rounds(runners, steps=10, rounds=3 if quick else 5)
@@ -78,12 +57,7 @@ def run(quick: bool) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    for row in run(args.quick):
-        print(json.dumps(row))
-    return 0
+    return script_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

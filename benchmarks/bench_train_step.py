@@ -70,7 +70,7 @@ def torch_device_label(device: str, threads: int | None = None) -> str:
 
 # ----------------------------------------------------------------------------- our step
 def make_config(cell: str, batch: int, seq_len: int, hidden: int, *, remat: bool = False,
-                unroll: int | None = None):
+                unroll: int | None = None, overrides: dict | None = None):
     c = config_lib.default_config()
     c.task.name, c.task.seq_len = "adding", seq_len
     c.model.cell, c.model.hidden_size, c.model.remat = cell, hidden, remat
@@ -79,6 +79,7 @@ def make_config(cell: str, batch: int, seq_len: int, hidden: int, *, remat: bool
     c.optim.name, c.optim.learning_rate = "adam", 1e-3
     c.optim.clip, c.optim.clip_value = "global_norm", 1.0
     c.train.batch_size, c.train.steps = batch, 10_000
+    config_lib.apply_overrides(c, overrides or {})
     return c
 
 

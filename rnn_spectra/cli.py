@@ -40,6 +40,7 @@ def split_overrides(extra: list[str]) -> dict[str, str]:
 def load_run_config(config_path: str | None, workdir: str, overrides: dict[str, str]):
     """The config to run: the file (+ overrides), or an existing workdir's config.json to resume."""
     from rnn_spectra import config as config_lib
+    from rnn_spectra.config_files import load_config_file
     from rnn_spectra import workdir as wd
 
     if config_path is None:
@@ -47,7 +48,7 @@ def load_run_config(config_path: str | None, workdir: str, overrides: dict[str, 
             raise ConfigError(f"--config is required: {workdir} is not an existing run to resume")
         cfg = config_lib.config_from_workdir(workdir)
     else:
-        cfg = config_lib.load_config_file(config_path)
+        cfg = load_config_file(config_path)
     cfg.lock()
     config_lib.apply_overrides(cfg, overrides)
     from rnn_spectra.train import build

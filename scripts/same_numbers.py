@@ -29,11 +29,12 @@ COMMON = {"train.steps": 60, "train.batch_size": 16, "train.eval_every": 20, "tr
 
 def record(out: str) -> None:
     from rnn_spectra import config as config_lib
+    from rnn_spectra.config_files import load_config_file
     from rnn_spectra.loop import train_and_evaluate
     from rnn_spectra.study.run import run_study
 
     for name, overrides in RUNS.items():
-        cfg = config_lib.load_config_file("configs/adding.py")
+        cfg = load_config_file("configs/adding.py")
         config_lib.apply_overrides(cfg, {k: str(v) for k, v in {**COMMON, **overrides}.items()})
         train_and_evaluate(cfg, os.path.join(out, name))
     run_study("smoke", os.path.join(out, "study"), report=True)

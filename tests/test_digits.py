@@ -10,6 +10,7 @@ import pytest
 from rnn_spectra import config as config_lib
 from rnn_spectra import datasets
 from rnn_spectra.config import TaskConfig
+from rnn_spectra.config_files import load_config_file
 from rnn_spectra.errors import ConfigError
 from rnn_spectra.tasks import get_task
 from rnn_spectra.train import build, init_state, make_eval_fn, make_train_step
@@ -154,7 +155,7 @@ def test_study_presets_add_the_image_tasks_with_their_own_tables():
     import os
 
     path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "digits.py")
-    assert build(config_lib.resolve(config_lib.load_config_file(path))).task.length == 64
+    assert build(config_lib.resolve(load_config_file(path))).task.length == 64
 
 
 def test_report_accuracy_table():

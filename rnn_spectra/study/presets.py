@@ -165,6 +165,11 @@ ADDING = (TaskEntry("adding", 50), TaskEntry("adding", 100), TaskEntry("adding",
 CPU_BASE = base(hidden_size=32, steps=600, batch_size=32, eval_every=50, eval_batches=2,
                 eval_batch_size=128, log_every=50, spectral_every=300)
 NO_PILOT_SPECTRA = (("spectral.every", 0),)  # the pilot chooses; the confirmation is measured
+# The design the CPU and GPU presets share: Adam, no clipping (the SGD arm brings its own), the
+# grid on 2 pilot seeds, the chosen setting on 5 fresh ones.
+SELECT_THEN_CONFIRM = dict(clips=("none",), learning_rates=ADAM_LRS, clip_values=(1.0,),
+                           pilot_seeds=(0, 1), confirm_seeds=(100, 101, 102, 103, 104),
+                           pilot_config=NO_PILOT_SPECTRA)
 
 # Steering the spectrum (control.py): a tanh and two ReLU RNNs, plain and with each intervention.
 # The regulariser pulls the top Lyapunov exponent to 0 (weight 1, k = 1, a 50-step window); the
@@ -194,9 +199,7 @@ PRESETS: dict[str, Preset] = {
                                 "and matched parameter counts at T = 100; about 20 minutes on a "
                                 "2-core CPU",
         base=CPU_BASE, tasks=ADDING, variants=BASE_VARIANTS + SGD_ARM + MATCHED_PARAMS,
-        clips=("none",), learning_rates=ADAM_LRS, clip_values=(1.0,),
-        pilot_seeds=(0, 1), confirm_seeds=(100, 101, 102, 103, 104),
-        pilot_config=NO_PILOT_SPECTRA,
+        **SELECT_THEN_CONFIRM,
     ),
     "cpu-full": Preset(
         name="cpu-full", description="the cpu preset plus copying (T = 20, 50) and the 8x8 digits "
@@ -207,18 +210,14 @@ PRESETS: dict[str, Preset] = {
         variants=tuple(v if v.name in DIGITS_REFERENCES else dataclasses.replace(v, tasks=("adding", "copying"))
                        for v in BASE_VARIANTS) + SGD_ARM + MATCHED_PARAMS
         + tuple(dataclasses.replace(v, tasks=("digits",)) for v in CONSTRAINED_VARIANTS),
-        clips=("none",), learning_rates=ADAM_LRS, clip_values=(1.0,),
-        pilot_seeds=(0, 1), confirm_seeds=(100, 101, 102, 103, 104),
-        pilot_config=NO_PILOT_SPECTRA,
+        **SELECT_THEN_CONFIRM,
     ),
     "control": Preset(
         name="control", description="nonlinearity or dynamics? tanh vs ReLU (orthogonal, identity), "
                                     "plain and with each intervention, adding T = 100, 200; about "
                                     "20 minutes on a 2-core CPU",
         base=CPU_BASE, tasks=ADDING[1:], variants=CONTROLLED,
-        clips=("none",), learning_rates=ADAM_LRS, clip_values=(1.0,),
-        pilot_seeds=(0, 1), confirm_seeds=(100, 101, 102, 103, 104),
-        pilot_config=NO_PILOT_SPECTRA,
+        **SELECT_THEN_CONFIRM,
     ),
     "gpu": Preset(
         name="gpu", description="H = 128, adding up to T = 400 and copying up to T = 200, 10,000 "
@@ -231,9 +230,7 @@ PRESETS: dict[str, Preset] = {
         variants=BASE_VARIANTS + tuple(dataclasses.replace(
             v, config=tuple((k, 100 if k == "train.log_every" else x) for k, x in v.config))
             for v in SGD_ARM) + MATCHED_PARAMS,
-        clips=("none",), learning_rates=ADAM_LRS, clip_values=(1.0,),
-        pilot_seeds=(0, 1), confirm_seeds=(100, 101, 102, 103, 104),
-        pilot_config=NO_PILOT_SPECTRA,
+        **SELECT_THEN_CONFIRM,
     ),
     "paper": Preset(
         name="paper",

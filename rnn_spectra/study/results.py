@@ -172,7 +172,7 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
         "params": s0["num_params"],
         "seeds": len(seeds),
         "steps": seeds[0].get("steps"),  # the step cap (study.json's record)
-        "val_loss_mean": _stat([_val_loss(m) for m in seeds])[0],  # what chose the setting
+        "val_loss_mean": _stat([_val_loss(m) for m in seeds])[0],  # reported seeds; the pilot chose
         "test_loss_mean": loss_mean,
         "test_loss_sd": loss_sd,
         "test_loss_ci": mean_ci(test_losses).as_dict(),  # 95% bootstrap over seeds

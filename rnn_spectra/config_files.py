@@ -1,0 +1,51 @@
+"""A user's config file: a Python file whose ``get_config()`` returns the ConfigDict a run starts
+from. Importing it, and the one-line errors that name the file (and an example that exists)
+when it is missing or broken.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+
+from rnn_spectra.errors import ConfigError
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """Import ``path`` and call its ``get_config()``; errors name the file."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist{_config_hint(path)}")
+    spec = importlib.util.spec_from_file_location("_rnn_spectra_config", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # a user's file: report it, do not dump a traceback
+        raise ConfigError(f"config file {path!r} failed to import: {type(e).__name__}: {e}") from e
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"config file {path!r} has no get_config() function")
+    try:
+        cfg = module.get_config()
+    except Exception as e:  # noqa: BLE001 - the user's code: one line, not a traceback
+        raise ConfigError(f"config file {path!r}: get_config() raised {type(e).__name__}: {e}") from e
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+    return cfg
+
+
+# The repository's example configs, when the package runs from a checkout (editable install).
+REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def _config_hint(path: str) -> str:
+    """Only a path that exists from the current directory (so never the one that just failed):
+    the same file name, or adding.py, in ./configs or else in the repository's configs/."""
+    name = os.path.basename(path) or "adding.py"
+    for folder in ("configs", REPO_CONFIGS):
+        for candidate in (os.path.join(folder, name), os.path.join(folder, "adding.py")):
+            if os.path.isfile(candidate):
+                return f" (try {candidate})"
+    if os.path.isdir(REPO_CONFIGS):
+        return f" (the example configs are in {REPO_CONFIGS})"
+    return " (give the path of a Python file that defines get_config())"
