@@ -42,7 +42,21 @@ from rnn_spectra.train import build
 def _group_name(m: Member, cfg) -> str:
     clip = "global_norm" if cfg.optim.clip == "none" else cfg.optim.clip
     size = f"_H{cfg.model.hidden_size}" if m.variant.match_params_of else ""
-    return f"{m.phase}/{m.table}/{program_name(cfg.model.cell)}{size}_{cfg.optim.name}_{clip}"
+    # an arm's tags that the optimizer and size do not already say (an intervention: lyapunov)
+    tags = [t for t in m.variant.name.split("/")[2:] if t != cfg.optim.name and "=" not in t]
+    arm = "".join(f"_{t}" for t in tags)
+    return f"{m.phase}/{m.table}/{program_name(cfg.model.cell)}{size}{arm}_{cfg.optim.name}_{clip}"
+
+
+def _group_names(members: list[Member], configs, groups: list[list[int]]) -> list[str]:
+    """One folder name per group, unique within the phase: two programs that the name's parts do
+    not tell apart get _2, _3 (in first-seen order, the same on every run), never one folder."""
+    names, seen = [], {}
+    for idx in groups:
+        name = _group_name(members[idx[0]], configs[idx[0]])
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return names
 
 
 class Console:
@@ -165,13 +179,16 @@ class _Phase:
             config_lib.apply_overrides(c, self.overrides)
         runs = [config_lib.resolve(c) for c in configs]
         groups = group_by_program(runs)
-        for idx in groups:  # every group before the first is trained: too large is one line now
+        names = _group_names(members, configs, groups)
+        group_of = {i: name for idx, name in zip(groups, names) for i in idx}
+        # every group is checked before the first is trained: too large is one line now
+        for idx, name in zip(groups, names):
             run = runs[idx[0]]
             check_fits(build(run), len(idx), sweep_layout(run.parallel, run.train.batch_size),
-                       what=f"sweep group {_group_name(members[idx[0]], configs[idx[0]])}")
+                       what=f"sweep group {name}")
         recs = [dict(relpath=m.relpath, phase=m.phase, table=m.table, task=m.task, row=m.row,
                      setting=m.setting, seed=m.seed, learning_rate=m.learning_rate, clip=m.clip,
-                     clip_value=m.clip_value, group=_group_name(m, configs[i]),
+                     clip_value=m.clip_value, group=group_of[i],
                      match_params_of=m.variant.match_params_of,
                      **member_lib.record(configs[i])) for i, m in enumerate(members)]
         record["members"] += recs
@@ -181,8 +198,7 @@ class _Phase:
             print(f"{preset.name} {label}: {len(members)} members in {len(groups)} programs",
                   file=sys.stderr, flush=True)
         console = Console(len(groups))
-        for idx in groups:
-            name = _group_name(members[idx[0]], configs[idx[0]])
+        for idx, name in zip(groups, names):
             dirs = [os.path.join(workdir, members[i].relpath) for i in idx]
             group_dir = os.path.join(workdir, "groups", name)
             problems = {i: member_lib.problem(workdir, recs[i], preset.name) for i in idx}
