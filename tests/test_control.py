@@ -322,3 +322,55 @@ def test_cli_refuses_svd_margin_on_lstm_in_one_line(capsys, tmp_path):
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert "valid: irnn, relu_rnn, tanh_rnn" in lines[0]
     assert not workdir.exists()
+
+
+# ----------------------------------------------------------------------------- no deadlock
+
+DEADLOCK_SCRIPT = """
+import dataclasses, sys
+from rnn_spectra.study.presets import PRESETS, base
+c = PRESETS["control"]
+PRESETS["deadlock"] = dataclasses.replace(
+    c, name="deadlock", tasks=c.tasks[:1], confirm_seeds=(100, 101), extend_grid=False,
+    variants=tuple(v for v in c.variants if v.name == "tanh_rnn/orthogonal/margin"),
+    base=base(hidden_size=32, steps=4, batch_size=32, eval_every=2, eval_batches=1,
+              eval_batch_size=32, log_every=2, spectral_every=2))
+from rnn_spectra.study.run import run_study
+run_study("deadlock", sys.argv[1])
+print("finished")
+"""
+
+
+def test_svd_margin_sweep_of_the_control_preset_does_not_hang(tmp_path):
+    """The control preset's svd_margin group (10 members, H = 32) once hung on its first step on a
+    2-core CPU, and its confirmation (spectra measured) at the monitor: batched LAPACK calls of
+    expm (LU, triangular solves) run at once, each waiting in jaxlib's ParallelBatchMap for the
+    pool threads the other held. The pilot (10 members) and a 2-member confirmation with the
+    monitor, in a child process killed after 150 s, so that a hang fails the test, not the CI."""
+    import subprocess
+    import sys
+
+    try:
+        out = subprocess.run([sys.executable, "-c", DEADLOCK_SCRIPT, str(tmp_path / "w")],
+                             capture_output=True, text=True, timeout=150)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the svd_margin sweep hung (see margin_matrix: one batched expm for U and V)")
+    assert out.returncode == 0 and "finished" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.1, 3.0, 40.0])
+def test_matmul_expm_matches_scipy_in_float64(scale):
+    """svd_margin's LAPACK-free expm (scaling and squaring a Taylor polynomial) against scipy's
+    Padé expm, float64, at norms that need 0 to ~9 squarings; and its gradient against JAX's."""
+    import scipy.linalg
+
+    from rnn_spectra.cells.constrained import exp_orthogonal, exp_orthogonal_matmul, skew
+
+    with jax.enable_x64(True):
+        a = scale * jax.random.normal(jax.random.PRNGKey(0), (12, 12), jnp.float64)
+        ref = scipy.linalg.expm(np.asarray(skew(a)))
+        np.testing.assert_allclose(np.asarray(exp_orthogonal_matmul(a)), ref, atol=1e-10)
+        w = jnp.arange(144.0).reshape(12, 12) / 144
+        g = jax.grad(lambda a: jnp.sum(exp_orthogonal_matmul(a) * w))(a)
+        g_ref = jax.grad(lambda a: jnp.sum(exp_orthogonal(a) * w))(a)
+        np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), atol=1e-8)

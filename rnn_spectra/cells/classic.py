@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from rnn_spectra.cells.base import PREACTIVATION, Array, Initializer, ZeroCarry
-from rnn_spectra.cells.constrained import exp_orthogonal
+from rnn_spectra.cells.constrained import exp_orthogonal_matmul
 from rnn_spectra.cells.inits import orthogonal_init, stacked
 
 # MarginElmanCell's params: W_s = exp(skew(A_U)) diag(1 + margin tanh(p)) exp(skew(A_V))^T.
@@ -83,7 +83,9 @@ def margin_matrix(params, margin: float) -> Array:
     give one matrix per member."""
 
     def one(a_u, a_v, p):
-        return (exp_orthogonal(a_u) * (1.0 + margin * jnp.tanh(p))) @ exp_orthogonal(a_v).T
+        # matmuls only, no LAPACK: see expm_by_squaring (a sweep of these deadlocked on 2 cores)
+        u, v = exp_orthogonal_matmul(a_u), exp_orthogonal_matmul(a_v)
+        return (u * (1.0 + margin * jnp.tanh(p))) @ v.T
 
     fn = one
     for _ in range(params[MARGIN_P].ndim - 1):
