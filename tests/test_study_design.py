@@ -222,3 +222,56 @@ def test_a_member_that_diverged_before_its_first_row_is_complete(tmp_path):
     assert problem(str(tmp_path), rec) is None
     wd.write_json(str(d / wd.SUMMARY), {"status": "completed", "steps_completed": c.train.steps})
     assert "no metrics.jsonl" in problem(str(tmp_path), rec).text
+
+
+def test_time_per_model_is_read_from_a_seed_that_completed():
+    """A seed that diverged at step 1 stopped its clock after the compile: its 23 s per step
+    would make the row look 10^3 times slower than its group ran."""
+    from rnn_spectra.study.results import _seconds_per_1000_steps
+
+    def seed(status, wall, steps):
+        return {"summary": {"status": status, "wall_time_s": wall, "steps_completed": steps,
+                            "sweep": {"members": 10}}}
+
+    assert _seconds_per_1000_steps([seed("diverged", 23.0, 1), seed("completed", 60.0, 600)]) \
+        == pytest.approx(10.0)
+    assert _seconds_per_1000_steps([seed("diverged", 23.0, 1)]) is None
+
+
+def test_diverged_seeds_are_compared_where_sgd_explodes():
+    """Every unclipped SGD seed diverged (no test loss to compare), none clipped nor with Adam:
+    the exploding claim is made on the share of seeds diverged, not lost with the test losses."""
+    from rnn_spectra.study.findings import build_claims, sentence
+
+    nan = float("nan")
+    rows = [_row("irnn/identity", [0.3, 0.2, 0.25, 0.3, 0.2], diverged_by_seed=dict.fromkeys("01234", 0.0)),
+            _row("irnn/identity/sgd", [nan] * 5, optimizer="sgd", events=[1] * 5,
+                 diverged_by_seed=dict.fromkeys("01234", 1.0)),
+            _row("irnn/identity/sgd", [0.15, 0.16, 0.15, 0.14, 0.16], optimizer="sgd",
+                 clip="global_norm", diverged_by_seed=dict.fromkeys("01234", 0.0))]
+    claims = {c["id"]: c for c in build_claims({"rows": rows})}
+    sgd, clipped = "irnn/identity/sgd/clip=none", "irnn/identity/sgd/clip=global_norm"
+    c = claims[f"t|{clipped}|{sgd}|share of seeds diverged"]
+    assert c["sign"] == -1 and c["difference"]["estimate"] == -1.0
+    assert "lower share of seeds diverged" in sentence(c)
+    assert claims[f"t|{sgd}|irnn/identity/clip=none|share of seeds diverged"]["sign"] == 1  # vs Adam
+    assert claims[f"t|{clipped}|{sgd}|test loss"]["sign"] == 0  # nothing to pair the losses with
+
+
+@pytest.mark.parametrize("name", ["control", "cpu", "gpu"])
+def test_every_program_of_a_phase_gets_its_own_group_folder(name):
+    """The control preset's four interventions of one cell are four programs; they once shared
+    one folder name (cell, optimizer, clip), so each group overwrote the one before."""
+    from rnn_spectra import config as config_lib
+    from rnn_spectra.study.run import _group_names
+    from rnn_spectra.sweep import group_by_program
+
+    preset = PRESETS[name]
+    members = expand(preset)
+    configs = [member_config(preset, m) for m in members]
+    groups = group_by_program([config_lib.resolve(c) for c in configs])
+    names = _group_names(members, configs, groups)
+    assert len(set(names)) == len(groups)
+    if name == "control":
+        assert "pilot/adding_T100/tanh_rnn_lyapunov_adam_global_norm" in names
+        assert not any(n.endswith("_2") for n in names)  # told apart by their tags, not by count

@@ -8,9 +8,10 @@ Which row stands for a family is chosen on the pilot's validation loss, never on
 Per table: every row against the trivial baseline (and λ₁ against its target where a row was
 regularised towards one); within each arm (``arm``: the main one, SGD, matched size, an
 intervention) the families' representatives pairwise and the inits within the ReLU and the tanh
-family pairwise; clipping against none within an arm (SGD: test loss and instability events);
-each arm's row against the same cell and init in the main arm; a matched-size row against the
-cell whose parameter count it matches.
+family pairwise; clipping against none within an arm (SGD: test loss, instability events and
+the share of seeds diverged, since a diverged seed has no test loss to compare); each arm's row
+against the same cell and init in the main arm (SGD: also the share diverged); a matched-size row
+against the cell whose parameter count it matches.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from rnn_spectra.study.stats import UNDECIDED, Interval, diff_ci, mean_ci
 FAMILIES = {"irnn": "ReLU", "relu_rnn": "ReLU", "tanh_rnn": "tanh", "lstm": "LSTM", "gru": "GRU"}
 FAMILY_ORDER = ("GRU", "LSTM", "ReLU", "tanh")
 LOSS, EVENTS, LYAPUNOV = "test loss", "instability events per run", "λ₁ at the end"
+DIVERGED = "share of seeds diverged"
+SHORT = {EVENTS: "events", DIVERGED: "diverged", LOSS: "loss", LYAPUNOV: "λ₁"}
 
 
 def family(variant: str) -> str:
@@ -142,6 +145,7 @@ def build_claims(results: dict) -> list[dict]:
                     out.append(_vs(table, r, none))
                     if r.get("optimizer") == "sgd":
                         out.append(_vs(table, r, none, EVENTS, "instability_events"))
+                        out.append(_vs(table, r, none, DIVERGED, "diverged_by_seed"))
             # the arm against the main arm, same cell and init (and clipping, where it has one)
             same = next((x for x in main if base_name(x["variant"]) == base_name(r["variant"])
                          and x["clip"] == r["clip"]), None)
@@ -149,6 +153,8 @@ def build_claims(results: dict) -> list[dict]:
                 same = next((x for x in main if base_name(x["variant"]) == base_name(r["variant"])), None)
             if same is not None:
                 out.append(_vs(table, r, same))
+                if r.get("optimizer") == "sgd" and same.get("optimizer") != "sgd":
+                    out.append(_vs(table, r, same, DIVERGED, "diverged_by_seed"))
             if r.get("match_params_of"):
                 ref = next((x for x in main if x["variant"].split("/")[0] == r["match_params_of"]), None)
                 if ref is not None:
@@ -159,7 +165,7 @@ def build_claims(results: dict) -> list[dict]:
 def sentence(c: dict) -> str:
     """The claim in words, with its CI; 'lower'/'higher' only when the CI excludes zero."""
     ci = Interval(**c["difference"])
-    what = "events" if c["quantity"] == EVENTS else c["quantity"]
+    what = {EVENTS: "events", DIVERGED: "share of seeds diverged"}.get(c["quantity"], c["quantity"])
     if c["sign"] == 0:
         body = f"{c['a']} vs {c['b']} ({what}): {UNDECIDED}; difference {ci.text()}"
     else:

@@ -13,7 +13,7 @@ from collections import defaultdict
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
 from rnn_spectra.study.claims import CLAIMS, write_claims
-from rnn_spectra.study.findings import EVENTS, build_claims, sentence
+from rnn_spectra.study.findings import SHORT, build_claims, sentence
 from rnn_spectra.study.predictors import predictors_figure, render_predictors
 from rnn_spectra.study.results import build_results
 from rnn_spectra.study.stats import UNDECIDED, Interval
@@ -72,7 +72,7 @@ def findings(results: dict, claims: list[dict] | None = None) -> list[str]:
         undecided = [c for c in mine if not c["sign"] and c["b"] != "baseline"]
         if undecided:
             out.append(f"{table}: {UNDECIDED}: " + "; ".join(
-                f"{c['a']} vs {c['b']} ({'events' if c['quantity'] == EVENTS else 'loss'}, "
+                f"{c['a']} vs {c['b']} ({SHORT.get(c['quantity'], c['quantity'])}, "
                 f"{Interval(**c['difference']).text()})" for c in undecided) + ".")
     for clip_on in (False, True):
         rs = [r for r in results["rows"] if (r["clip"] != "none") == clip_on

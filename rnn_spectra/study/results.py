@@ -180,6 +180,10 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
         "seeds_still_learning": sum(learning),  # stopped on the step cap while still improving
         "instability_events": dict(zip((str(m["seed"]) for m in seeds), events)),
         "instability_events_ci": mean_ci(events).as_dict(),
+        # 1 where the seed diverged: the exploding claim compares these, since a diverged seed
+        # has no test loss to compare
+        "diverged_by_seed": {str(m["seed"]): float(m["summary"]["status"] == "diverged")
+                             for m in seeds},
         "optimizer": seeds[0].get("optimizer"),
         "hidden_size": seeds[0].get("hidden_size"),
         "match_params_of": seeds[0].get("match_params_of"),
@@ -207,13 +211,21 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
         **init_end_summary([m["spectra"] for m in seeds]),
         "group_wall_time_s": s0["wall_time_s"],
         "group_members": s0.get("sweep", {}).get("members", 1),
-        # One model's share of its vmapped group's time (compiles included), per 1000 steps: the
-        # group's wall time compares nothing (32 ReLU members vs 8 GRU members in one program).
-        "seconds_per_1000_steps": (s0["wall_time_s"] / s0.get("sweep", {}).get("members", 1)
-                                   / max(s0.get("steps_completed") or 0, 1) * 1000
-                                   if s0.get("wall_time_s") else None),
+        "seconds_per_1000_steps": _seconds_per_1000_steps(seeds),
         "member_dirs": [m["relpath"] for m in seeds],
     }
+
+
+def _seconds_per_1000_steps(seeds: list[dict]) -> float | None:
+    """One model's share of its vmapped group's time (compiles included), per 1000 steps: the
+    group's wall time compares nothing (32 ReLU members vs 8 GRU members in one program). Read
+    from a seed that completed: a diverged one's clock stopped at its divergence, mostly compile."""
+    done = [m["summary"] for m in seeds if m["summary"]["status"] == "completed"
+            and m["summary"].get("wall_time_s") and m["summary"].get("steps_completed")]
+    if not done:
+        return None
+    s = done[0]
+    return s["wall_time_s"] / s.get("sweep", {}).get("members", 1) / s["steps_completed"] * 1000
 
 
 def seed_baselines(members: list[dict], test_chunks: int) -> dict[tuple[str, int], float]:
