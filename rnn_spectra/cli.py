@@ -115,8 +115,10 @@ def cmd_report(args, overrides) -> int:
     export_chosen_checkpoints(args.workdir)  # those already exported are skipped
     print(write_report(args.workdir))
     if args.publish:
-        print(publish(args.workdir, args.publish, f"make study (rnn-spectra study --preset "
-                      f"{_study_preset(args.workdir)} --workdir {args.workdir})"))
+        preset = _study_preset(args.workdir)
+        command = f"rnn-spectra study --preset {preset} --workdir {args.workdir}"
+        print(publish(args.workdir, args.publish,
+                      f"make study ({command})" if preset == "cpu" else command))
     if args.check_claims:
         rows = check(reference, read_claims(args.workdir))
         text = render_check(rows)
