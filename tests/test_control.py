@@ -354,7 +354,7 @@ def test_svd_margin_sweep_of_the_control_preset_does_not_hang(tmp_path):
         out = subprocess.run([sys.executable, "-c", DEADLOCK_SCRIPT, str(tmp_path / "w")],
                              capture_output=True, text=True, timeout=150)
     except subprocess.TimeoutExpired:
-        pytest.fail("the svd_margin sweep hung (see margin_matrix: one batched expm for U and V)")
+        pytest.fail("the svd_margin sweep hung: a LAPACK call in its program? (expm_by_squaring)")
     assert out.returncode == 0 and "finished" in out.stdout, out.stderr[-2000:]
 
 

@@ -244,7 +244,8 @@ def test_diverged_seeds_are_compared_where_sgd_explodes():
     from rnn_spectra.study.findings import build_claims, sentence
 
     nan = float("nan")
-    rows = [_row("irnn/identity", [0.3, 0.2, 0.25, 0.3, 0.2], diverged_by_seed=dict.fromkeys("01234", 0.0)),
+    rows = [_row("irnn/identity", [0.3, 0.2, 0.25, 0.3, 0.2],
+                 diverged_by_seed=dict.fromkeys("01234", 0.0)),
             _row("irnn/identity/sgd", [nan] * 5, optimizer="sgd", events=[1] * 5,
                  diverged_by_seed=dict.fromkeys("01234", 1.0)),
             _row("irnn/identity/sgd", [0.15, 0.16, 0.15, 0.14, 0.16], optimizer="sgd",
