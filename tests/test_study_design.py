@@ -176,7 +176,9 @@ def test_claims_compare_within_arms_and_each_arm_with_the_main_one():
                  events=[0, 0, 1, 0, 0]),
             _row("relu_rnn/normal/params=lstm", [0.5, 0.61, 0.54, 0.52, 0.5], match_params_of="lstm"),
             _row("tanh_rnn/orthogonal/lyapunov", [0.9, 0.95, 1.0, 0.97, 0.93], lyapunov_target=0.0,
-                 lyapunov_top_end_by_seed={"0": 0.01, "1": -0.02, "2": 0.0, "3": 0.03, "4": -0.01})]
+                 lyapunov_top_end_by_seed={"0": 0.01, "1": -0.02, "2": 0.0, "3": 0.03, "4": -0.01}),
+            _row("relu_rnn/orthogonal/lyapunov", [0.9, 0.95, 1.0, 0.97, 0.93], lyapunov_target=0.0,
+                 lyapunov_top_end_by_seed={"0": -0.1, "1": -0.12, "2": -0.09, "3": -0.1, "4": -0.11})]
     claims = {c["id"]: c for c in build_claims({"rows": rows})}
     sgd, clipped = "relu_rnn/normal/sgd/clip=none", "relu_rnn/normal/sgd/clip=global_norm"
     assert claims[f"t|{clipped}|{sgd}|instability events per run"]["sign"] == -1  # clipping calms SGD
@@ -190,6 +192,9 @@ def test_claims_compare_within_arms_and_each_arm_with_the_main_one():
     lam = claims["t|tanh_rnn/orthogonal/lyapunov/clip=none|target|λ₁ at the end"]
     assert lam["sign"] == 0 and abs(lam["difference"]["estimate"]) < 0.01  # reached its target
     assert "has lower test loss than" in sentence(claims["t|family LSTM|family ReLU|test loss"])
+    # both aimed at λ₁ = 0: the ReLU row ended further below it, a claim with its own CI
+    relu_lam = claims["t|relu_rnn/orthogonal/lyapunov/clip=none|tanh_rnn/orthogonal/lyapunov/clip=none|λ₁ at the end"]
+    assert relu_lam["sign"] == -1 and "lower λ₁ at the end than" in sentence(relu_lam)
 
 
 def test_config_hash_ignores_keys_added_later_at_their_off_value():

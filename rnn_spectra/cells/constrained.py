@@ -120,7 +120,9 @@ def expm_by_squaring(x: Array) -> Array:
     other holds). ||X / 2^s||_1 <= 2, where the truncation error is below 2^19/19! < 1e-11 (a
     larger scaled norm, fewer squarings: each doubles the rounding error); up to 16 squarings
     (||X||_1 <= 131072), computed unconditionally and kept where i < s (static shapes,
-    differentiable). Orthogonality in float32: within about 2x of the Padé version's."""
+    differentiable; the unused squarings stay bounded because exp of a skew-symmetric X, the
+    only use here, is orthogonal). Orthogonality in float32: within about 2x of the Padé
+    version's."""
     n = x.shape[-1]
     norm = jax.lax.stop_gradient(jnp.max(jnp.sum(jnp.abs(x), axis=-2)))
     s = jnp.clip(jnp.ceil(jnp.log2(jnp.maximum(norm, 1e-30) / THETA)), 0, MAX_SQUARINGS)

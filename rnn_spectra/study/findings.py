@@ -7,8 +7,8 @@ Which row stands for a family is chosen on the pilot's validation loss, never on
 
 Per table: every row against the trivial baseline (and λ₁ against its target where a row was
 regularised towards one); within each arm (``arm``: the main one, SGD, matched size, an
-intervention) the families' representatives pairwise and the inits within the ReLU and the tanh
-family pairwise; clipping against none within an arm (SGD: test loss, instability events and
+intervention) the families' representatives pairwise, the inits within the ReLU and the tanh
+family pairwise, and the λ₁ of rows regularised towards a target pairwise; clipping against none within an arm (SGD: test loss, instability events and
 the share of seeds diverged, since a diverged seed has no test loss to compare); each arm's row
 against the same cell and init in the main arm (SGD: also the share diverged); a matched-size row
 against the cell whose parameter count it matches.
@@ -134,6 +134,11 @@ def build_claims(results: dict) -> list[dict]:
             arms[arm(r)].append(r)
         for tag in sorted(arms):
             out += _families(table, arms[tag])
+            # regularised towards the same λ₁: did the cells end equally close to it?
+            aimed = sorted((r for r in arms[tag] if r.get("lyapunov_target") is not None
+                            and r.get("lyapunov_top_end_by_seed")), key=lambda r: r["variant"])
+            out += [_vs(table, a, b, LYAPUNOV, "lyapunov_top_end_by_seed")
+                    for a, b in itertools.combinations(aimed, 2)]
         main = arms.get("", [])
         by_name = {r["variant"]: r for r in rows}
         for r in rows:
