@@ -10,7 +10,7 @@ Run:
         --config.task.seq_len=28        # row by row (28 steps of 28 pixels); 196: 14x14 pixels
 
 Expect: eval accuracy in summary.json (chance 10%); published test accuracy, sequential /
-permuted: LSTM 98.2 / 88, IRNN 97 / 82, expRNN 98.7 / 96.6 (REFERENCES.md), after far more
+permuted: LSTM 98.2 / 88, IRNN 97 / 82, expRNN 98.7 / 96.6 (docs/references.md), after far more
 steps than the default here. Validation: 5000 images held out of the training split; test:
 the 10000 test images (5 chunks of eval_batches x eval_batch_size).
 """

@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from rnn_spectra import workdir as wd
-from rnn_spectra.study.report import findings
+from rnn_spectra.study.sentences import findings
 from rnn_spectra.study.results import build_results
 
 path = os.path.join(STUDY, "results.json")

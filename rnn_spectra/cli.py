@@ -104,14 +104,15 @@ def cmd_study(args, overrides) -> int:
 
 def cmd_report(args, overrides) -> int:
     from rnn_spectra import workdir as wd
-    from rnn_spectra.study.claims import FLIPS, check, read_claims, render_check
+    from rnn_spectra.study.claims import (FLIPS, check, check_compatible, check_header,
+                                          read_claims, render_check)
     from rnn_spectra.study.report import check_publish_dir, publish, write_report
     from rnn_spectra.study.run import export_chosen_checkpoints
 
     if args.publish:
         check_publish_dir(args.publish)  # before the report is written
-    if args.check_claims:
-        reference = read_claims(args.check_claims)  # before the report is written
+    if args.check_claims is not None:  # "" is a mistake, not "no check"
+        reference = check_compatible(args.check_claims, args.workdir)  # before the report
     export_chosen_checkpoints(args.workdir)  # those already exported are skipped
     print(write_report(args.workdir))
     if args.publish:
@@ -119,11 +120,11 @@ def cmd_report(args, overrides) -> int:
         command = f"rnn-spectra study --preset {preset} --workdir {args.workdir}"
         print(publish(args.workdir, args.publish,
                       f"make study ({command})" if preset == "cpu" else command))
-    if args.check_claims:
+    if args.check_claims is not None:
         rows = check(reference, read_claims(args.workdir))
         text = render_check(rows)
         wd.write_text(wd.path(args.workdir, "claims_check.md"),
-                      f"Claims of {args.check_claims} checked against {args.workdir}\n\n{text}\n")
+                      f"{check_header(args.check_claims, args.workdir)}\n\n{text}\n")
         print(text)
         return 1 if any(r["verdict"] == FLIPS for r in rows) else 0
     return 0

@@ -37,10 +37,22 @@ def _emphasis(label: str, highlight: str | None) -> dict:
 
 
 def save(fig, path: str, dpi: int = 120) -> str:
-    """Write ``fig`` to ``path`` (directories created) and close it; returns the path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    """Write ``fig`` to ``path`` (directories created) and close it; returns the path. Atomic:
+    a full disk or a kill leaves the old file or none, never a truncated PNG; a failed write is
+    one line (exit 74 for a full disk, ``workdir.io_error``)."""
+    from rnn_spectra import workdir as wd
+
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fig.savefig(tmp, dpi=dpi, format=os.path.splitext(path)[1][1:] or "png")
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise wd.io_error(path, "write the figure", e, "check the folder's permissions") from None
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -1,11 +1,15 @@
-"""Study statistics: bootstrap CIs behave as intervals should, verdicts need the CI off zero,
-and a claim check sees holds, flips and undecided claims."""
+"""Study statistics: intervals behave as intervals should, verdicts need the interval off zero,
+and a claim check sees holds, flips and undecided claims (calibration: test_calibration.py)."""
 
 import numpy as np
 import pytest
 
 from rnn_spectra.study import claims as claims_lib
-from rnn_spectra.study.stats import UNDECIDED, diff_ci, mean_ci, sample_sd, verdict
+from rnn_spectra.study.stats import UNDECIDED, difference_ci, mean_ci, sample_sd, verdict
+
+
+def diff_ci(a, b, paired=False):
+    return difference_ci(a, b, paired=paired, scale="linear")
 
 
 def test_sample_sd_is_the_unbiased_one():
@@ -16,12 +20,13 @@ def test_sample_sd_is_the_unbiased_one():
 def test_mean_ci_covers_the_mean_and_narrows_with_more_seeds():
     rng = np.random.default_rng(0)
     few, many = rng.normal(1.0, 1.0, 5), rng.normal(1.0, 1.0, 200)
-    a, b = mean_ci(few), mean_ci(many)
+    a, b = mean_ci(few, scale="linear"), mean_ci(many, scale="linear")
     assert a.lo <= few.mean() <= a.hi and b.lo <= many.mean() <= b.hi
     assert (b.hi - b.lo) < (a.hi - a.lo)
-    assert mean_ci(many) == mean_ci(many)  # seeded: a report is reproducible to the digit
     assert mean_ci([2.0]).n == 1 and not mean_ci([2.0]).excludes_zero()
     assert mean_ci([]).n == 0
+    geo = mean_ci([0.1, 0.4, float("inf")])  # losses: geometric mean of the finite seeds
+    assert geo.n == 2 and np.exp(geo.estimate) == pytest.approx(0.2) and geo.text().startswith("×0.2 [")
 
 
 def test_paired_difference_removes_the_shared_seed_effect():

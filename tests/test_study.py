@@ -10,7 +10,8 @@ import pytest
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
 from rnn_spectra.study.findings import build_claims
-from rnn_spectra.study.report import findings, write_report
+from rnn_spectra.study.report import write_report
+from rnn_spectra.study.sentences import findings
 from rnn_spectra.study.results import build_results
 from rnn_spectra.study.presets import PRESETS
 from rnn_spectra.study.grid import expand
@@ -114,8 +115,7 @@ def _member(workdir, rel, *, test_loss, status="completed", diverged_step=None, 
         for s, sg, lm in zip((0, 30), sigma, lam)])
 
 
-def test_report_from_a_fixture_workdir(tmp_path):
-    w = str(tmp_path / "study")
+def _fixture_study(w: str) -> None:
     members = []
     for row, setting, seed, kw in [
         ("good/clip=global_norm", "lr0.01_c1", 0, dict(test_loss=0.004, solved=True, eval_losses=(0.1, 0.005, 0.004))),
@@ -135,6 +135,11 @@ def test_report_from_a_fixture_workdir(tmp_path):
                         "clip_value": 1.0})
     wd.write_json(os.path.join(w, "study.json"), {"preset": "fixture", "members": members,
                                                   "preset_fields": {"target_fraction": 0.5}})
+
+
+def test_report_from_a_fixture_workdir(tmp_path):
+    w = str(tmp_path / "study")
+    _fixture_study(w)
     results = build_results(w)
     good, bad = results["rows"]
     assert good["variant"] == "good/clip=global_norm" and good["setting"] == "lr0.01_c1"
@@ -146,13 +151,43 @@ def test_report_from_a_fixture_workdir(tmp_path):
     assert bad["sigma_max_init"] == pytest.approx(2.5) and bad["lyapunov_top_init"] == pytest.approx(0.3)
     assert not good["confirmed"]  # no confirmation members: the report must say so (†)
     text = findings(results, build_claims(results))
-    assert text[0].startswith("**adding_T8** (baseline 0.1667): 1 of 2 rows have a test loss "
-                              "below the baseline (95% CI of the difference below zero), 1 above it")
+    assert text[0].startswith("**Comparisons made: 3** in 2 families")
+    # 2 seeds: a 3x lower loss than the baseline is not decided; a diverged seed is counted
+    assert text[1].startswith("**adding_T8** (baseline 0.1667): 0 of 2 rows have a test loss "
+                              "below the baseline (decided in the family `adding_T8|vs baseline`), "
+                              "0 above it, 2 not distinguishable")
     assert any("bad/clip=none diverged in 1/2 seeds" in s and "σ_max(W_s) at init 2.5" in s for s in text)
     path = write_report(w)
     report = open(path).read()
-    assert "| good/clip=global_norm | lr0.01_c1 (edge) | 97 | 0.005 [0.004, 0.006] † | 1/2 | 0/2 |" in report
+    # the geometric mean (not a ratio: no "×") with its t-interval on 2 seeds
+    assert "| good/clip=global_norm | lr0.01_c1 (edge) | 97 | 0.0049 [0.000373, 0.0644] † | 1/2 | 0/2 |" in report
     assert "† marks a row without confirmation seeds" in report
+
+
+def test_a_full_disk_while_writing_figures_is_one_line_74_and_leaves_no_partial_file(
+        tmp_path, monkeypatch, capsys):
+    import errno
+
+    from matplotlib.figure import Figure
+
+    w = str(tmp_path / "study")
+    _fixture_study(w)
+    real = Figure.savefig
+
+    def full_after_some_bytes(self, fname, *args, **kwargs):
+        real(self, fname, *args, **kwargs)
+        with open(fname, "r+b") as f:  # what a disk that fills mid-write leaves
+            f.truncate(10)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), fname)
+
+    monkeypatch.setattr(Figure, "savefig", full_after_some_bytes)
+    monkeypatch.setattr("rnn_spectra.study.run.export_chosen_checkpoints", lambda w: None)
+    assert cli.main(["report", "--workdir", w]) == 74
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if "the study has not finished" not in line]  # the fixture's own notice
+    assert len(err) == 1 and "No space left on device" in err[0] and ".png" in err[0], err
+    left = [f for _, _, fs in os.walk(w) for f in fs if f.endswith(".png") or ".tmp." in f]
+    assert left == [] and not os.path.exists(os.path.join(w, "report.md"))
 
 
 def test_report_on_a_directory_that_is_not_a_study(tmp_path):
@@ -331,4 +366,6 @@ def test_family_representative_is_chosen_on_validation_not_test():
             for v, te, va in (("relu_rnn/a/clip=none", 0.1, 0.3), ("irnn/b/clip=none", 0.2, 0.25),
                               ("lstm/c/clip=none", 0.5, 0.1))]
     fam = next(c for c in build_claims({"rows": rows}) if c["id"] == "t|family LSTM|family ReLU|test loss")
-    assert "best ReLU (irnn/b/clip=none)" in fam["text"] and fam["difference"]["estimate"] == pytest.approx(0.3)
+    # a log ratio of the paired seeds: LSTM (0.5, 0.51) over the chosen ReLU (0.2, 0.21)
+    ratio = (math.log(0.5 / 0.2) + math.log(0.51 / 0.21)) / 2
+    assert "best ReLU (irnn/b/clip=none)" in fam["text"] and fam["difference"]["estimate"] == pytest.approx(ratio)

@@ -3,6 +3,7 @@ confirmation seeds; seed offsets; claims checked against another run; matched si
 preset at toy size."""
 
 import dataclasses
+import math
 import os
 
 import pytest
@@ -50,14 +51,17 @@ def test_pilot_chooses_the_grid_extends_once_and_fresh_seeds_are_reported(design
     tests = [wd.read_json(os.path.join(w, r["relpath"], wd.SUMMARY))["test"]["loss"]
              for r in sorted(by_phase["confirm"], key=lambda r: r["seed"])]
     assert [row["test_losses"][k] for k in ("5", "6", "7")] == tests
-    assert row["test_loss_ci"]["lo"] <= row["test_loss_mean"] <= row["test_loss_ci"]["hi"]
+    # geometric mean with its interval on the log scale
+    geo = math.exp(sum(math.log(v) for v in tests) / 3)
+    assert row["test_loss_ci"]["scale"] == "log"
+    assert math.exp(row["test_loss_ci"]["lo"]) <= geo <= math.exp(row["test_loss_ci"]["hi"])
     # "beats the baseline" is paired with each seed's own test set: adding's baseline predictor
     # (always 1) has that set's variance of the target as its loss, not exactly 1/6
     assert sorted(row["test_baselines"]) == ["5", "6", "7"]
     assert all(0.05 < b < 0.4 for b in row["test_baselines"].values())
     vs_base = wd.read_json(os.path.join(w, "claims.json"))["claims"][0]
     assert vs_base["b"] == "baseline" and vs_base["difference"]["estimate"] == pytest.approx(
-        sum(row["test_losses"][s] - row["test_baselines"][s] for s in ("5", "6", "7")) / 3)
+        sum(math.log(row["test_losses"][s] / row["test_baselines"][s]) for s in ("5", "6", "7")) / 3)
 
 
 def test_seed_offset_runs_disjoint_seeds_and_a_workdir_keeps_its_offset(design, tmp_path, capsys):
@@ -86,19 +90,21 @@ def test_check_claims_exits_1_when_a_claim_flips(tmp_path, monkeypatch, capsys):
     def claims_dir(name, *cis):
         d = tmp_path / name
         d.mkdir()
-        wd.write_json(str(d / "claims.json"), {"claims": [
+        finished = {"preset": "p", "finished": "2026-01-01T00:00:00"}  # a check needs both finished
+        wd.write_json(str(d / "claims.json"), {**finished, "claims": [
             claim(f"t|{i}", f"claim {i}", "test loss", "A", "B", ci) for i, ci in enumerate(cis)]})
+        wd.write_json(str(d / "study.json"), finished)
         return str(d)
 
     ref = claims_dir("ref", lower, higher, unsure)
     w = claims_dir("new", lower, unsure, higher)  # holds, undecided; the undecided ref claims nothing
     assert cli.main(["report", "--workdir", w, "--check-claims", ref]) == 0
     out = capsys.readouterr().out
-    assert "| claim 0 | HOLDS |" in out and "| claim 1 | UNDECIDED |" in out and "claim 2" not in out
+    assert "| claim 0 | `t|0` | HOLDS |" in out and "| claim 1 | `t|1` | UNDECIDED |" in out and "claim 2" not in out
     assert "1 hold, 0 flip, 1 undecided of 2 decided claims" in out
     flipped = claims_dir("flipped", higher, higher)
     assert cli.main(["report", "--workdir", flipped, "--check-claims", ref]) == 1
-    assert "| claim 0 | FLIPS |" in capsys.readouterr().out
+    assert "| claim 0 | `t|0` | FLIPS |" in capsys.readouterr().out
     assert "FLIPS" in open(os.path.join(flipped, "claims_check.md")).read()
     assert cli.main(["report", "--workdir", w, "--check-claims", str(tmp_path / "none")]) == 2
     assert "claims.json does not exist" in capsys.readouterr().err
@@ -166,7 +172,8 @@ def _row(variant, losses, *, optimizer="adam", clip="none", events=None, **kw):
 
 
 def test_claims_compare_within_arms_and_each_arm_with_the_main_one():
-    from rnn_spectra.study.findings import build_claims, sentence
+    from rnn_spectra.study.findings import build_claims
+    from rnn_spectra.study.sentences import sentence
     from rnn_spectra.study.stats import UNDECIDED
 
     rows = [_row("relu_rnn/normal", [0.5, 0.6, 0.55, 0.5, 0.52]),
@@ -246,7 +253,8 @@ def test_time_per_model_is_read_from_a_seed_that_completed():
 def test_diverged_seeds_are_compared_where_sgd_explodes():
     """Every unclipped SGD seed diverged (no test loss to compare), none clipped nor with Adam:
     the exploding claim is made on the share of seeds diverged, not lost with the test losses."""
-    from rnn_spectra.study.findings import build_claims, sentence
+    from rnn_spectra.study.findings import build_claims
+    from rnn_spectra.study.sentences import sentence
 
     nan = float("nan")
     rows = [_row("irnn/identity", [0.3, 0.2, 0.25, 0.3, 0.2],
@@ -261,7 +269,8 @@ def test_diverged_seeds_are_compared_where_sgd_explodes():
     assert c["sign"] == -1 and c["difference"]["estimate"] == -1.0
     assert "lower share of seeds diverged" in sentence(c)
     assert claims[f"t|{sgd}|irnn/identity/clip=none|share of seeds diverged"]["sign"] == 1  # vs Adam
-    assert claims[f"t|{clipped}|{sgd}|test loss"]["sign"] == 0  # nothing to pair the losses with
+    # a diverged seed is the worst outcome, not a missing one: clipping has the lower loss
+    assert claims[f"t|{clipped}|{sgd}|test loss"]["sign"] == -1
 
 
 @pytest.mark.parametrize("name", ["control", "cpu", "gpu"])

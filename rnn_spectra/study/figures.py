@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rnn_spectra import workdir as wd  # noqa: E402
+from rnn_spectra.plots import save  # noqa: E402
 from rnn_spectra.spectral.rows import (  # noqa: E402
     gradient_flow, jacobian_by_lag, lyapunov_top, sigma_max, step_norm,
 )
@@ -107,8 +108,7 @@ def _finish(fig, ax, title: str, path: str) -> str:
     ax.grid(alpha=0.3)
     fig.subplots_adjust(left=0.1, right=0.97, top=0.92)
     _legend_below(fig, ax)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path, dpi=90)
     return path
 
 
@@ -181,15 +181,14 @@ def _test_loss_figure(table, rows, data, out_dir):
     ax.set_yticklabels([_label(r, r["variant"].removesuffix("/clip=none")) for r in reversed(rows)],
                        fontsize=7)
     ax.set_xscale("log")
-    ax.set_xlabel("test loss per seed (log scale)\nbar: mean, 95% bootstrap CI; dotted: baseline; "
+    ax.set_xlabel("test loss per seed (log scale)\nbar: geometric mean, 95% t-interval; dotted: baseline; "
                   "hollow: still learning at the step cap", fontsize=8)
     ax.grid(alpha=0.3, axis="x")
     ax.set_title(f"{table}: test loss of every reported seed", fontsize=10)
     fig.subplots_adjust(left=0.45, right=0.97, top=1 - 0.5 / fig.get_figheight(),
                         bottom=0.95 / fig.get_figheight())
     path = os.path.join(out_dir, f"{table}_test_loss.png")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path, dpi=90)
     return path
 
 
@@ -230,8 +229,7 @@ def _sigma_figure(table, rows, data, out_dir):
     fig.subplots_adjust(left=0.06, right=0.98, top=0.88, wspace=0.25)
     _legend_below(fig, axes[0], axes[2])
     path = os.path.join(out_dir, f"{table}_sigma_max.png")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path, dpi=90)
     return path
 
 
@@ -268,8 +266,7 @@ def _jacobian_figure(table, rows, data, out_dir):
     fig.subplots_adjust(left=0.08, right=0.98, top=0.88, wspace=0.08)
     _legend_below(fig, axes[1], axes[0])
     path = os.path.join(out_dir, f"{table}_jacobian_vs_lag.png")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path, dpi=90)
     return path
 
 

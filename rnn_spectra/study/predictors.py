@@ -15,14 +15,14 @@ Per table only: losses of different tasks are not on one scale, so no pooled row
 every variant, setting and seed of the grid, so a correlation here is observational: it may be
 carried by the variant (e.g. the cell type) rather than by the spectrum within a variant.
 CIs are percentile bootstraps over members (pairs resampled together), numpy only and seeded,
-with the conventions of ``stats.py``. lambda_1 = -inf (an exactly vanished product) is a result,
+seeded. A percentile bootstrap is adequate here: it resamples the many members of a table,
+not the handful of seeds the study's comparisons have (``stats.py``). lambda_1 = -inf (an exactly vanished product) is a result,
 not missing: it ranks lowest, tied with any other -inf.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -32,8 +32,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from rnn_spectra.plots import save  # noqa: E402
 from rnn_spectra.spectral import rows as spectral_rows  # noqa: E402
-from rnn_spectra.study.stats import LEVEL, N_BOOT, Interval  # noqa: E402
+from rnn_spectra.study.stats import LEVEL, Interval  # noqa: E402
+
+N_BOOT = 10_000  # resamples of the members (tens to hundreds per table, not a handful of seeds)
 
 
 def log_jacobian_full(row: dict) -> float | None:
@@ -204,7 +207,7 @@ def predictor_table(members: list[dict], *, seed: int = 0, n_boot: int = N_BOOT)
 
 
 def _ci_text(d: dict, null: float) -> str:
-    iv = Interval(**d)
+    iv = Interval.from_dict(d)
     text = iv.text(2)
     if iv.n >= 3 and math.isfinite(iv.estimate) and math.isfinite(iv.lo) and iv.lo <= null <= iv.hi:
         text += f" *not distinguishable from {null:g} at this budget*"
@@ -275,7 +278,4 @@ def predictors_figure(rows: list[dict], path: str) -> str:
     if uniq:
         fig.legend(uniq.values(), uniq.keys(), loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=90)

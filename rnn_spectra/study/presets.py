@@ -68,8 +68,8 @@ class TaskEntry:
         return (("task.name", self.name), ("task.seq_len", self.seq_len)) + self.config
 
 
-# The question's variants. Init scales follow REFERENCES.md: tanh N(0, 1/N); ReLU N(0, 2/N)
-# (He); orthogonal gain 1; IRNN W = I; np-RNN top eigenvalue 1.
+# The question's variants. Init scales follow docs/references.md: tanh N(0, 1/N); ReLU N(0, 2/N)
+# (He); orthogonal gain 1; IRNN W = I (Le et al. 2015); np-RNN top eigenvalue 1 (Talathi & Vartak).
 BASE_VARIANTS = (
     variant("tanh_rnn", "normal", 1.0),
     variant("tanh_rnn", "orthogonal", 1.0),

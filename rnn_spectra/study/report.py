@@ -5,7 +5,6 @@ The rows come from ``results.py``; every sentence of "Findings" is generated fro
 
 from __future__ import annotations
 
-import math
 import os
 from collections import defaultdict
 
@@ -13,81 +12,14 @@ from collections import defaultdict
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
 from rnn_spectra.study.claims import CLAIMS, write_claims
-from rnn_spectra.study.findings import SHORT, build_claims, sentence
+from rnn_spectra.study.findings import build_claims
+from rnn_spectra.study.sentences import findings, fmt, lyap_text
 from rnn_spectra.study.predictors import predictors_figure, render_predictors
 from rnn_spectra.study.results import build_results
-from rnn_spectra.study.stats import UNDECIDED, Interval
+from rnn_spectra.study.stats import Interval
 from rnn_spectra.tasks.images import SOLVED_ACCURACY
 
 # ----------------------------------------------------------------------------- findings
-
-
-def _fmt(x, digits=3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    return f"{x:.{digits}g}"
-
-
-def findings(results: dict, claims: list[dict] | None = None) -> list[str]:
-    """Sentences generated from the rows and their claims (``findings.py``; built from the rows
-    when not given); no hand-written conclusions, no comparison without its CI."""
-    claims = build_claims(results) if claims is None else claims
-    out = []
-    by_table = defaultdict(list)
-    for r in results["rows"]:
-        by_table[r["table"]].append(r)
-    for table, rows in by_table.items():
-        base = rows[0]["baseline"]
-        mine = [c for c in claims if c["id"].startswith(f"{table}|")]
-        vs_base = {c["a"]: c["sign"] for c in mine if c["b"] == "baseline"}
-        below = [v for v, s in vs_base.items() if s < 0]
-        above = [v for v, s in vs_base.items() if s > 0]
-        learning = [r for r in rows if r.get("seeds_still_learning")]
-        text = (f"**{table}** (baseline {_fmt(base, 4)}): {len(below)} of {len(rows)} rows have a "
-                f"test loss below the baseline (95% CI of the difference below zero), "
-                f"{len(above)} above it, {len(rows) - len(below) - len(above)} not distinguishable "
-                f"from it at this budget")
-        if learning:
-            text += ("; still learning at the step cap (best validation loss of the last 25% of "
-                     "the steps > 1% below the best before): " + ", ".join(
-                         f"{r['variant']} ({r['seeds_still_learning']}/{r['seeds']})" for r in learning)
-                     + ": their numbers are a property of the budget")
-        out.append(text + ".")
-        for r in rows:
-            if r["seeds_diverged"]:
-                out.append(
-                    f"{table}: {r['variant']} diverged in {r['seeds_diverged']}/{r['seeds']} seeds "
-                    f"even at its chosen setting ({r['setting']}); σ_max(W_s) at init "
-                    f"{_fmt(r['sigma_max_init'])}, "
-                    + (f"mean one-step Jacobian norm {_fmt(r['step_norm_init'])}, "
-                       if r.get("step_norm_init") is not None else "")
-                    + f"top Lyapunov exponent at init {_lyap(r, 'init')} per step.")
-        edge = [r for r in rows if r.get("lr_at_grid_edge")]
-        if edge:
-            out.append(f"{table}: chosen learning rate still on the edge of the (extended) grid: "
-                       + ", ".join(f"{r['variant']} ({r['setting']})" for r in edge)
-                       + "; a better one may lie beyond it.")
-        decided = [c for c in mine if c["sign"] and c["b"] != "baseline"]
-        out += [f"{table}: {sentence(c)}" for c in decided]
-        undecided = [c for c in mine if not c["sign"] and c["b"] != "baseline"]
-        if undecided:
-            out.append(f"{table}: {UNDECIDED}: " + "; ".join(
-                f"{c['a']} vs {c['b']} ({SHORT.get(c['quantity'], c['quantity'])}, "
-                f"{Interval(**c['difference']).text()})" for c in undecided) + ".")
-    for clip_on in (False, True):
-        rs = [r for r in results["rows"] if (r["clip"] != "none") == clip_on
-              and r.get("runs_diverged_all_settings")]
-        total = sum(r["runs_all_settings"] for r in results["rows"] if (r["clip"] != "none") == clip_on)
-        div = sum(r["runs_diverged_all_settings"] for r in rs)
-        text = (f"Over every setting of the pilot grid, {div} of {total} runs "
-                f"{'with' if clip_on else 'without'} clipping diverged")
-        if rs:
-            worst = sorted(rs, key=lambda r: -r["runs_diverged_all_settings"])[:4]
-            text += ", most in " + ", ".join(
-                f"{r['table']} {r['variant']} ({r['runs_diverged_all_settings']}/{r['runs_all_settings']}, "
-                f"σ_max(W_s) at init {_fmt(r['sigma_max_init'])})" for r in worst)
-        out.append(text + ".")
-    return out
 
 
 # ----------------------------------------------------------------------------- markdown
@@ -96,14 +28,14 @@ COLUMNS = [
     ("variant", "variant", str),
     ("setting", "chosen setting", None),
     ("params", "params", str),
-    ("test_loss", "test loss, mean [95% CI]", None),
+    ("test_loss", "test loss, geometric mean [95% CI]", None),
     ("seeds_solved", "solved", None),
     ("seeds_diverged", "diverged", None),
     ("seeds_still_learning", "still learning", None),
-    ("events", "instability events / run [95% CI]", None),
+    ("events", "instability events / run, mean [95% CI]", None),
     ("target", "to target (steps)", None),
     ("lyap", "λ₁ init → end", None),
-    ("seconds_per_1000_steps", "s / 1000 steps / model", lambda x: _fmt(x, 2)),
+    ("seconds_per_1000_steps", "s / 1000 steps / model", lambda x: fmt(x, 2)),
 ]
 # The spectra table under each task's table: one row per variant, init → end, seed means.
 SPECTRAL_COLUMNS = [
@@ -117,18 +49,9 @@ SPECTRAL_COLUMNS = [
 ]
 
 
-def _init_end(r: dict, key: str, digits: int = 3, fmt=None) -> str:
-    fmt = fmt or (lambda x: _fmt(x, digits))
-    return f"{fmt(r.get(f'{key}_init'))} → {fmt(r.get(f'{key}_end'))}"
-
-
-def _lyap(r: dict, when: str) -> str:
-    """λ₁ of the seeds: "−∞" when every seed's is -inf (exactly zero stretching), and the count of
-    such seeds next to the mean of the others; never a silent "–"."""
-    value, neginf = r.get(f"lyapunov_top_{when}"), r.get(f"lyapunov_top_neginf_{when}") or 0
-    if neginf and value is None:
-        return "−∞"
-    return _fmt(value, 2) + (f" (−∞ in {neginf}/{r['seeds']})" if neginf else "")
+def _init_end(r: dict, key: str, digits: int = 3, show=None) -> str:
+    show = show or (lambda x: fmt(x, digits))
+    return f"{show(r.get(f'{key}_init'))} → {show(r.get(f'{key}_end'))}"
 
 
 def _sigma_by_matrix(r: dict) -> str:
@@ -136,10 +59,10 @@ def _sigma_by_matrix(r: dict) -> str:
     if not first and r.get("sigma_max_init") is not None:  # results.json from before #14
         return _init_end(r, "sigma_max")
     if list(first) == ["W_s"]:
-        return f"{_fmt(first['W_s'])} → {_fmt(last.get('W_s'))}"
+        return f"{fmt(first['W_s'])} → {fmt(last.get('W_s'))}"
     order = ("W_i", "W_f", "W_g", "W_o", "W_r", "W_z", "W_n")  # the cells' stacking order
     names = sorted(first, key=lambda m: order.index(m) if m in order else len(order))
-    return "; ".join(f"{m[2:] if m.startswith('W_') else m} {_fmt(first[m])}→{_fmt(last.get(m))}"
+    return "; ".join(f"{m[2:] if m.startswith('W_') else m} {fmt(first[m])}→{fmt(last.get(m))}"
                      for m in names)
 
 
@@ -149,11 +72,11 @@ def _spectral_cell(r: dict, key: str) -> str:
     if key == "sigma":
         return _sigma_by_matrix(r)
     if key == "lyap":
-        return f"{_lyap(r, 'init')} → {_lyap(r, 'end')}"
+        return f"{lyap_text(r, 'init')} → {lyap_text(r, 'end')}"
     if key == "near_zero":
-        return _init_end(r, key, fmt=lambda x: _fmt(x, 3))
+        return _init_end(r, key, show=lambda x: fmt(x, 3))
     if key == "dead_units":
-        return _init_end(r, key, fmt=lambda x: "–" if x is None else f"{100 * x:.0f}%")
+        return _init_end(r, key, show=lambda x: "–" if x is None else f"{100 * x:.0f}%")
     return _init_end(r, key, 3)
 
 
@@ -182,10 +105,10 @@ def spectral_table(rows: list[dict]) -> list[str]:
 
 def _ci(r: dict, key: str, fallback: str) -> str:
     ci = r.get(key)
-    return Interval(**ci).text() if ci else _fmt(r.get(fallback))
+    return Interval.from_dict(ci).text(ratio=False) if ci else fmt(r.get(fallback))
 
 
-def _cell(r: dict, key: str, fmt) -> str:
+def _cell(r: dict, key: str, show) -> str:
     if key == "test_loss":
         return _ci(r, "test_loss_ci", "test_loss_mean") + ("" if r.get("confirmed", True) else " †")
     if key in ("seeds_solved", "seeds_diverged", "seeds_still_learning"):
@@ -195,10 +118,10 @@ def _cell(r: dict, key: str, fmt) -> str:
     if key == "events":
         return _ci(r, "instability_events_ci", "") if r.get("optimizer") == "sgd" else "–"
     if key == "target":
-        return _fmt(r["steps_to_target"])
+        return fmt(r["steps_to_target"])
     if key in ("lyap", "near_zero"):
         return _spectral_cell(r, key)
-    return fmt(r[key])
+    return show(r[key])
 
 
 def render_markdown(results: dict, figures: list[str], claims: list[dict] | None = None) -> str:
@@ -206,7 +129,7 @@ def render_markdown(results: dict, figures: list[str], claims: list[dict] | None
     lines = [f"# Study report: preset `{results['preset']}`", ""]
     lines += [f"Machine: {results['machine']}; jax {results['jax']}; started {results['started']}, "
               f"finished {results['finished']}; {results['members']} trained members; study wall "
-              f"time {_fmt(results['wall_time_s'], 4)} s.", ""]
+              f"time {fmt(results['wall_time_s'], 4)} s.", ""]
     rows = results["rows"]
     steps = sorted({r.get("steps") for r in rows if r.get("steps")})
     lines += [
@@ -216,11 +139,17 @@ def render_markdown(results: dict, figures: list[str], claims: list[dict] | None
         "(*(edge)*: still on it after that). The numbers are those of fresh *confirmation* seeds "
         "at the chosen setting, on a separate test set: no number in a table is one that chose "
         "it" + (" († marks a row without confirmation seeds: chosen and quoted on the same seeds)"
-                if any(not r.get("confirmed", True) for r in rows) else "") + ". Means carry a 95% "
-        "percentile-bootstrap CI over the confirmation seeds; every comparison in *Findings* is "
-        "the bootstrap CI of a difference (paired by seed where both rows ran the same seeds) and "
-        "is stated only when it excludes zero, else it reads *not distinguishable at this "
-        "budget*; the comparisons are in `claims.json`, which `rnn-spectra report --check-claims` "
+                if any(not r.get("confirmed", True) for r in rows) else "") + ". A row's test "
+        "loss is the geometric mean of its seeds that did not diverge, with a 95% t-interval on "
+        "the log; the seeds that diverged are counted beside it. Every comparison in *Findings* "
+        "is a ratio of test losses A/B (λ₁ and event counts: a difference A − B) over the "
+        "confirmation seeds, paired by seed where both rows ran the same seeds: a t-interval on "
+        "the log ratios, or, where a seed diverged, the Hodges–Lehmann interval with diverged seeds "
+        "ranked worst (a row that diverged more often is never called better); shares of diverged "
+        "seeds by Boschloo's exact test. Its coverage was checked by simulation at these seed "
+        "counts (`tests/test_calibration.py`). A comparison is stated only when Benjamini–Hochberg "
+        "decides it within its family, else it reads *not distinguishable at this budget*; each "
+        "carries the id of its record in `claims.json`, which `rnn-spectra report --check-claims` "
         "checks against another run." + (f" Training stops at a step cap ({', '.join(map(str, steps))} "
                                          "steps)." if steps else ""), "",
         "*Still learning*: seeds whose best validation loss over the last 25% of the steps was "
@@ -242,7 +171,7 @@ def render_markdown(results: dict, figures: list[str], claims: list[dict] | None
     for r in results["rows"]:
         by_table[r["table"]].append(r)
     for table, rows in by_table.items():
-        lines += ["", f"## {table} — baseline {_fmt(rows[0]['baseline'], 4)}", ""]
+        lines += ["", f"## {table} — baseline {fmt(rows[0]['baseline'], 4)}", ""]
         lines += ["| " + " | ".join(c[1] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         lines += ["| " + " | ".join(_cell(r, k, f) for k, _, f in COLUMNS) + " |" for r in rows]
         lines += spectral_table(rows)
@@ -286,17 +215,14 @@ def write_report(workdir: str) -> str:
     results = build_results(workdir)
     claims = build_claims(results)
     wd.write_json(wd.path(workdir, "results.json"), results)
-    write_claims(workdir, claims, {k: results.get(k) for k in ("preset", "machine", "finished")})
+    write_claims(workdir, claims, {k: results.get(k) for k in ("preset", "design", "seed_offset",
+                                                                "machine", "finished")})
     figures = make_figures(workdir, results)
     if results.get("predictors"):
         figures.append(os.path.relpath(predictors_figure(
             results["predictors"], os.path.join(workdir, "figures", "predictors.png")), workdir))
     path = wd.path(workdir, "report.md")
-    try:
-        with open(path, "w") as f:
-            f.write(render_markdown(results, figures, claims))
-    except OSError as e:
-        raise wd.io_error(path, "write", e, "check the study folder's permissions") from None
+    wd.write_text(path, render_markdown(results, figures, claims))  # atomic; one line if it fails
     return path
 
 

@@ -2,7 +2,7 @@
 
 Each table row is a variant (cell / init / clipping) at its *own* best setting (learning rate,
 clip threshold), chosen by mean validation loss over the pilot seeds; the numbers quoted are the
-confirmation seeds' losses on a separate test set, with 95% bootstrap CIs. No number in a row is
+confirmation seeds' losses on a separate test set, with 95% t-intervals (``stats.py``). No number in a row is
 one that chose it. Members are opened with ``runs.load_run``, like any run.
 """
 
@@ -20,6 +20,7 @@ from rnn_spectra.errors import WorkdirError
 from rnn_spectra.runs import load_run
 from rnn_spectra.study import members as member_lib
 from rnn_spectra.spectral.rows import init_end_summary, lyapunov_top, sigma_max
+from rnn_spectra.study.claims import design_hash
 from rnn_spectra.study.criteria import instability_events, still_learning
 from rnn_spectra.study.predictors import predictor_table
 from rnn_spectra.study.stats import mean_ci, sample_sd
@@ -175,11 +176,13 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
         "val_loss_mean": _stat([_val_loss(m) for m in seeds])[0],  # reported seeds; the pilot chose
         "test_loss_mean": loss_mean,
         "test_loss_sd": loss_sd,
-        "test_loss_ci": mean_ci(test_losses).as_dict(),  # 95% bootstrap over seeds
+        # geometric mean of the seeds that did not diverge, t-interval on the log (stats.py)
+        "test_loss_ci": mean_ci([v for m, v in zip(seeds, test_losses)
+                                 if m["summary"]["status"] != "diverged"]).as_dict(),
         "test_losses": dict(zip((str(m["seed"]) for m in seeds), test_losses)),  # by seed: pairs
         "seeds_still_learning": sum(learning),  # stopped on the step cap while still improving
         "instability_events": dict(zip((str(m["seed"]) for m in seeds), events)),
-        "instability_events_ci": mean_ci(events).as_dict(),
+        "instability_events_ci": mean_ci(events, scale="linear").as_dict(),
         # 1 where the seed diverged: the exploding claim compares these, since a diverged seed
         # has no test loss to compare
         "diverged_by_seed": {str(m["seed"]): float(m["summary"]["status"] == "diverged")
@@ -293,6 +296,8 @@ def build_results(workdir: str) -> dict:
     measured = [m for m in members if len(m["spectra"]) >= 2]
     confirmed = [m for m in measured if m.get("phase") == "confirm"]
     return {"predictors": predictor_table(confirmed or measured),
-            "preset": study["preset"], "machine": study.get("machine"), "jax": study.get("jax"),
+            "preset": study["preset"], "design": design_hash(study),
+            "seed_offset": study.get("seed_offset", 0),
+            "machine": study.get("machine"), "jax": study.get("jax"),
             "started": study.get("started"), "finished": study.get("finished"),
             "wall_time_s": study.get("wall_time_s"), "members": len(members), "rows": rows}

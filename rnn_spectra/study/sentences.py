@@ -1,0 +1,163 @@
+"""The *Findings* section in words: sentences generated from a study's rows and claims, never
+written by hand, each with its interval and the id of the claim in ``claims.json`` it rests on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+from scipy import stats as sps
+
+from rnn_spectra.study.findings import DIVERGED, EVENTS, SHORT, build_claims, multiplicity
+from rnn_spectra.study.stats import LEVEL, UNDECIDED, Interval, detectable_shift
+
+
+def fmt(x, digits=3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}g}"
+
+
+def findings(results: dict, claims: list[dict] | None = None) -> list[str]:
+    """Sentences generated from the rows and their claims (``findings.py``; built from the rows
+    when not given); no hand-written conclusions, no comparison without its interval, each
+    sentence with the id of the claim in claims.json it rests on."""
+    claims = build_claims(results) if claims is None else claims
+    out = [_multiplicity_sentence(claims), *_detectable_sentence(claims)]
+    by_table = defaultdict(list)
+    for r in results["rows"]:
+        by_table[r["table"]].append(r)
+    for table, rows in by_table.items():
+        base = rows[0]["baseline"]
+        mine = [c for c in claims if c["id"].startswith(f"{table}|")]
+        vs_base = {c["a"]: c["sign"] for c in mine if c["b"] == "baseline"}
+        below = [v for v, s in vs_base.items() if s < 0]
+        above = [v for v, s in vs_base.items() if s > 0]
+        learning = [r for r in rows if r.get("seeds_still_learning")]
+        text = (f"**{table}** (baseline {fmt(base, 4)}): {len(below)} of {len(rows)} rows have a "
+                f"test loss below the baseline (decided in the family `{table}|vs baseline`), "
+                f"{len(above)} above it, {len(rows) - len(below) - len(above)} not distinguishable "
+                f"from it at this budget")
+        if learning:
+            text += ("; still learning at the step cap (best validation loss of the last 25% of "
+                     "the steps > 1% below the best before): " + ", ".join(
+                         f"{r['variant']} ({r['seeds_still_learning']}/{r['seeds']})" for r in learning)
+                     + ": their numbers are a property of the budget")
+        out.append(text + ".")
+        for r in rows:
+            if r["seeds_diverged"]:
+                out.append(
+                    f"{table}: {r['variant']} diverged in {r['seeds_diverged']}/{r['seeds']} seeds "
+                    f"even at its chosen setting ({r['setting']}); σ_max(W_s) at init "
+                    f"{fmt(r['sigma_max_init'])}, "
+                    + (f"mean one-step Jacobian norm {fmt(r['step_norm_init'])}, "
+                       if r.get("step_norm_init") is not None else "")
+                    + f"top Lyapunov exponent at init {lyap_text(r, 'init')} per step.")
+        edge = [r for r in rows if r.get("lr_at_grid_edge")]
+        if edge:
+            out.append(f"{table}: chosen learning rate still on the edge of the (extended) grid: "
+                       + ", ".join(f"{r['variant']} ({r['setting']})" for r in edge)
+                       + "; a better one may lie beyond it.")
+        decided = [c for c in mine if c["sign"] and c["b"] != "baseline"]
+        out += [f"{table}: {sentence(c)}" for c in decided]
+        out += _undecided(table, [c for c in mine if not c["sign"] and c["b"] != "baseline"])
+    tasks = sorted({c["family"].split("|")[0] for c in claims if c.get("family", "").endswith("|interaction")})
+    for task in tasks:
+        mine = [c for c in claims if c.get("family") == f"{task}|interaction"]
+        out += [f"{task}: {sentence(c)}" for c in mine if c["sign"]]
+        out += _undecided(f"{task} (does a ratio change with T?)", [c for c in mine if not c["sign"]])
+    for clip_on in (False, True):
+        rs = [r for r in results["rows"] if (r["clip"] != "none") == clip_on
+              and r.get("runs_diverged_all_settings")]
+        total = sum(r["runs_all_settings"] for r in results["rows"] if (r["clip"] != "none") == clip_on)
+        div = sum(r["runs_diverged_all_settings"] for r in rs)
+        text = (f"Over every setting of the pilot grid, {div} of {total} runs "
+                f"{'with' if clip_on else 'without'} clipping diverged")
+        if rs:
+            worst = sorted(rs, key=lambda r: -r["runs_diverged_all_settings"])[:4]
+            text += ", most in " + ", ".join(
+                f"{r['table']} {r['variant']} ({r['runs_diverged_all_settings']}/{r['runs_all_settings']}, "
+                f"σ_max(W_s) at init {fmt(r['sigma_max_init'])})" for r in worst)
+        out.append(text + ".")
+    return out
+
+
+def _undecided(where: str, claims: list[dict]) -> list[str]:
+    if not claims:
+        return []
+    return [f"{where}: {UNDECIDED}: " + "; ".join(
+        f"{c['a']} vs {c['b']} ({SHORT.get(c['quantity'], c['quantity'])}, "
+        f"{_with_level(Interval.from_dict(c['difference']))}) [`{c['id']}`]" for c in claims) + "."]
+
+
+def _with_level(ci: Interval) -> str:
+    return ci.text() + ("" if math.isclose(ci.level, LEVEL) else f" at {100 * ci.level:.3g}%")
+
+
+def _multiplicity_sentence(claims: list[dict]) -> str:
+    m = multiplicity(claims)
+    return (f"**Comparisons made: {m['comparisons']}** in {m['families']} families (one table, one "
+            f"kind of comparison). Were there no differences at all, about "
+            f"{m['by_chance_unadjusted']:.0f} of them would reach 95% by chance; within each family "
+            f"Benjamini–Hochberg at q = {100 * m['fdr']:g}% decides, so of the {m['decided']} decided "
+            f"claims about {m['expected_false_among_decided']:.1f} or fewer are expected to be false "
+            "on average. A decided claim shows its interval at its family's adjusted level "
+            "(Benjamini & Yekutieli 2005); an undecided one its interval at the level at which its family "
+            "left it undecided, which contains no difference.")
+
+
+def _detectable_sentence(claims: list[dict]) -> list[str]:
+    """The smallest ratio the study could detect, from the spread of its paired log ratios."""
+    spreads, ns = [], []
+    for c in claims:
+        ci = Interval.from_dict(c["difference"])
+        if ci.method == "t" and ci.scale == "log" and c["b"] != "baseline" and ci.n >= 2:
+            half = (ci.hi - ci.lo) / 2
+            spreads.append(half / float(sps.t.ppf(0.5 + ci.level / 2, ci.n - 1)) * ci.n ** 0.5)
+            ns.append(ci.n)
+    if not spreads:
+        return []
+    n = int(np.median(ns))
+    sd = float(np.median(spreads))
+    shift = detectable_shift(n)
+    return [f"*Minimum detectable effect*: at {n} paired seeds a t-test on log loss detects, with "
+            f"80% power at 5% (before the family adjustment), a mean log ratio of {shift:.2f} sd of "
+            f"the per-seed log ratio; with this study's median sd ({sd:.2f}) that is a ratio of "
+            f"×{math.exp(shift * sd):.2g} (or ×{math.exp(-shift * sd):.2g}). Smaller differences "
+            f"read *{UNDECIDED}*, which says as much about the budget as about the cells."]
+
+
+def lyap_text(r: dict, when: str) -> str:
+    """λ₁ of the seeds: "−∞" when every seed's is -inf (exactly zero stretching), and the count of
+    such seeds next to the mean of the others; never a silent "–"."""
+    value, neginf = r.get(f"lyapunov_top_{when}"), r.get(f"lyapunov_top_neginf_{when}") or 0
+    if neginf and value is None:
+        return "−∞"
+    return fmt(value, 2) + (f" (−∞ in {neginf}/{r['seeds']})" if neginf else "")
+
+
+def sentence(c: dict) -> str:
+    """The claim in words, with its interval; 'lower'/'higher' only when it was decided."""
+    ci = Interval.from_dict(c["difference"])
+    what = {EVENTS: "events", DIVERGED: "share of seeds diverged"}.get(c["quantity"], c["quantity"])
+    measure = "ratio A/B" if ci.scale == "log" else "difference A − B"
+    if c["sign"] == 0:
+        body = f"{c['a']} vs {c['b']} ({what}): {UNDECIDED}; {measure} {ci.text()}"
+    else:
+        body = (f"{c['a']} has {'lower' if c['sign'] < 0 else 'higher'} {what} than {c['b']}: "
+                f"{measure} {ci.text()} ({100 * ci.level:.3g}% interval{_method(ci)})")
+    learning = [f"{v} {k}/{n}" for v, (k, n) in c.get("still_learning", {}).items() if k]
+    if learning:
+        body += " (still learning at the step cap: " + ", ".join(learning) + " seeds)"
+    diverged = [f"{v} {k}/{n}" for v, (k, n) in c.get("diverged", {}).items() if k]
+    if diverged and c["quantity"] != DIVERGED:
+        body += " (diverged, counted as the worst outcome: " + ", ".join(diverged) + " seeds)"
+    return body + f" [`{c['id']}`]."
+
+
+def _method(ci: Interval) -> str:
+    return {"rank": ", Hodges–Lehmann, diverged seeds ranked worst",
+            "signed-rank": ", signed-rank, diverged seeds ranked worst",
+            "boschloo": f", Boschloo p = {ci.p:.2g}" if ci.p is not None else ""}.get(ci.method, "")

@@ -1,0 +1,103 @@
+"""The README's answers say no more than the published claims: every claim id a bullet cites is
+a record of that study's claims.json, every decided one HOLDS in its replication.md, every
+number with an interval is a cited claim's interval as the report prints it, and an undecided
+claim is only ever cited as "not distinguishable at this budget"."""
+
+import json
+import os
+import re
+
+import pytest
+
+from rnn_spectra.study.stats import UNDECIDED, Interval
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BLOCK = re.compile(r"<!-- answer: (\S+) -->\n(.*?)<!-- /answer -->", re.S)
+ID = re.compile(r"`([^`]+\|[^`]+)`")
+# "×0.022 [0.0033, 0.147]" or "−0.0611 [−0.0924, −0.0298]" or "1 [0.185, 1]"
+NUMBER = r"[−-]?(?:\d[\d.e+-]*|∞)"
+QUOTED = re.compile(rf"(×?{NUMBER} \[{NUMBER}, {NUMBER}\])")
+# UNDECIDED, or with what it is not distinguishable from in between
+SAYS_UNDECIDED = re.compile(UNDECIDED.replace(" at this budget", r"(?: [^.;(]{0,40})? at this budget"))
+ROW = re.compile(r"^\| .* \| `([^`]+)` \| (HOLDS|FLIPS|UNDECIDED) \|", re.M)
+
+
+def _blocks() -> list[tuple[str, str]]:
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        found = BLOCK.findall(f.read())
+    assert found, "README.md has no <!-- answer: DIR --> blocks"
+    return found
+
+
+def _bullets(block: str) -> list[str]:
+    """One text per bullet (a line starting '- ' or 'N. '), its continuation lines joined."""
+    items = re.split(r"\n(?=- |\d+\. )", block.strip())
+    return [re.sub(r"\s*\n\s*", " ", b) for b in items]
+
+
+def _claims(folder: str) -> dict:
+    with open(os.path.join(ROOT, folder, "claims.json"), encoding="utf-8") as f:
+        return {c["id"]: c for c in json.load(f)["claims"]}
+
+
+def _verdicts(folder: str) -> dict:
+    """The verdict per id in the first (the + 1000) check of folder/replication.md."""
+    with open(os.path.join(ROOT, folder, "replication.md"), encoding="utf-8") as f:
+        text = f.read()
+    first = re.split(r"\n## ", text)[1] if "\n## " in text else text
+    return dict(ROW.findall(first))
+
+
+def _minus(s: str) -> str:
+    return s.replace("−", "-")
+
+
+@pytest.mark.parametrize("folder,block", _blocks(), ids=lambda x: x if len(x) < 20 else "")
+def test_every_answer_rests_on_claims_that_held(folder, block):
+    claims, verdicts = _claims(folder), _verdicts(folder)
+    assert verdicts, f"{folder}/replication.md has no check table"
+    for bullet in _bullets(block):
+        cited = ID.findall(bullet)
+        assert cited, f"a bullet of the {folder} answer cites no claim: {bullet[:80]}"
+        for cid in cited:
+            assert cid in claims, f"README cites {cid!r}, which is not in {folder}/claims.json"
+            c = claims[cid]
+            if c["sign"]:
+                assert verdicts.get(cid) == "HOLDS", (cid, verdicts.get(cid))
+            else:
+                assert SAYS_UNDECIDED.search(bullet), f"{cid} is undecided but its bullet does not say so"
+        printed = {_minus(Interval.from_dict(claims[cid]["difference"]).text()) for cid in cited}
+        for quoted in QUOTED.findall(bullet):
+            assert _minus(quoted) in printed, (
+                f"README quotes {quoted!r}, which is not the interval of any claim its bullet "
+                f"cites ({sorted(printed)})")
+
+
+def test_the_check_detects_an_altered_number():
+    """The harness above would notice a number edited by hand."""
+    folder, block = _blocks()[0]
+    claims = _claims(folder)
+    bullet = next(b for b in _bullets(block) if QUOTED.search(b))
+    quoted = QUOTED.search(bullet).group(1)
+    printed = {_minus(Interval.from_dict(claims[c]["difference"]).text()) for c in ID.findall(bullet)}
+    assert _minus(quoted) in printed
+    assert _minus(quoted).replace("[", "[9") not in printed
+
+
+def _counts(folder: str) -> tuple[int, int, int]:
+    claims = _claims(folder).values()
+    return len(claims), len({c["family"] for c in claims}), sum(bool(c["sign"]) for c in claims)
+
+
+def test_the_readme_counts_are_those_of_the_published_claims():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = re.sub(r"\s+", " ", f.read())
+    m, families, decided = _counts("docs")
+    assert f"made {m} comparisons in {families} families" in text
+    assert f"{decided} were decided" in text
+    held = list(_verdicts("docs").values()).count("HOLDS")
+    assert f"{held} of the {decided} held" in text
+    m, _, decided = _counts("docs/control")
+    assert f"Of its {m} comparisons" in text and f"Benjamini–Hochberg decided {decided};" in text
+    held = list(_verdicts("docs/control").values()).count("HOLDS")
+    assert f"{held} held" in text
