@@ -25,9 +25,10 @@ from rnn_spectra.parallel import padded_size
 
 
 def program_signature(run: RunConfig) -> RunConfig:
-    """The config with every vmappable field blanked: members with equal signatures share a program.
-    The regulariser's weight and target and the projection bound are state (``control.py``) once
-    they are on, so only on/off is part of the program."""
+    """The config with every vmappable field blanked (set to one valid value, a section checks
+    its values): members with equal signatures share a program. The regulariser's weight and
+    target and the projection bound are state (``control.py``) once they are on, so only on/off
+    is part of the program."""
     clip = "global_norm" if run.optim.clip == "none" else run.optim.clip
     ctl, lc = run.control, run.control.lyapunov
     lc = dataclasses.replace(lc, weight=float(lc.weight > 0), target=0.0)
@@ -37,8 +38,8 @@ def program_signature(run: RunConfig) -> RunConfig:
         seed=0,
         model=dataclasses.replace(run.model, cell=program_name(run.model.cell),
                                   recurrent_init=None, init_scale=None),
-        optim=dataclasses.replace(run.optim, learning_rate=0.0, clip=clip, clip_value=0.0),
-        checkpoint=dataclasses.replace(run.checkpoint, keep=0),
+        optim=dataclasses.replace(run.optim, learning_rate=1.0, clip=clip, clip_value=1.0),
+        checkpoint=dataclasses.replace(run.checkpoint, keep=1),
         control=ctl,
     )
 
