@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None, *, compilation_cache: bool = False) -> i
             args, extra = parser.parse_known_args(argv)
             command = args.command
             if compilation_cache:
+                from rnn_spectra.backend import enable_compilation_cache
+
                 enable_compilation_cache()
             return _dispatch(args, extra)
         except Interrupted as e:
@@ -323,7 +325,7 @@ def _dispatch(args, extra: list[str]) -> int:
             initialize_distributed(args.distributed, args.coordinator, args.num_processes,
                                    args.process_id)
         if args.command != "data":  # where the CLI first touches the backend
-            from rnn_spectra.parallel import require_backend
+            from rnn_spectra.backend import require_backend
 
             require_backend()
         return args.func(args, overrides)
@@ -333,33 +335,6 @@ def _dispatch(args, extra: list[str]) -> int:
     except KeyboardInterrupt:  # only where SetUpSignals could not be installed
         say("interrupted")
         return 130
-
-
-def enable_compilation_cache() -> None:
-    """JAX's persistent compilation cache, on by default for the command line.
-
-    Research means the same shapes again and again (seeds, resumed runs, re-run studies): the
-    train step, the evals and the spectral monitor (~3 s of compile on a 2-core CPU, most of its
-    cost in a 1000-step run) then compile once per machine. ``RNN_SPECTRA_COMPILATION_CACHE``
-    names the folder (default ``~/.cache/rnn_spectra/jax``) or ``off``; a
-    ``JAX_COMPILATION_CACHE_DIR`` of the user's own is left alone. Capped at 2 GiB."""
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return
-    where = os.environ.get("RNN_SPECTRA_COMPILATION_CACHE",
-                           os.path.join(os.path.expanduser("~"), ".cache", "rnn_spectra", "jax"))
-    if where.lower() in ("off", "0", "none", ""):
-        return
-    try:
-        os.makedirs(where, exist_ok=True)
-    except OSError as e:
-        print(f"rnn-spectra: compilation cache {where} unusable ({e.strerror}); compiling without "
-              "it (set RNN_SPECTRA_COMPILATION_CACHE to another folder, or off)", file=sys.stderr)
-        return
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", where)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    jax.config.update("jax_compilation_cache_max_size", 2 << 30)
 
 
 def entry() -> None:

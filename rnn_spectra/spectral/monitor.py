@@ -51,17 +51,15 @@ Row keys (natural logs throughout; "state" is the flattened carry, LSTM: c and h
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
+from rnn_spectra.backend import single_threaded_blas
 from rnn_spectra.cells import get_cell_spec, recurrent_matrices
 from rnn_spectra.errors import ConfigError
 from rnn_spectra.parallel import to_host
-from rnn_spectra.spectral.cellstep import make_step_fn
+from rnn_spectra.spectral.cellstep import make_step_fn, state_size
 from rnn_spectra.spectral.gradient_flow import model_gradient_flow
 from rnn_spectra.spectral.jacobians import (
     lag_log_norms, log_spaced_lags, measurement_window, step_jacobian_stats, trajectory,
@@ -76,37 +74,6 @@ from rnn_spectra.rng import PROBE_STREAM, stream_key
 FULL_SV_MAX = 1024  # up to this H every singular value is recorded; above, the 64 extremes
 SV_EXTREMES = 64
 FULL_LYAPUNOV_MAX = 1024  # up to this state size the whole Lyapunov spectrum is computed
-
-
-_BLAS = []  # the threadpoolctl controller, once it has seen a BLAS library
-
-
-def _blas_controller():
-    if not _BLAS:
-        try:
-            from threadpoolctl import ThreadpoolController  # installed with scikit-learn
-        except ImportError:
-            return None
-        import scipy.linalg  # noqa: F401 - loads the BLAS/LAPACK that jaxlib's CPU LAPACK calls use
-        controller = ThreadpoolController()
-        if not controller.select(user_api="blas").lib_controllers:
-            return None  # none loaded (yet): look again next time
-        _BLAS.append(controller)
-    return _BLAS[0]
-
-
-def single_threaded_blas():
-    """Context: the BLAS behind XLA:CPU's LAPACK calls (SVD, QR) runs one thread meanwhile.
-
-    The monitor's SVDs and QRs are small ((n, n), n ~ 100s) and called many times per
-    measurement (one SVD per lag). OpenBLAS's own threads then fight XLA's thread pool (and any
-    other load) and spin: on 2 busy cores one measurement took 1-29 s instead of ~0.1 s (each
-    (4, 128, 128) SVD 380 ms instead of 12 ms). Same results, one thread; numpy elsewhere in
-    the process is unaffected outside the context."""
-    controller = _blas_controller()
-    if controller is None:
-        return contextlib.nullcontext()
-    return controller.limit(limits=1, user_api="blas")
 
 
 def probe_batch(exp, batch_size: int | None = None):
@@ -171,17 +138,14 @@ class SpectralMonitor:
         self.exp, self.model, self.task = exp, model, exp.task
         self.cell = model.config.cell
         self._probe = None  # (inputs, targets), drawn on first use
-        key = jax.eval_shape(lambda: jax.random.PRNGKey(0))  # traced, not compiled: no batch yet
-        T = int(jax.eval_shape(lambda k: exp.task.batch(k, 1), key)[0].shape[1])
-        self.state_size = int(ravel_pytree(model.initial_carry(()))[0].shape[0])
+        T = exp.task.length
+        self.state_size = state_size(model)
         if sp.lyapunov_k > self.state_size:
             raise ConfigError(
                 f"spectral.lyapunov_k={sp.lyapunov_k} exceeds the state size n={self.state_size} of "
                 f"cell {self.cell!r} (hidden_size={model.config.hidden_size}); "
                 f"set --config.spectral.lyapunov_k to at most {self.state_size}"
             )
-        if not isinstance(sp.grad_flow_points, int) or sp.grad_flow_points < 2:
-            raise ConfigError(f"spectral.grad_flow_points must be an int >= 2, got {sp.grad_flow_points!r}")
         self.k = sp.lyapunov_k
         self.T = T
         self.discard = int(round(sp.lyapunov_discard * T))  # burn-in steps after the dead prefix
