@@ -136,7 +136,7 @@ def _study_preset(workdir: str) -> str:
 
 
 def cmd_analyze(args, overrides) -> int:
-    from rnn_spectra.spectral.analyze import (
+    from rnn_spectra.analyze import (
         FP_CANDIDATES, analyze_fixed_points, analyze_workdir, check_candidates, open_checkpoint,
     )
 
