@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import warnings
 
-from rnn_spectra.signals import SignalHandlers
 from rnn_spectra.errors import INTERRUPTED, ConfigError, Interrupted, StorageError, UserError
+from rnn_spectra.signals import SetUpSignals
+from rnn_spectra.workdir import check_utf8_path
 
 EXAMPLE = ("rnn-spectra train --config configs/adding.py --workdir runs/x "
            "--config.model.cell=relu_rnn --config.train.steps=500")
@@ -37,29 +37,8 @@ def split_overrides(extra: list[str]) -> dict[str, str]:
     return out
 
 
-def load_run_config(config_path: str | None, workdir: str, overrides: dict[str, str]):
-    """The config to run: the file (+ overrides), or an existing workdir's config.json to resume."""
-    from rnn_spectra import config as config_lib
-    from rnn_spectra.config_files import load_config_file
-    from rnn_spectra import workdir as wd
-
-    if config_path is None:
-        if not wd.is_run(workdir):
-            raise ConfigError(f"--config is required: {workdir} is not an existing run to resume")
-        cfg = config_lib.config_from_workdir(workdir)
-    else:
-        cfg = load_config_file(config_path)
-    cfg.lock()
-    config_lib.apply_overrides(cfg, overrides)
-    from rnn_spectra.train import build
-
-    build(config_lib.resolve(cfg))  # every value and name checked before the workdir is touched
-    return cfg
-
-
-
-
 def cmd_train(args, overrides) -> int:
+    from rnn_spectra.config_files import load_run_config
     from rnn_spectra.loop import train_and_evaluate
     from rnn_spectra.train import summary_line
 
@@ -69,32 +48,9 @@ def cmd_train(args, overrides) -> int:
     return INTERRUPTED if summary["status"] == "interrupted" else 0  # 75: resume me
 
 
-# What a study's command line may change: where and how it runs, never what it trains.
-STUDY_OVERRIDABLE = ("parallel.", "checkpoint.")
-
-
 def cmd_study(args, overrides) -> int:
     from rnn_spectra.study.run import run_study
 
-    overrides = dict(overrides)
-    offset = overrides.pop("study.seed_offset", None)  # the same as --seed-offset
-    refused = [k for k in overrides if not k.startswith(STUDY_OVERRIDABLE)]
-    if refused:
-        raise ConfigError(f"study takes only --config.parallel.*, --config.checkpoint.* and "
-                          f"--config.study.seed_offset overrides (the grid is the preset's), not "
-                          f"--config.{refused[0]}")
-    if offset is not None:
-        try:
-            offset = int(offset)
-        except ValueError:
-            raise ConfigError(f"--config.study.seed_offset must be a non-negative integer, got "
-                              f"{offset!r}") from None
-        if args.seed_offset not in (0, offset):
-            raise ConfigError(f"--seed-offset {args.seed_offset} and --config.study.seed_offset="
-                              f"{offset} disagree; give one")
-        args.seed_offset = offset
-    if args.seed_offset < 0:
-        raise ConfigError(f"--seed-offset must be a non-negative integer, got {args.seed_offset}")
     record = run_study(args.preset, args.workdir, report=not args.no_report, overrides=overrides,
                        seed_offset=args.seed_offset)
     print(f"{args.workdir}: study {record['preset']} done in {record['wall_time_s']:.0f}s"
@@ -247,33 +203,6 @@ def say(line: str) -> None:
     print(line.encode(enc, "backslashreplace").decode(enc, "replace"), file=sys.stderr, flush=True)
 
 
-class SetUpSignals(SignalHandlers):
-    """SIGINT/SIGTERM before the training loop takes them over (``resume.SignalGuard``): raise
-    Interrupted, so the command ends with one line and its interrupted code instead of a
-    traceback (SIGINT) or a silent kill (SIGTERM). A second signal exits at once."""
-
-    def __init__(self):
-        super().__init__()
-        self.fired = False
-
-    def _handler(self, signum, frame):
-        if self.fired:
-            os._exit(128 + signum)
-        self.fired = True
-        e = Interrupted(f"interrupted by {signal.Signals(signum).name}")
-        e.signum = signum
-        raise e
-
-
-def check_path_argument(flag: str, value: str) -> None:
-    try:
-        os.path.abspath(value).encode("utf-8")
-    except UnicodeEncodeError:
-        shown = os.fsencode(value).decode("utf-8", "backslashreplace")
-        raise ConfigError(f"--{flag} {shown}: the path is not valid UTF-8 and TensorStore (which "
-                          "writes the checkpoints) cannot open it; use a UTF-8 name") from None
-
-
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     """Our warnings (a skipped damaged checkpoint) in one line, without the source line."""
     if category.__module__.startswith("rnn_spectra."):
@@ -318,7 +247,7 @@ def _dispatch(args, extra: list[str]) -> int:
             raise ConfigError(f"unrecognised arguments: {' '.join(extra)}")
         for flag in PATH_ARGUMENTS:
             if getattr(args, flag, None):
-                check_path_argument(flag, getattr(args, flag))
+                check_utf8_path(f"--{flag.replace('_', '-')}", getattr(args, flag))
         if hasattr(args, "distributed"):  # before anything touches a JAX backend
             from rnn_spectra.parallel import initialize_distributed
 

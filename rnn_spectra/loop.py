@@ -35,6 +35,7 @@ from rnn_spectra.memory import check_fits
 from rnn_spectra.model import count_params
 from rnn_spectra.parallel import is_writer, run_layout, sweep_layout, to_host
 from rnn_spectra.rng import EVAL_STREAM, TEST_STREAM
+from rnn_spectra.signals import SignalGuard
 from rnn_spectra.spectral.monitor import SpectralMonitor
 from rnn_spectra.sweep import Stacking, member, program_signature
 from rnn_spectra.train import build, init_state, make_eval_fn, make_train_step, reduce_metrics
@@ -105,7 +106,7 @@ class Loop:
         else:
             resume.prepare_workdir(own)
         lock = self._lock = resume.WorkdirLock(own) if self.writer else contextlib.nullcontext()
-        with lock, resume.SignalGuard() as guard, control.lapack_threads(self.runs[0]):
+        with lock, SignalGuard() as guard, control.lapack_threads(self.runs[0]):
             old_config, old_summary = None, None
             if not self.stacked:
                 if self.writer:

@@ -1,5 +1,5 @@
-"""Workdir admission: who may write a workdir, what may change when a run is continued, and the
-signals that stop it cleanly. ``loop.py`` calls these before it trains and while it trains.
+"""Workdir admission: who may write a workdir and what may change when a run is continued.
+``loop.py`` calls these before it trains and while it trains.
 
 A killed or preempted run loses at most the steps since its last checkpoint and continues exactly
 (same batches, same params) when started again with a config that differs only in
@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import signal
-import sys
 
 import jax
 import ml_collections
@@ -23,7 +21,6 @@ from rnn_spectra import workdir as wd
 from rnn_spectra.errors import ConfigError, StorageError, WorkdirError
 from rnn_spectra.optim import make_schedule
 from rnn_spectra.parallel import agree
-from rnn_spectra.signals import SignalHandlers
 
 # Keys that may change when a run is continued: they extend it or change only its bookkeeping.
 RESUMABLE_KEYS = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
@@ -72,23 +69,7 @@ class WorkdirLock:
         os.close(self.fd)
 
 
-class SignalGuard(SignalHandlers):
-    """First SIGTERM/SIGINT: ask the loop to stop after this step. Second: exit at once."""
-
-    def __init__(self):
-        super().__init__()
-        self.requested = None
-
-    def _handler(self, signum, frame):
-        if self.requested is not None:
-            print("second signal: exiting now", file=sys.stderr, flush=True)
-            os._exit(128 + signum)
-        self.requested = signal.Signals(signum).name
-        print(f"\n{self.requested}: finishing this step, saving a checkpoint, then exiting "
-              "(send it again to exit at once)", file=sys.stderr, flush=True)
-
-
-def stop_flags(step: int, log_now: bool, ckpt, guard: SignalGuard) -> tuple[bool, bool]:
+def stop_flags(step: int, log_now: bool, ckpt, guard) -> tuple[bool, bool]:
     """(checkpoint due, stop requested) after ``step``. Under several processes a signal or
     the checkpoint clock may reach them at different steps: they compare notes at log steps
     (one small all-gather) and act on the agreed flags; between log steps only the step-based

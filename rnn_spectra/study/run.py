@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 
 from rnn_spectra import config as config_lib
 from rnn_spectra import workdir as wd
-from rnn_spectra.errors import Interrupted, WorkdirError
+from rnn_spectra.errors import ConfigError, Interrupted, WorkdirError
 from rnn_spectra.cells import program_name
 from rnn_spectra.loop import Loop
 from rnn_spectra.memory import check_fits
@@ -91,7 +91,9 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
     ``seed_offset`` shifts every seed: the same study on a disjoint set of seeds.
     ``overrides`` (``{"parallel.mode": "sweep", ...}``) apply to every member: where and how the
     study runs (``parallel.*``, ``checkpoint.*``), never what it trains. Under several processes
-    every process trains, process 0 writes."""
+    every process trains, process 0 writes. ``study.seed_offset`` among ``overrides`` is the
+    same as ``seed_offset``."""
+    overrides, seed_offset = _settings(overrides or {}, seed_offset)
     preset = get_preset(preset_name)
     writer = is_writer()
     _admit(workdir, preset, seed_offset, writer)
@@ -133,6 +135,35 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
     if report:
         write_report(workdir)
     return record
+
+
+# What a study's command line may change: where and how it runs, never what it trains.
+STUDY_OVERRIDABLE = ("parallel.", "checkpoint.")
+
+
+def _settings(overrides: dict[str, str], seed_offset: int) -> tuple[dict[str, str], int]:
+    """(overrides, seed offset) of a study, checked: only ``STUDY_OVERRIDABLE`` keys, and one
+    non-negative seed offset whether given as ``--seed-offset`` or ``--config.study.seed_offset``."""
+    overrides = dict(overrides)
+    offset = overrides.pop("study.seed_offset", None)  # the same as --seed-offset
+    refused = [k for k in overrides if not k.startswith(STUDY_OVERRIDABLE)]
+    if refused:
+        raise ConfigError(f"study takes only --config.parallel.*, --config.checkpoint.* and "
+                          f"--config.study.seed_offset overrides (the grid is the preset's), not "
+                          f"--config.{refused[0]}")
+    if offset is not None:
+        try:
+            offset = int(offset)
+        except ValueError:
+            raise ConfigError(f"--config.study.seed_offset must be a non-negative integer, got "
+                              f"{offset!r}") from None
+        if seed_offset not in (0, offset):
+            raise ConfigError(f"--seed-offset {seed_offset} and --config.study.seed_offset="
+                              f"{offset} disagree; give one")
+        seed_offset = offset
+    if seed_offset < 0:
+        raise ConfigError(f"--seed-offset must be a non-negative integer, got {seed_offset}")
+    return overrides, seed_offset
 
 
 def _admit(workdir: str, preset: Preset, seed_offset: int, writer: bool) -> None:
