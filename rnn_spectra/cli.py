@@ -40,7 +40,7 @@ def split_overrides(extra: list[str]) -> dict[str, str]:
 def cmd_train(args, overrides) -> int:
     from rnn_spectra.config_files import load_run_config
     from rnn_spectra.loop import train_and_evaluate
-    from rnn_spectra.train import summary_line
+    from rnn_spectra.summary import summary_line
 
     cfg = load_run_config(args.config, args.workdir, overrides)
     summary = train_and_evaluate(cfg, args.workdir)

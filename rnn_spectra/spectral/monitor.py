@@ -129,8 +129,9 @@ def sequence_measurements(cs, xs, lags, discard: int, k: int, full_k: int | None
 class SpectralMonitor:
     """``measure(params, step) -> row`` (a JSON-able dict); ``measure_arrays(params) -> arrays``.
 
-    ``measure_arrays`` is jitted; ``measure_stacked`` is it vmapped over a sweep's stacked
-    params; ``to_row(host_arrays, step)`` turns one member's arrays into its row.
+    ``measure_arrays`` is jitted; ``host_arrays(params, members)`` maps it over stacked members
+    (``sweep.Stacking.map``: one compiled program); ``to_row(host_arrays, step)`` turns one
+    member's arrays into its row.
     """
 
     def __init__(self, exp):
@@ -154,7 +155,7 @@ class SpectralMonitor:
         self.flow_t = flow_points(T, sp.grad_flow_points)
         self.gates = get_cell_spec(self.cell).gates
         self.measure_arrays = jax.jit(self._arrays)
-        self.measure_stacked = jax.jit(jax.vmap(self._arrays))  # a sweep's members at once
+        self._over_members = None  # measure_arrays mapped over the members, compiled once
 
     @property
     def probe(self):
@@ -167,9 +168,14 @@ class SpectralMonitor:
     inputs = property(lambda self: self.probe[0])
     targets = property(lambda self: self.probe[1])
 
-    def host_arrays(self, params, stacked: bool = False) -> dict:
-        """``measure_arrays(params)`` (``stacked``: of every member) as host numpy arrays."""
-        fn = self.measure_stacked if stacked else self.measure_arrays
+    def host_arrays(self, params, members=None) -> dict:
+        """``measure_arrays(params)`` as host numpy arrays; with ``members`` (the
+        ``sweep.Stacking`` of stacked params), of every member at once."""
+        fn = self.measure_arrays
+        if members is not None:
+            if self._over_members is None:
+                self._over_members = jax.jit(members.map(self._arrays))
+            fn = self._over_members
         with single_threaded_blas():  # held until the results are on the host
             return to_host(fn(params))
 

@@ -29,14 +29,12 @@ from rnn_spectra import workdir as wd
 from rnn_spectra.errors import ConfigError, Interrupted, WorkdirError
 from rnn_spectra.cells import program_name
 from rnn_spectra.loop import Loop
-from rnn_spectra.memory import check_fits
-from rnn_spectra.parallel import is_writer, sweep_layout
+from rnn_spectra.parallel import is_writer
 from rnn_spectra.runs import load_run
 from rnn_spectra.study import members as member_lib
 from rnn_spectra.study.grid import Member, confirmation, expand, extension, member_config
 from rnn_spectra.study.presets import Preset, get_preset
 from rnn_spectra.sweep import export_member_checkpoints, group_by_program
-from rnn_spectra.train import build
 
 
 def _group_name(m: Member, cfg) -> str:
@@ -212,11 +210,11 @@ class _Phase:
         groups = group_by_program(runs)
         names = _group_names(members, configs, groups)
         group_of = {i: name for idx, name in zip(groups, names) for i in idx}
-        # every group is checked before the first is trained: too large is one line now
-        for idx, name in zip(groups, names):
-            run = runs[idx[0]]
-            check_fits(build(run), len(idx), sweep_layout(run.parallel, run.train.batch_size),
-                       what=f"sweep group {name}")
+        # Every group is built (and its memory checked) before the first one trains: a group
+        # too large for the device is one line now, not after an hour of the others.
+        dirs = [[os.path.join(workdir, members[i].relpath) for i in idx] for idx in groups]
+        loops = [Loop([configs[i] for i in idx], d, os.path.join(workdir, "groups", name), name=name,
+                      test_chunks=preset.test_chunks) for idx, d, name in zip(groups, dirs, names)]
         recs = [dict(relpath=m.relpath, phase=m.phase, table=m.table, task=m.task, row=m.row,
                      setting=m.setting, seed=m.seed, learning_rate=m.learning_rate, clip=m.clip,
                      clip_value=m.clip_value, group=group_of[i],
@@ -229,8 +227,7 @@ class _Phase:
             print(f"{preset.name} {label}: {len(members)} members in {len(groups)} programs",
                   file=sys.stderr, flush=True)
         console = Console(len(groups))
-        for idx, name in zip(groups, names):
-            dirs = [os.path.join(workdir, members[i].relpath) for i in idx]
+        for idx, name, member_dirs, group in zip(groups, names, dirs, loops):
             group_dir = os.path.join(workdir, "groups", name)
             problems = {i: member_lib.problem(workdir, recs[i], preset.name) for i in idx}
             if not any(problems.values()):
@@ -242,10 +239,8 @@ class _Phase:
                 if writer:
                     print(f"{name}: study member {members[i].relpath} {why.text}; re-training the "
                           f"group's {len(idx)} members from step 0", file=sys.stderr, flush=True)
-                _clear_group(group_dir, dirs, writer)
+                _clear_group(group_dir, member_dirs, writer)
             console.start(name, len(idx))
-            group = Loop([configs[i] for i in idx], dirs, group_dir,
-                         name=name, test_chunks=preset.test_chunks)
             summaries = group.run(progress=console)
             if any(s["status"] == "interrupted" for s in summaries):
                 raise Interrupted(f"interrupted in group {name} (checkpointed); run the same command "
