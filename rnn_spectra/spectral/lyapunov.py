@@ -105,7 +105,7 @@ def _qr_scan(push, inputs, Q0: Array, reorth_every: int, T: int, discard=0) -> A
 
 def lyapunov_spectrum(step_fn: StepFn, s0: Array, xs: Array, k: int | None = None,
                       reorth_every: int = 1, method: str = "jvp", key: Array | None = None,
-                      states: Array | None = None, discard=0, shift: float = 0.0) -> Array:
+                      states: Array | None = None, discard=0) -> Array:
     """The k largest Lyapunov exponents (nats per step, descending) along ``s_{t+1} = step_fn(s_t, xs[t])``.
 
     s0: (n,); xs: (T, ...); k defaults to n. ``method="jvp"`` is matrix-free: the k frame vectors
@@ -116,9 +116,6 @@ def lyapunov_spectrum(step_fn: StepFn, s0: Array, xs: Array, k: int | None = Non
     (T+1, n): the trajectory, if the caller already has it. ``key``: the random initial frame.
     ``discard``: burn-in steps (an int in [0, T-1], or a traced integer, e.g. one per probe under
     ``vmap``) pushed through but not counted: the exponents average steps ``discard .. T-1``.
-    ``shift``: push the frame through ``J_t + shift * I`` instead of ``J_t``, so that a direction
-    a step annihilates (dead ReLU units) still stretches by ~shift and ``ln |R_ii|`` stays finite,
-    and so does the QR's backward pass (``control.exponents`` differentiates through it).
     """
     if s0.ndim != 1:
         raise SpectralInputError(f"s0 must be a 1-D state of shape (n,), got {tuple(s0.shape)}")
@@ -141,9 +138,6 @@ def lyapunov_spectrum(step_fn: StepFn, s0: Array, xs: Array, k: int | None = Non
             s_t, x_t = inp
             return jax.jacfwd(step_fn)(s_t, x_t) @ Q
 
-    if shift:  # static: without a shift the program is the one of before
-        unshifted = push
-        push = lambda Q, inp: unshifted(Q, inp) + shift * Q  # noqa: E731
     return _qr_scan(push, (states[:-1], xs), Q0, reorth_every, xs.shape[0], discard)
 
 
