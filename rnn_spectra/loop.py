@@ -41,6 +41,7 @@ from rnn_spectra.rng import EVAL_STREAM, TEST_STREAM
 from rnn_spectra.signals import SignalGuard
 from rnn_spectra.spectral.monitor import SpectralMonitor
 from rnn_spectra.sweep import Stacking, member, program_signature
+from rnn_spectra.tasks import Task
 from rnn_spectra.train import Experiment, build, evaluate, init_state, make_eval_fn, make_train_step
 
 Progress = Callable[[str, int, int, dict], None]  # (name, step, steps, info) at log steps
@@ -69,10 +70,12 @@ class Loop:
     """``Loop(configs, workdirs, group_dir=None).run() -> [summary per member]``.
 
     Without ``group_dir`` one config trains as a single run in its own workdir; with it, the
-    members train as a sweep group whose stacked checkpoints live in ``group_dir``."""
+    members train as a sweep group whose stacked checkpoints live in ``group_dir``. ``task``: the
+    members' task, already built (``train.build``)."""
 
     def __init__(self, configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str],
-                 group_dir: str | None = None, *, name: str | None = None, test_chunks: int | None = None):
+                 group_dir: str | None = None, *, name: str | None = None, test_chunks: int | None = None,
+                 task: Task | None = None):
         if len(configs) != len(workdirs) or not configs:
             raise ValueError("need one workdir per member config, and at least one member")
         if group_dir is None and len(configs) != 1:
@@ -84,7 +87,11 @@ class Loop:
         if len({program_signature(r) for r in runs}) != 1:
             raise ConfigError(f"sweep group {self.name}: members differ in more than seed, init, "
                               "learning rate and clip threshold; split them with group_by_program")
-        self.members = [Member(c, w, r, build(r)) for c, w, r in zip(configs, workdirs, runs)]
+        # The members differ in seed, init, learning rate and clip threshold, never in the task:
+        # they share one built task (``task``, if given: a study's groups on one table share it).
+        first = build(runs[0], task)
+        exps = [first] + [build(r, first.task) for r in runs[1:]]
+        self.members = [Member(*m) for m in zip(configs, workdirs, runs, exps)]
         # The settings every member shares (program, cadence, layout): the first member's.
         self.n, self.common, self.exp = len(runs), runs[0], self.members[0].exp
         self.test_chunks = self.home.test_chunks if test_chunks is None else test_chunks

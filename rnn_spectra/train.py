@@ -35,9 +35,11 @@ class Experiment:
     schedule: optax.Schedule
 
 
-def build(run: RunConfig) -> Experiment:
-    """Resolve every name of ``run`` (task, cell, inits, optimizer): bad names raise here."""
-    task = get_task(run.task)
+def build(run: RunConfig, task: Task | None = None) -> Experiment:
+    """Resolve every name of ``run`` (task, cell, inits, optimizer): bad names raise here.
+    ``task``: one already built from ``run.task``, to share: an image task holds its dataset on
+    the device, so the members of a sweep group (and a study's groups on one table) use one copy."""
+    task = get_task(run.task) if task is None else task
     model = SequenceModel(run.model, task.input_size, task.output_size, task.readout,
                           seq_len=task.length)
     control.check(run, model)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import math
 import os
 import platform
@@ -35,6 +36,7 @@ from rnn_spectra.study import members as member_lib
 from rnn_spectra.study.grid import Member, confirmation, expand, extension, member_config
 from rnn_spectra.study.presets import Preset, get_preset
 from rnn_spectra.sweep import export_member_checkpoints, group_by_program
+from rnn_spectra.tasks import get_task
 
 
 def _group_name(m: Member, cfg) -> str:
@@ -211,10 +213,13 @@ class _Phase:
         names = _group_names(members, configs, groups)
         group_of = {i: name for idx, name in zip(groups, names) for i in idx}
         # Every group is built (and its memory checked) before the first one trains: a group
-        # too large for the device is one line now, not after an hour of the others.
+        # too large for the device is one line now, not after an hour of the others. So that
+        # this holds one dataset per table on the device, not one per group, they share tasks.
+        task_of = functools.lru_cache(maxsize=None)(get_task)
         dirs = [[os.path.join(workdir, members[i].relpath) for i in idx] for idx in groups]
         loops = [Loop([configs[i] for i in idx], d, os.path.join(workdir, "groups", name), name=name,
-                      test_chunks=preset.test_chunks) for idx, d, name in zip(groups, dirs, names)]
+                      test_chunks=preset.test_chunks, task=task_of(runs[idx[0]].task))
+                 for idx, d, name in zip(groups, dirs, names)]
         recs = [dict(relpath=m.relpath, phase=m.phase, table=m.table, task=m.task, row=m.row,
                      setting=m.setting, seed=m.seed, learning_rate=m.learning_rate, clip=m.clip,
                      clip_value=m.clip_value, group=group_of[i],
