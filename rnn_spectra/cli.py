@@ -59,9 +59,8 @@ def cmd_study(args, overrides) -> int:
 
 
 def cmd_report(args, overrides) -> int:
-    from rnn_spectra import workdir as wd
-    from rnn_spectra.study.claims import FLIPS, check, read_claims, render_check
-    from rnn_spectra.study.report import check_publish_dir, publish, write_report
+    from rnn_spectra.study.claims import check_study, read_claims
+    from rnn_spectra.study.report import check_publish_dir, publish, study_command, write_report
     from rnn_spectra.study.run import export_chosen_checkpoints
 
     if args.publish:
@@ -71,24 +70,12 @@ def cmd_report(args, overrides) -> int:
     export_chosen_checkpoints(args.workdir)  # those already exported are skipped
     print(write_report(args.workdir))
     if args.publish:
-        preset = _study_preset(args.workdir)
-        command = f"rnn-spectra study --preset {preset} --workdir {args.workdir}"
-        print(publish(args.workdir, args.publish,
-                      f"make study ({command})" if preset == "cpu" else command))
+        print(publish(args.workdir, args.publish, study_command(args.workdir)))
     if args.check_claims:
-        rows = check(reference, read_claims(args.workdir))
-        text = render_check(rows)
-        wd.write_text(wd.path(args.workdir, "claims_check.md"),
-                      f"Claims of {args.check_claims} checked against {args.workdir}\n\n{text}\n")
+        text, flipped = check_study(args.check_claims, reference, args.workdir)
         print(text)
-        return 1 if any(r["verdict"] == FLIPS for r in rows) else 0
+        return 1 if flipped else 0
     return 0
-
-
-def _study_preset(workdir: str) -> str:
-    from rnn_spectra import workdir as wd
-
-    return wd.read_json(wd.path(workdir, "study.json")).get("preset", "?")
 
 
 def cmd_analyze(args, overrides) -> int:
