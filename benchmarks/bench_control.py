@@ -17,7 +17,7 @@ import sys
 
 from benchmarks import script_main
 from benchmarks.bench_train_step import JaxRunner, jax_device_label, time_rounds
-from rnn_spectra.spectral.monitor import single_threaded_blas
+from rnn_spectra.backend import single_threaded_blas
 
 SHAPE, QUICK_SHAPE = (64, 200, 128), (16, 50, 32)  # (B, T, H)
 CELL = "tanh_rnn"

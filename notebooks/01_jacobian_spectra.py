@@ -38,7 +38,7 @@ import numpy as np
 
 import rnn_spectra as rs
 from rnn_spectra import plots
-from rnn_spectra.spectral.analyze import compute
+from rnn_spectra.analyze import compute
 
 run = rs.load_run(WORKDIR)
 cfg = run.run_config

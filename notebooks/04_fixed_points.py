@@ -64,7 +64,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import rnn_spectra as rs
-from rnn_spectra.spectral.analyze import compute_fixed_points, fixed_points_counts, fixed_points_summary
+from rnn_spectra.analyze import compute_fixed_points, fixed_points_counts, fixed_points_summary
 
 runs = {name: rs.load_run(w) for name, w in WORKDIRS.items()}
 for name, run in runs.items():

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import warnings
 
-from rnn_spectra.signals import SignalHandlers
 from rnn_spectra.errors import INTERRUPTED, ConfigError, Interrupted, StorageError, UserError
+from rnn_spectra.signals import SetUpSignals
+from rnn_spectra.workdir import check_utf8_path
 
 EXAMPLE = ("rnn-spectra train --config configs/adding.py --workdir runs/x "
            "--config.model.cell=relu_rnn --config.train.steps=500")
@@ -37,31 +37,10 @@ def split_overrides(extra: list[str]) -> dict[str, str]:
     return out
 
 
-def load_run_config(config_path: str | None, workdir: str, overrides: dict[str, str]):
-    """The config to run: the file (+ overrides), or an existing workdir's config.json to resume."""
-    from rnn_spectra import config as config_lib
-    from rnn_spectra.config_files import load_config_file
-    from rnn_spectra import workdir as wd
-
-    if config_path is None:
-        if not wd.is_run(workdir):
-            raise ConfigError(f"--config is required: {workdir} is not an existing run to resume")
-        cfg = config_lib.config_from_workdir(workdir)
-    else:
-        cfg = load_config_file(config_path)
-    cfg.lock()
-    config_lib.apply_overrides(cfg, overrides)
-    from rnn_spectra.train import build
-
-    build(config_lib.resolve(cfg))  # every value and name checked before the workdir is touched
-    return cfg
-
-
-
-
 def cmd_train(args, overrides) -> int:
+    from rnn_spectra.config_files import load_run_config
     from rnn_spectra.loop import train_and_evaluate
-    from rnn_spectra.train import summary_line
+    from rnn_spectra.summary import summary_line
 
     cfg = load_run_config(args.config, args.workdir, overrides)
     summary = train_and_evaluate(cfg, args.workdir)
@@ -69,32 +48,9 @@ def cmd_train(args, overrides) -> int:
     return INTERRUPTED if summary["status"] == "interrupted" else 0  # 75: resume me
 
 
-# What a study's command line may change: where and how it runs, never what it trains.
-STUDY_OVERRIDABLE = ("parallel.", "checkpoint.")
-
-
 def cmd_study(args, overrides) -> int:
     from rnn_spectra.study.run import run_study
 
-    overrides = dict(overrides)
-    offset = overrides.pop("study.seed_offset", None)  # the same as --seed-offset
-    refused = [k for k in overrides if not k.startswith(STUDY_OVERRIDABLE)]
-    if refused:
-        raise ConfigError(f"study takes only --config.parallel.*, --config.checkpoint.* and "
-                          f"--config.study.seed_offset overrides (the grid is the preset's), not "
-                          f"--config.{refused[0]}")
-    if offset is not None:
-        try:
-            offset = int(offset)
-        except ValueError:
-            raise ConfigError(f"--config.study.seed_offset must be a non-negative integer, got "
-                              f"{offset!r}") from None
-        if args.seed_offset not in (0, offset):
-            raise ConfigError(f"--seed-offset {args.seed_offset} and --config.study.seed_offset="
-                              f"{offset} disagree; give one")
-        args.seed_offset = offset
-    if args.seed_offset < 0:
-        raise ConfigError(f"--seed-offset must be a non-negative integer, got {args.seed_offset}")
     record = run_study(args.preset, args.workdir, report=not args.no_report, overrides=overrides,
                        seed_offset=args.seed_offset)
     print(f"{args.workdir}: study {record['preset']} done in {record['wall_time_s']:.0f}s"
@@ -103,10 +59,8 @@ def cmd_study(args, overrides) -> int:
 
 
 def cmd_report(args, overrides) -> int:
-    from rnn_spectra import workdir as wd
-    from rnn_spectra.study.claims import (FLIPS, check, check_compatible, check_header,
-                                          read_claims, render_check)
-    from rnn_spectra.study.report import check_publish_dir, publish, write_report
+    from rnn_spectra.study.claims import check_compatible, check_study
+    from rnn_spectra.study.report import check_publish_dir, publish, study_command, write_report
     from rnn_spectra.study.run import export_chosen_checkpoints
 
     if args.publish:
@@ -116,28 +70,16 @@ def cmd_report(args, overrides) -> int:
     export_chosen_checkpoints(args.workdir)  # those already exported are skipped
     print(write_report(args.workdir))
     if args.publish:
-        preset = _study_preset(args.workdir)
-        command = f"rnn-spectra study --preset {preset} --workdir {args.workdir}"
-        print(publish(args.workdir, args.publish,
-                      f"make study ({command})" if preset == "cpu" else command))
-    if args.check_claims is not None:
-        rows = check(reference, read_claims(args.workdir))
-        text = render_check(rows)
-        wd.write_text(wd.path(args.workdir, "claims_check.md"),
-                      f"{check_header(args.check_claims, args.workdir)}\n\n{text}\n")
+        print(publish(args.workdir, args.publish, study_command(args.workdir)))
+    if args.check_claims is not None:  # "" is a mistake, not "no check"
+        text, flipped = check_study(args.check_claims, reference, args.workdir)
         print(text)
-        return 1 if any(r["verdict"] == FLIPS for r in rows) else 0
+        return 1 if flipped else 0
     return 0
 
 
-def _study_preset(workdir: str) -> str:
-    from rnn_spectra import workdir as wd
-
-    return wd.read_json(wd.path(workdir, "study.json")).get("preset", "?")
-
-
 def cmd_analyze(args, overrides) -> int:
-    from rnn_spectra.spectral.analyze import (
+    from rnn_spectra.analyze import (
         FP_CANDIDATES, analyze_fixed_points, analyze_workdir, check_candidates, open_checkpoint,
     )
 
@@ -248,33 +190,6 @@ def say(line: str) -> None:
     print(line.encode(enc, "backslashreplace").decode(enc, "replace"), file=sys.stderr, flush=True)
 
 
-class SetUpSignals(SignalHandlers):
-    """SIGINT/SIGTERM before the training loop takes them over (``resume.SignalGuard``): raise
-    Interrupted, so the command ends with one line and its interrupted code instead of a
-    traceback (SIGINT) or a silent kill (SIGTERM). A second signal exits at once."""
-
-    def __init__(self):
-        super().__init__()
-        self.fired = False
-
-    def _handler(self, signum, frame):
-        if self.fired:
-            os._exit(128 + signum)
-        self.fired = True
-        e = Interrupted(f"interrupted by {signal.Signals(signum).name}")
-        e.signum = signum
-        raise e
-
-
-def check_path_argument(flag: str, value: str) -> None:
-    try:
-        os.path.abspath(value).encode("utf-8")
-    except UnicodeEncodeError:
-        shown = os.fsencode(value).decode("utf-8", "backslashreplace")
-        raise ConfigError(f"--{flag} {shown}: the path is not valid UTF-8 and TensorStore (which "
-                          "writes the checkpoints) cannot open it; use a UTF-8 name") from None
-
-
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     """Our warnings (a skipped damaged checkpoint) in one line, without the source line."""
     if category.__module__.startswith("rnn_spectra."):
@@ -294,6 +209,8 @@ def main(argv: list[str] | None = None, *, compilation_cache: bool = False) -> i
             args, extra = parser.parse_known_args(argv)
             command = args.command
             if compilation_cache:
+                from rnn_spectra.backend import enable_compilation_cache
+
                 enable_compilation_cache()
             return _dispatch(args, extra)
         except Interrupted as e:
@@ -317,14 +234,14 @@ def _dispatch(args, extra: list[str]) -> int:
             raise ConfigError(f"unrecognised arguments: {' '.join(extra)}")
         for flag in PATH_ARGUMENTS:
             if getattr(args, flag, None):
-                check_path_argument(flag, getattr(args, flag))
+                check_utf8_path(f"--{flag.replace('_', '-')}", getattr(args, flag))
         if hasattr(args, "distributed"):  # before anything touches a JAX backend
             from rnn_spectra.parallel import initialize_distributed
 
             initialize_distributed(args.distributed, args.coordinator, args.num_processes,
                                    args.process_id)
         if args.command != "data":  # where the CLI first touches the backend
-            from rnn_spectra.parallel import require_backend
+            from rnn_spectra.backend import require_backend
 
             require_backend()
         return args.func(args, overrides)
@@ -334,33 +251,6 @@ def _dispatch(args, extra: list[str]) -> int:
     except KeyboardInterrupt:  # only where SetUpSignals could not be installed
         say("interrupted")
         return 130
-
-
-def enable_compilation_cache() -> None:
-    """JAX's persistent compilation cache, on by default for the command line.
-
-    Research means the same shapes again and again (seeds, resumed runs, re-run studies): the
-    train step, the evals and the spectral monitor (~3 s of compile on a 2-core CPU, most of its
-    cost in a 1000-step run) then compile once per machine. ``RNN_SPECTRA_COMPILATION_CACHE``
-    names the folder (default ``~/.cache/rnn_spectra/jax``) or ``off``; a
-    ``JAX_COMPILATION_CACHE_DIR`` of the user's own is left alone. Capped at 2 GiB."""
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return
-    where = os.environ.get("RNN_SPECTRA_COMPILATION_CACHE",
-                           os.path.join(os.path.expanduser("~"), ".cache", "rnn_spectra", "jax"))
-    if where.lower() in ("off", "0", "none", ""):
-        return
-    try:
-        os.makedirs(where, exist_ok=True)
-    except OSError as e:
-        print(f"rnn-spectra: compilation cache {where} unusable ({e.strerror}); compiling without "
-              "it (set RNN_SPECTRA_COMPILATION_CACHE to another folder, or off)", file=sys.stderr)
-        return
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", where)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    jax.config.update("jax_compilation_cache_max_size", 2 << 30)
 
 
 def entry() -> None:

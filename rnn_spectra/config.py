@@ -1,7 +1,8 @@
 """The one source of truth for a run's settings: typed, frozen config sections.
 
 Each section is a dataclass whose fields carry their default, a one-line meaning and the check
-their value must pass. ``default_config()`` (the ConfigDict that config files start from) is
+their value must pass, which the section runs when it is made: code that takes a section never
+checks its values again. ``default_config()`` (the ConfigDict that config files start from) is
 derived from them, ``apply_overrides`` sets ``--config.a.b=value`` strings, and ``resolve``
 checks every value and freezes the result into a ``RunConfig``. This module imports no registry:
 names (cells, inits, tasks, optimizers) are checked where they are resolved (``cells``,
@@ -18,7 +19,7 @@ import dataclasses
 import difflib
 import json
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import ml_collections
 from ml_collections import config_dict
@@ -33,8 +34,57 @@ def _f(default, doc: str, check: str | None = None, kind: type | None = None, ch
         "doc": doc, "check": check, "kind": kind or type(default), "choices": choices})
 
 
+# ----------------------------------------------------------------------------- validation
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check(key: str, value, f: dataclasses.Field) -> None:
+    """One field's value against its declared kind and check. NaN and inf fail every check."""
+    kind, check, choices = f.metadata["kind"], f.metadata["check"], f.metadata["choices"]
+    if value is None and f.default is None:
+        return
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if kind is str and not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    if kind in (int, float):
+        if kind is int and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if not _is_number(value) or not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    if check == "positive" and not value > 0:
+        raise ConfigError(f"{key} must be a positive {kind.__name__}, got {value!r}")
+    if check == "nonnegative" and not value >= 0:
+        raise ConfigError(f"{key} must be >= 0, got {value!r}")
+    if check == "fraction" and not 0 <= value < 1:
+        raise ConfigError(f"{key} must be a fraction in [0, 1), got {value!r}")
+    if check == "int>=2" and not value >= 2:
+        raise ConfigError(f"{key} must be an integer >= 2, got {value!r}")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _nested(f: dataclasses.Field) -> bool:
+    """A field that is itself a section (``control.lyapunov``)."""
+    return dataclasses.is_dataclass(f.metadata["kind"])
+
+
+class _Section:
+    """Base of the sections: a section checks its values when it is made (by ``resolve`` or by
+    code that builds one), so the code that takes a section never checks them again."""
+
+    _name: ClassVar[str]
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            if not _nested(f):
+                _check(f"{self._name}.{f.name}", getattr(self, f.name), f)
+
+
 @dataclasses.dataclass(frozen=True)
-class TaskConfig:
+class TaskConfig(_Section):
+    _name: ClassVar[str] = "task"
     name: str = _f("adding", "adding | copying | digits | pixel_mnist")
     seq_len: int = _f(100, "T: adding length / copying delay (copying sequences are T + 20 long); "
                       "digits 64 (pixels) or 8 (rows), pixel_mnist 784, 196 (14x14) or 28 (rows)",
@@ -45,7 +95,8 @@ class TaskConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
+    _name: ClassVar[str] = "model"
     cell: str = _f("tanh_rnn", "tanh_rnn | relu_rnn | irnn | lstm | gru | indrnn | antisymmetric | exprnn")
     hidden_size: int = _f(128, "H", "positive")
     recurrent_init: str | None = _f(None, "orthogonal | identity | normal | np_rnn | indrnn | uniform "
@@ -74,7 +125,8 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(_Section):
+    _name: ClassVar[str] = "optim"
     name: str = _f("adam", "adam | rmsprop | sgd")
     learning_rate: float = _f(1e-3, "peak learning rate", "positive")
     schedule: str = _f("constant", "constant | cosine | warmup_cosine | warmup_constant")
@@ -88,7 +140,8 @@ class OptimConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Section):
+    _name: ClassVar[str] = "train"
     steps: int = _f(1000, "optimizer steps", "positive")
     batch_size: int = _f(64, "sequences per step", "positive")
     eval_every: int = _f(200, "steps between evals on the held-out batches (and at the end)", "positive")
@@ -99,7 +152,8 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class SpectralConfig:
+class SpectralConfig(_Section):
+    _name: ClassVar[str] = "spectral"
     every: int = _f(200, "steps between spectral measurements -> spectra.jsonl (0: off)", "nonnegative")
     probe_batch_size: int = _f(4, "fixed probe sequences the measurements average over", "positive")
     num_lags: int = _f(12, "log-spaced lags at which log ||dh_T/dh_t|| is recorded", "positive")
@@ -112,14 +166,16 @@ class SpectralConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class CheckpointConfig:
+class CheckpointConfig(_Section):
+    _name: ClassVar[str] = "checkpoint"
     every_steps: int = _f(0, "steps between Orbax checkpoints (0: only at the end)", "nonnegative")
     every_minutes: float = _f(0.0, "minutes between checkpoints (0: off)", "nonnegative")
     keep: int = _f(3, "most recent checkpoints kept (plus the best by eval loss)", "positive")
 
 
 @dataclasses.dataclass(frozen=True)
-class ParallelConfig:
+class ParallelConfig(_Section):
+    _name: ClassVar[str] = "parallel"
     mode: str = _f("auto", "auto: a run is data-parallel and a study shards its members when there "
                    "are several devices | data (batch sharded, params replicated) | sweep (study "
                    "members sharded) | none", choices=("auto", "none", "data", "sweep"))
@@ -127,13 +183,15 @@ class ParallelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class LogConfig:
+class LogConfig(_Section):
+    _name: ClassVar[str] = "log"
     tensorboard: bool = _f(False, "also write TensorBoard event files to WORKDIR/tensorboard/ "
                            "(needs tensorboardX: pip install 'rnn_spectra[tensorboard]')")
 
 
 @dataclasses.dataclass(frozen=True)
-class LyapunovControlConfig:
+class LyapunovControlConfig(_Section):
+    _name: ClassVar[str] = "control.lyapunov"
     weight: float = _f(0.0, "loss += weight * mean_i (lambda_i - target)^2 over the top k Lyapunov "
                        "exponents of the current params on the batch (0: off)", "nonnegative")
     target: float = _f(0.0, "target exponent, nats per step", "finite")
@@ -147,7 +205,8 @@ class LyapunovControlConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ControlConfig:
+class ControlConfig(_Section):
+    _name: ClassVar[str] = "control"
     lyapunov: LyapunovControlConfig = _f(LyapunovControlConfig(), "the Lyapunov regulariser")
     max_singular_value: float = _f(0.0, "clip W_s's singular values to <= this after every update "
                                    "(tanh_rnn, relu_rnn, irnn; 0: off)", "nonnegative")
@@ -178,11 +237,6 @@ OFF_BY_DEFAULT = {
     "model.recurrent_param": "free", "model.margin": 0.1, "control.max_singular_value": 0.0,
     **{f"control.lyapunov.{f.name}": f.default for f in dataclasses.fields(LyapunovControlConfig)},
 }
-
-
-def _nested(f: dataclasses.Field) -> bool:
-    """A field that is itself a section (``control.lyapunov``)."""
-    return dataclasses.is_dataclass(f.metadata["kind"])
 
 
 SEED_DOC = "PRNG seed: params, data stream, probe batch and eval sets all derive from it"
@@ -313,37 +367,6 @@ def flatten_dict(d: dict, prefix: str = "") -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- validation
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check(key: str, value, f: dataclasses.Field) -> None:
-    """One field's value against its declared kind and check. NaN and inf fail every check."""
-    kind, check, choices = f.metadata["kind"], f.metadata["check"], f.metadata["choices"]
-    if value is None and f.default is None:
-        return
-    if kind is bool and not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if kind is str and not isinstance(value, str):
-        raise ConfigError(f"{key} must be a string, got {value!r}")
-    if kind in (int, float):
-        if kind is int and not (isinstance(value, int) and not isinstance(value, bool)):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        if not _is_number(value) or not math.isfinite(value):
-            raise ConfigError(f"{key} must be a finite number, got {value!r}")
-    if check == "positive" and not value > 0:
-        raise ConfigError(f"{key} must be a positive {kind.__name__}, got {value!r}")
-    if check == "nonnegative" and not value >= 0:
-        raise ConfigError(f"{key} must be >= 0, got {value!r}")
-    if check == "fraction" and not 0 <= value < 1:
-        raise ConfigError(f"{key} must be a fraction in [0, 1), got {value!r}")
-    if check == "int>=2" and not value >= 2:
-        raise ConfigError(f"{key} must be an integer >= 2, got {value!r}")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
-
-
 def _section(cls, name: str, values) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     extra = set(values.keys()) - set(fields)
@@ -357,11 +380,9 @@ def _section(cls, name: str, values) -> Any:
         if _nested(fields[k]):
             if not hasattr(v, "keys"):
                 raise ConfigError(f"{name}.{k} is a section of keys, got {v!r}")
-            out[k] = _section(fields[k].metadata["kind"], f"{name}.{k}", v)
-        else:
-            _check(f"{name}.{k}", v, fields[k])
-            out[k] = v
-    return cls(**out)
+            v = _section(fields[k].metadata["kind"], f"{name}.{k}", v)
+        out[k] = v
+    return cls(**out)  # checks the values (``_Section``)
 
 
 def resolve(cfg: ml_collections.ConfigDict) -> RunConfig:

@@ -1,6 +1,6 @@
 """A user's config file: a Python file whose ``get_config()`` returns the ConfigDict a run starts
 from. Importing it, and the one-line errors that name the file (and an example that exists)
-when it is missing or broken.
+when it is missing or broken; ``load_run_config``: the config a ``train`` command runs.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import os
 
 import ml_collections
 
+from rnn_spectra import config as config_lib
+from rnn_spectra import workdir as wd
 from rnn_spectra.errors import ConfigError
 
 
@@ -31,6 +33,21 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"config file {path!r}: get_config() raised {type(e).__name__}: {e}") from e
     if not isinstance(cfg, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+    return cfg
+
+
+def load_run_config(config_path: str | None, workdir: str,
+                    overrides: dict[str, str]) -> ml_collections.ConfigDict:
+    """The config to run: the file (+ overrides), or an existing workdir's config.json to resume.
+    Its values and names are checked once, by the training loop, before the workdir is touched."""
+    if config_path is None:
+        if not wd.is_run(workdir):
+            raise ConfigError(f"--config is required: {workdir} is not an existing run to resume")
+        cfg = config_lib.config_from_workdir(workdir)
+    else:
+        cfg = load_config_file(config_path)
+    cfg.lock()
+    config_lib.apply_overrides(cfg, overrides)
     return cfg
 
 

@@ -23,14 +23,13 @@ import contextlib
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
+from rnn_spectra.backend import single_threaded_blas
 from rnn_spectra.cells import require_square_ws
 from rnn_spectra.config import LyapunovControlConfig, RunConfig
 from rnn_spectra.errors import ConfigError
-from rnn_spectra.spectral.cellstep import make_step_fn
+from rnn_spectra.spectral.cellstep import make_step_fn, state_size
 from rnn_spectra.spectral.lyapunov import initial_frame
-from rnn_spectra.spectral.monitor import single_threaded_blas
 
 Array = jax.Array
 # The frame is pushed through J_t + FRAME_SHIFT * I rather than J_t: a direction that a step
@@ -71,7 +70,7 @@ def lapack_threads(run: RunConfig):
     """Context for the training loop: one BLAS thread behind XLA:CPU's LAPACK calls when the
     train step makes them (the regulariser's QRs, the projection's SVD, svd_margin's expm, which
     solves by LU). On a busy 2-core CPU OpenBLAS's threads spin against XLA's pool: a (128, 128)
-    SVD took 300-600 ms instead of 1-5 ms (as ``monitor.single_threaded_blas`` found for the
+    SVD took 300-600 ms instead of 1-5 ms (as ``backend.single_threaded_blas`` found for the
     monitor). A no-op for a plain run; on GPU/TPU it only limits host numpy's BLAS meanwhile."""
     uses = regularised(run) or run.control.max_singular_value > 0 or \
         run.model.recurrent_param != "free"
@@ -84,11 +83,6 @@ def initial_state(run: RunConfig) -> dict:
     return {"weight": jnp.asarray(lc.weight, jnp.float32), "target": jnp.asarray(lc.target, jnp.float32)}
 
 
-def state_size(model) -> int:
-    """n, the size of the flattened carry (H; 2H for the LSTM's (c, h))."""
-    return int(ravel_pytree(model.initial_carry(()))[0].shape[0])
-
-
 def window(lc: LyapunovControlConfig, seq_len: int) -> tuple[int, int]:
     """(T, discard): the probe window's length and its burn-in steps, both static."""
     T = min(lc.seq_len, seq_len)
@@ -98,7 +92,13 @@ def window(lc: LyapunovControlConfig, seq_len: int) -> tuple[int, int]:
 def exponents(model, cell_params, xs_TxD: Array, k: int, discard: int) -> Array:
     """The k top Lyapunov exponents (k,), nats per step, descending, along one sequence from the
     zero carry; differentiable in ``cell_params``. The first ``discard`` steps are pushed through
-    but not counted (as ``spectral.lyapunov_spectrum``); the frame is shifted (``FRAME_SHIFT``)."""
+    but not counted (as ``spectral.lyapunov_spectrum``); the frame is shifted (``FRAME_SHIFT``).
+
+    Its own scan rather than ``spectral.lyapunov_spectrum`` with a shifted frame: here the
+    trajectory runs in the same scan as the frame and the logs add up plainly, the program the
+    published control studies trained with. The shared function (a separate trajectory scan,
+    Kahan sums) moves the exponents by ~1e-7 and their gradient by ~4e-7 relative, so a
+    regularised study's numbers would no longer reproduce bit for bit."""
     cs = make_step_fn(model, cell_params)
     T = xs_TxD.shape[0]
     q0 = initial_frame(cs.state_size, k, cs.s0.dtype)

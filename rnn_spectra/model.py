@@ -39,28 +39,12 @@ class SequenceModel:
         """``seq_len``: the input length T, for a T-dependent init (IndRNN's); None: unknown."""
         if readout not in ("last", "all"):
             raise ConfigError(f"readout must be 'last' or 'all', got {readout!r}")
-        if not isinstance(config.unroll, int) or config.unroll < 0:
-            raise ConfigError(f"model.unroll must be an int >= 1, or 0 for auto; got {config.unroll!r}")
         self.config = config
         self.unroll_steps = config.unroll or default_unroll()
         self.input_size = input_size
         self.output_size = output_size
         self.readout = readout
-        self.cell = cells_lib.make_cell(
-            config.cell,
-            config.hidden_size,
-            recurrent_init=config.recurrent_init,
-            init_scale=config.init_scale,
-            input_init=config.input_init,
-            input_scale=config.input_scale,
-            bias_init=config.bias_init,
-            forget_bias=config.forget_bias,
-            epsilon=config.epsilon,
-            gamma=config.gamma,
-            seq_len=seq_len,
-            recurrent_param=config.recurrent_param,
-            margin=config.margin,
-        )
+        self.cell = cells_lib.make_cell(config, seq_len=seq_len)
         self.head = nn.Dense(output_size)
         # What the backward pass of the scan keeps per step when ``remat`` is off (a speed knob,
         # same numbers): the cells' tagged pre-activations, the rest recomputed. LSTM train step

@@ -128,27 +128,6 @@ def padded_size(members: int, layout: Layout) -> int:
 
 
 # ----------------------------------------------------------------------------- processes
-def require_backend() -> None:
-    """Start JAX's backend now, turning a platform this machine does not have
-    (``JAX_PLATFORMS=cuda`` without a GPU: a bare AssertionError; ``gpu``: "backend 'rocm' not
-    known") into one line that says which platforms this JAX has."""
-    try:
-        jax.devices()
-    except Exception as e:  # noqa: BLE001 - JAX raises AssertionError, RuntimeError, ValueError
-        asked = os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or ""
-        try:
-            from jax._src import xla_bridge
-
-            known = sorted(xla_bridge._backend_factories)  # installed: cpu always, plugins
-        except Exception:  # noqa: BLE001 - private API; the message does without it
-            known = ["cpu"]
-        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ConfigError(
-            f"JAX cannot start platform {asked!r} (JAX_PLATFORMS) on this machine ({why}); "
-            f"this JAX has {', '.join(known)}: set JAX_PLATFORMS to one this machine has (cpu "
-            "always works) or unset it; a GPU needs the CUDA build of jax (README)") from None
-
-
 def is_writer() -> bool:
     """Only process 0 writes metrics, summaries, reports (checkpoints are written by all)."""
     return jax.process_index() == 0

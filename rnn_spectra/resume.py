@@ -1,5 +1,10 @@
-"""Workdir admission: who may write a workdir, what may change when a run is continued, and the
-signals that stop it cleanly. ``loop.py`` calls these before it trains and while it trains.
+"""Workdir admission: who may write a workdir, where the members' checkpoints live, and what may
+change when a run is continued. ``loop.py`` calls these before it trains and while it trains.
+
+The loop trains S >= 1 stacked members the same way whatever S is; what a single run and a sweep
+group do differently is here, side by side: ``RunWorkdir`` (a single run: its own workdir holds
+its checkpoints, its state alone, and is admitted here) and ``GroupWorkdir`` (a study's group:
+the group's directory holds the stacked checkpoints; the study admits the members).
 
 A killed or preempted run loses at most the steps since its last checkpoint and continues exactly
 (same batches, same params) when started again with a config that differs only in
@@ -11,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import signal
 import sys
 
 import jax
@@ -20,10 +24,10 @@ import ml_collections
 from rnn_spectra import config as config_lib
 from rnn_spectra import control
 from rnn_spectra import workdir as wd
-from rnn_spectra.errors import ConfigError, StorageError, WorkdirError
+from rnn_spectra.errors import ConfigError, WorkdirError
 from rnn_spectra.optim import make_schedule
-from rnn_spectra.parallel import agree
-from rnn_spectra.signals import SignalHandlers
+from rnn_spectra.parallel import run_layout, sweep_layout
+from rnn_spectra.sweep import member
 
 # Keys that may change when a run is continued: they extend it or change only its bookkeeping.
 RESUMABLE_KEYS = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
@@ -70,35 +74,6 @@ class WorkdirLock:
     def __exit__(self, *exc):
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
-
-
-class SignalGuard(SignalHandlers):
-    """First SIGTERM/SIGINT: ask the loop to stop after this step. Second: exit at once."""
-
-    def __init__(self):
-        super().__init__()
-        self.requested = None
-
-    def _handler(self, signum, frame):
-        if self.requested is not None:
-            print("second signal: exiting now", file=sys.stderr, flush=True)
-            os._exit(128 + signum)
-        self.requested = signal.Signals(signum).name
-        print(f"\n{self.requested}: finishing this step, saving a checkpoint, then exiting "
-              "(send it again to exit at once)", file=sys.stderr, flush=True)
-
-
-def stop_flags(step: int, log_now: bool, ckpt, guard: SignalGuard) -> tuple[bool, bool]:
-    """(checkpoint due, stop requested) after ``step``. Under several processes a signal or
-    the checkpoint clock may reach them at different steps: they compare notes at log steps
-    (one small all-gather) and act on the agreed flags; between log steps only the step-based
-    checkpoint period, the same everywhere, counts."""
-    due, requested = ckpt.due(step), guard.requested is not None
-    if jax.process_count() == 1:
-        return due, requested
-    if not log_now:
-        return bool(ckpt.every_steps and step % ckpt.every_steps == 0), False
-    return agree(due), agree(requested)
 
 
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -218,18 +193,115 @@ def remove_unstarted_workdir(w: str) -> None:
         pass
 
 
-def record_failure(workdirs, runs, good: list[int], error, group_dir: str | None, name: str) -> None:
-    """summary.json of every member after a storage failure: status ``failed``, the error and the
-    step a resume starts from, if the disk still takes that much; checkpoints are left as they are."""
-    for i, (w, r) in enumerate(zip(workdirs, runs)):
-        s = {"status": "failed", "error": str(error), "steps_completed": good[-1] if good else 0,
-             "last_checkpoint_step": good[-1] if good else None, "target_steps": r.train.steps}
-        if group_dir is not None:
-            s["sweep"] = {"group": name, "index": i, "members": len(runs),
-                          "group_dir": os.path.relpath(group_dir, w)}
-        else:
-            s["checkpoint_steps"] = good
-        try:
-            wd.write_json(wd.path(w, wd.SUMMARY), s)
-        except (StorageError, WorkdirError):
-            pass  # the disk is full: the error line says it all
+class RunWorkdir:
+    """A single run (S = 1): its workdir holds its checkpoints (its state alone, as ``load_run``
+    reads them, ranked by eval loss) and is admitted here: a foreign folder, another config, a
+    diverged run or a schedule that would rewrite done steps is refused; a finished one returned."""
+
+    test_chunks = 0  # a single run's summary has test numbers only when asked for them
+    save_initial = False
+
+    def __init__(self, workdir: str):
+        self.directory = workdir
+        self.name = os.path.basename(workdir.rstrip("/"))
+        self.what = "this config"
+        self.old_config = self.old_summary = None
+
+    def layout(self, run):
+        return run_layout(run.parallel, run.train.batch_size)
+
+    def prepare(self) -> None:
+        prepare_workdir(self.directory)
+
+    def admit(self, config: ml_collections.ConfigDict, writer: bool) -> None:
+        """Compare ``config`` with the run the workdir holds; claim a new workdir at once."""
+        w = self.directory
+        if writer:
+            wd.remove_stale_temp_files(w)
+        self.old_config, self.old_summary = existing_run(w, config)
+        if self.old_config is None and writer:
+            # Before anything else lands in the workdir: a run killed from here on resumes.
+            wd.write_json(wd.path(w, wd.CONFIG), config.to_dict())
+
+    def admit_start(self, run, schedule, start: int, diverged_at, writer: bool) -> list[dict] | None:
+        """Check the restored ``start`` step; the old summary of a run with nothing left to train."""
+        w = self.directory
+        if diverged_at[0] >= 0:  # even if summary.json was never written
+            refuse_diverged(w, int(diverged_at[0]), start)
+        if self.old_summary and self.old_summary.get("status") == "completed" and start >= run.train.steps:
+            print(f"{w}: already completed {start} steps (raise --config.train.steps to extend)",
+                  file=sys.stderr)
+            return [self.old_summary]
+        if start > run.train.steps:
+            raise ConfigError(f"{w} is at step {start}, beyond train.steps={run.train.steps}; "
+                              f"resume with --config.train.steps={start} or more")
+        check_schedule(w, run, schedule, self.old_config, start)
+        if start and writer:
+            print(f"resuming {w} from step {start}", file=sys.stderr)
+        return None
+
+    def to_checkpoint(self, state, stacking):
+        return member(state, 0)
+
+    def from_checkpoint(self, state, stacking):
+        return stacking.from_one(state)
+
+    def best_meta(self, best: list):
+        return best[0]
+
+    def best_from_meta(self, saved) -> list:
+        # A list: exported from a group before export wrote each member's own best.
+        return [None if isinstance(saved, list) else saved]
+
+    def rank(self, eval_losses) -> dict | None:
+        """Orbax keeps the best checkpoint by this (only at evaluated steps)."""
+        return None if eval_losses is None else {"eval_loss": float(eval_losses[0])}
+
+    def checkpoints(self, index: int, workdir: str, steps: list[int]) -> dict:
+        return {"checkpoint_steps": steps}
+
+
+class GroupWorkdir:
+    """A sweep group, a study's unit of S >= 1 members: ``group_dir`` holds their stacked
+    checkpoints, step 0 included (each member's initial params can be exported for analysis,
+    ``sweep.export_member_checkpoints``); the study admits the members (``study/members.py``)."""
+
+    test_chunks = 4  # test set = test_chunks x eval_batches x eval_batch_size: a study's numbers
+    save_initial = True
+
+    def __init__(self, group_dir: str, members: int, name: str | None = None):
+        self.directory, self.n = group_dir, members
+        self.name = name or "sweep"
+        self.what = f"sweep group {self.name}"
+
+    def layout(self, run):
+        return sweep_layout(run.parallel, run.train.batch_size)
+
+    def prepare(self) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+
+    def admit(self, config, writer: bool) -> None:
+        pass
+
+    def admit_start(self, run, schedule, start, diverged_at, writer) -> None:
+        return None
+
+    def to_checkpoint(self, state, stacking):
+        return stacking.unpadded(state)
+
+    def from_checkpoint(self, state, stacking):
+        return stacking.padded(state)
+
+    def best_meta(self, best: list):
+        return best
+
+    def best_from_meta(self, saved) -> list:
+        return saved if isinstance(saved, list) else [None] * self.n
+
+    def rank(self, eval_losses) -> None:
+        return None  # no one loss ranks a group
+
+    def checkpoints(self, index: int, workdir: str, steps: list[int]) -> dict:
+        # relative, so a study directory can be moved or copied whole
+        return {"sweep": {"group": self.name, "index": index, "members": self.n,
+                          "group_dir": os.path.relpath(self.directory, workdir)}}

@@ -1,9 +1,15 @@
-"""Installing SIGINT/SIGTERM handlers for the length of a ``with`` block (no JAX: the CLI uses
-it from its first line). Subclasses say what a signal does in ``_handler``."""
+"""What SIGINT and SIGTERM do, for the length of a ``with`` block (no JAX: the CLI installs the
+first from its first line). Before the training loop a signal raises ``Interrupted``
+(``SetUpSignals``); inside it, it asks the loop to stop after the step (``SignalGuard``).
+"""
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
+
+from rnn_spectra.errors import Interrupted
 
 
 class SignalHandlers:
@@ -27,3 +33,37 @@ class SignalHandlers:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+class SetUpSignals(SignalHandlers):
+    """SIGINT/SIGTERM before the training loop takes them over (``SignalGuard``): raise
+    Interrupted, so the command ends with one line and its interrupted code instead of a
+    traceback (SIGINT) or a silent kill (SIGTERM). A second signal exits at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.fired = False
+
+    def _handler(self, signum, frame):
+        if self.fired:
+            os._exit(128 + signum)
+        self.fired = True
+        e = Interrupted(f"interrupted by {signal.Signals(signum).name}")
+        e.signum = signum
+        raise e
+
+
+class SignalGuard(SignalHandlers):
+    """First SIGTERM/SIGINT: ask the loop to stop after this step. Second: exit at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.requested = None
+
+    def _handler(self, signum, frame):
+        if self.requested is not None:
+            print("second signal: exiting now", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.requested = signal.Signals(signum).name
+        print(f"\n{self.requested}: finishing this step, saving a checkpoint, then exiting "
+              "(send it again to exit at once)", file=sys.stderr, flush=True)

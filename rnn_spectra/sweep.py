@@ -25,9 +25,10 @@ from rnn_spectra.parallel import padded_size
 
 
 def program_signature(run: RunConfig) -> RunConfig:
-    """The config with every vmappable field blanked: members with equal signatures share a program.
-    The regulariser's weight and target and the projection bound are state (``control.py``) once
-    they are on, so only on/off is part of the program."""
+    """The config with every vmappable field blanked (set to one valid value, a section checks
+    its values): members with equal signatures share a program. The regulariser's weight and
+    target and the projection bound are state (``control.py``) once they are on, so only on/off
+    is part of the program."""
     clip = "global_norm" if run.optim.clip == "none" else run.optim.clip
     ctl, lc = run.control, run.control.lyapunov
     lc = dataclasses.replace(lc, weight=float(lc.weight > 0), target=0.0)
@@ -37,8 +38,8 @@ def program_signature(run: RunConfig) -> RunConfig:
         seed=0,
         model=dataclasses.replace(run.model, cell=program_name(run.model.cell),
                                   recurrent_init=None, init_scale=None),
-        optim=dataclasses.replace(run.optim, learning_rate=0.0, clip=clip, clip_value=0.0),
-        checkpoint=dataclasses.replace(run.checkpoint, keep=0),
+        optim=dataclasses.replace(run.optim, learning_rate=1.0, clip=clip, clip_value=1.0),
+        checkpoint=dataclasses.replace(run.checkpoint, keep=1),
         control=ctl,
     )
 
@@ -60,14 +61,29 @@ def member(tree, i: int):
 
 
 class Stacking:
-    """A sweep's member axis on its layout: members sharded over the devices (parallel.py),
-    padded with copies of member 0 to a multiple of the device count. Padding is computed, never
-    written or checkpointed."""
+    """The member axis of S >= 1 members on their layout: in ``sweep`` mode sharded over the
+    devices (parallel.py) and padded with copies of member 0 to a multiple of the device count.
+    Padding is computed, never written or checkpointed."""
 
     def __init__(self, layout, members: int):
         self.layout, self.n = layout, members
         self.n_pad = padded_size(members, layout)
         self._unpad_fn = None
+
+    def map(self, fn, in_axes=0):
+        """``fn`` over the member axis: ``jax.vmap``. One member (a single run) runs ``fn`` itself on
+        its squeezed arrays: the program of one run without vmap, whose numbers a vmap over one
+        member can round differently (a ReLU run's gradient flow by ~1e-7)."""
+        if self.n_pad > 1:
+            return jax.vmap(fn, in_axes=in_axes)
+        axes = in_axes if isinstance(in_axes, (tuple, list)) else None
+
+        def one(*args):
+            args = [a if axes is not None and axes[i] is None else member(a, 0)
+                    for i, a in enumerate(args)]
+            return jax.tree_util.tree_map(lambda y: y[None], fn(*args))
+
+        return one
 
     def put(self, values: np.ndarray):
         """A per-member host array, padded and placed."""
@@ -80,6 +96,11 @@ class Stacking:
             raise ConfigError(f"sweep group {name}: member states differ in structure "
                               "(mixing clip kinds other than none/global_norm?)")
         return self.layout.put(stack(states + states[:1] * (self.n_pad - self.n)), self.layout.stacked)
+
+    def from_one(self, state):
+        """One member's state (a single run's checkpoint) as the stacked state on the layout."""
+        return jax.jit(lambda t: jax.tree_util.tree_map(lambda x: x[None], t),
+                       out_shardings=self.layout.stacked)(state)
 
     def unpadded(self, state):
         """The real members only (what a checkpoint holds, whatever the device count)."""

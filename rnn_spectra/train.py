@@ -9,7 +9,6 @@ never crashes on a non-finite loss: it keeps the last good params and records th
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -36,9 +35,11 @@ class Experiment:
     schedule: optax.Schedule
 
 
-def build(run: RunConfig) -> Experiment:
-    """Resolve every name of ``run`` (task, cell, inits, optimizer): bad names raise here."""
-    task = get_task(run.task)
+def build(run: RunConfig, task: Task | None = None) -> Experiment:
+    """Resolve every name of ``run`` (task, cell, inits, optimizer): bad names raise here.
+    ``task``: one already built from ``run.task``, to share: an image task holds its dataset on
+    the device, so the members of a sweep group (and a study's groups on one table) use one copy."""
+    task = get_task(run.task) if task is None else task
     model = SequenceModel(run.model, task.input_size, task.output_size, task.readout,
                           seq_len=task.length)
     control.check(run, model)
@@ -158,23 +159,7 @@ def evaluate(eval_fn, params, seed, stream: int, chunks: int) -> dict:
     return reduce_metrics({k: jnp.stack([p[k] for p in parts]) for k in parts[0]}, axis=0)
 
 
-def summary_line(summary: dict) -> str:
-    """One human line for the console."""
-    ev = summary.get("final_eval") or {}
-    parts = [f"status={summary['status']}", f"steps={summary.get('steps_completed')}"]
-    if "loss" in ev:
-        parts.append(f"eval_loss={ev['loss']:.4g} (baseline {summary['baseline']:.4g})")
-    if summary.get("diverged_step") is not None:
-        parts.append(f"diverged at step {summary['diverged_step']}")
-    parts.append(f"wall={summary.get('wall_time_s', 0):.1f}s")
-    return " ".join(parts)
-
-
-def print_err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 __all__ = [
     "Experiment", "build", "init_state", "make_train_step", "make_eval_fn", "evaluate",
-    "reduce_metrics", "stream_key", "summary_line",
+    "reduce_metrics", "stream_key",
 ]

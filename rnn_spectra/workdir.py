@@ -14,7 +14,7 @@ import os
 import shutil
 from typing import Any, Iterable
 
-from rnn_spectra.errors import StorageError, WorkdirError
+from rnn_spectra.errors import ConfigError, StorageError, WorkdirError
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -208,6 +208,17 @@ def remove_stale_temp_files(workdir: str) -> None:
     """Call only while holding the workdir lock: then no other writer can own them."""
     for name in stale_temp_files(workdir):
         _remove_quietly(os.path.join(workdir, name))
+
+
+def check_utf8_path(flag: str, value: str) -> None:
+    """Refuse a path that is not valid UTF-8 (named by its command-line ``flag``): TensorStore,
+    which writes the checkpoints, cannot open it, and would fail long after the run started."""
+    try:
+        os.path.abspath(value).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(value).decode("utf-8", "backslashreplace")
+        raise ConfigError(f"{flag} {shown}: the path is not valid UTF-8 and TensorStore (which "
+                          "writes the checkpoints) cannot open it; use a UTF-8 name") from None
 
 
 def path(workdir: str, name: str) -> str:

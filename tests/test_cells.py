@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from rnn_spectra import cells as cells_lib
+from rnn_spectra.config import ModelConfig
 from rnn_spectra.errors import ConfigError
 
 D, H, B = 3, 5, 4
@@ -40,7 +41,7 @@ def np_params(params):
 @pytest.mark.parametrize("name,phi", [("tanh_rnn", np.tanh), ("relu_rnn", lambda v: np.maximum(v, 0.0)),
                                       ("irnn", lambda v: np.maximum(v, 0.0))])
 def test_elman_step_matches_numpy(name, phi):
-    cell = cells_lib.make_cell(name, H)
+    cell = cells_lib.make_cell(ModelConfig(cell=name, hidden_size=H))
     params = random_params(cell)
     x, h, _ = random_inputs()
     new_carry, out = cell.apply({"params": params}, h, x)
@@ -54,7 +55,7 @@ def test_elman_step_matches_numpy(name, phi):
 
 
 def test_lstm_step_matches_numpy():
-    cell = cells_lib.make_cell("lstm", H)
+    cell = cells_lib.make_cell(ModelConfig(cell="lstm", hidden_size=H))
     params = random_params(cell)
     x, h, c = random_inputs()
     (new_c, new_h), out = cell.apply({"params": params}, (c, h), x)
@@ -75,7 +76,7 @@ def test_lstm_step_matches_numpy():
 
 
 def test_gru_step_matches_numpy_pytorch_form():
-    cell = cells_lib.make_cell("gru", H)
+    cell = cells_lib.make_cell(ModelConfig(cell="gru", hidden_size=H))
     params = random_params(cell)
     x, h, _ = random_inputs()
     new_h, out = cell.apply({"params": params}, h, x)
@@ -97,7 +98,7 @@ def test_lstm_and_gru_match_torch_cells_when_available():
     torch = pytest.importorskip("torch")
     x, h, c = random_inputs()
     tx, th, tc = (torch.tensor(np.asarray(a)) for a in (x, h, c))
-    lstm = cells_lib.make_cell("lstm", H)
+    lstm = cells_lib.make_cell(ModelConfig(cell="lstm", hidden_size=H))
     p = random_params(lstm)
     ref = torch.nn.LSTMCell(D, H)
     with torch.no_grad():
@@ -110,7 +111,7 @@ def test_lstm_and_gru_match_torch_cells_when_available():
     np.testing.assert_allclose(new_h, h_ref.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(new_c, c_ref.numpy(), rtol=1e-5, atol=1e-5)
 
-    gru = cells_lib.make_cell("gru", H)
+    gru = cells_lib.make_cell(ModelConfig(cell="gru", hidden_size=H))
     p = random_params(gru)
     ref = torch.nn.GRUCell(D, H)
     with torch.no_grad():
@@ -124,12 +125,12 @@ def test_lstm_and_gru_match_torch_cells_when_available():
 
 
 def test_lstm_forget_bias_init():
-    cell = cells_lib.make_cell("lstm", H, bias_init=0.25, forget_bias=1.5)
+    cell = cells_lib.make_cell(ModelConfig(cell="lstm", hidden_size=H, bias_init=0.25, forget_bias=1.5))
     params = cell.init(jax.random.PRNGKey(0), cell.initialize_carry((1,)), jnp.zeros((1, D)))["params"]
     b = np.asarray(params["b"])
     np.testing.assert_allclose(b[H:2 * H], 1.75)  # forget gate: bias_init + forget_bias
     np.testing.assert_allclose(np.delete(b, np.s_[H:2 * H]), 0.25)
-    default = cells_lib.make_cell("lstm", H)
+    default = cells_lib.make_cell(ModelConfig(cell="lstm", hidden_size=H))
     b = np.asarray(default.init(jax.random.PRNGKey(0), default.initialize_carry((1,)),
                                 jnp.zeros((1, D)))["params"]["b"])
     np.testing.assert_allclose(b[H:2 * H], 1.0)
@@ -141,7 +142,7 @@ N = 64
 
 
 def _recurrent(name, **kw):
-    cell = cells_lib.make_cell(name, N, **kw)
+    cell = cells_lib.make_cell(ModelConfig(cell=name, hidden_size=N, **kw))
     params = cell.init(jax.random.PRNGKey(3), cell.initialize_carry((1,)), jnp.zeros((1, 2)))["params"]
     return {k: np.asarray(v, np.float64) for k, v in cells_lib.recurrent_matrices(name, params).items()}
 
@@ -169,7 +170,8 @@ def test_identity_init(cell):
 
 def test_normal_init_scale():
     n = 256
-    cell = cells_lib.make_cell("relu_rnn", n, recurrent_init="normal", init_scale=1.5)
+    cell = cells_lib.make_cell(ModelConfig(cell="relu_rnn", hidden_size=n, recurrent_init="normal",
+                                           init_scale=1.5))
     w = np.asarray(cell.init(jax.random.PRNGKey(0), cell.initialize_carry((1,)),
                              jnp.zeros((1, 2)))["params"]["W_s"], np.float64)
     # Entries N(0, scale^2 / n): std within sampling error (n^2 = 65536 samples -> ~0.3%).
@@ -217,7 +219,7 @@ def test_recurrent_matrices_one_per_gate_in_order(name, gates):
 
 def test_recurrent_matrices_name_the_gates_the_cell_uses():
     """Zeroing the block named W_f must remove h from the forget gate only (semantics, not slicing)."""
-    cell = cells_lib.make_cell("lstm", H)
+    cell = cells_lib.make_cell(ModelConfig(cell="lstm", hidden_size=H))
     params = random_params(cell)
     x, h, c = random_inputs()
     w_s = np.array(params["W_s"])
@@ -239,14 +241,14 @@ def test_recurrent_matrices_name_the_gates_the_cell_uses():
 # ----------------------------------------------------------------------------- bad names
 def test_unknown_names_list_valid_ones():
     with pytest.raises(ConfigError) as e:
-        cells_lib.make_cell("lstmm", 4)
+        cells_lib.make_cell(ModelConfig(cell="lstmm", hidden_size=4))
     assert "unknown cell 'lstmm'" in str(e.value) and "Did you mean 'lstm'" in str(e.value)
     assert f"valid: {', '.join(sorted(cells_lib.CELLS))}." in str(e.value)
     assert {"tanh_rnn", "relu_rnn", "irnn", "lstm", "gru"} <= set(cells_lib.CELLS)
     with pytest.raises(ConfigError) as e:
-        cells_lib.make_cell("tanh_rnn", 4, recurrent_init="orthogonl")
+        cells_lib.make_cell(ModelConfig(cell="tanh_rnn", hidden_size=4, recurrent_init="orthogonl"))
     assert "unknown recurrent init 'orthogonl'" in str(e.value)
     assert f"valid: {', '.join(sorted(cells_lib.RECURRENT_INITS))}." in str(e.value)
     assert {"orthogonal", "identity", "normal", "np_rnn"} <= set(cells_lib.RECURRENT_INITS)
     with pytest.raises(ConfigError, match="hidden_size must be a positive"):
-        cells_lib.make_cell("tanh_rnn", 0)
+        cells_lib.make_cell(ModelConfig(cell="tanh_rnn", hidden_size=0))

@@ -176,7 +176,7 @@ def test_the_command_line_compiles_through_a_persistent_cache(tmp_path, setting)
     machine: the spectral monitor's ~3 s compile is most of its cost in a short run); `off`
     turns it off. Checked in a fresh interpreter: the setting is process-global."""
     value = str(tmp_path / "cache") if setting == "folder" else "off"
-    code = ("from rnn_spectra.cli import enable_compilation_cache; enable_compilation_cache(); "
+    code = ("from rnn_spectra.backend import enable_compilation_cache; enable_compilation_cache(); "
             "import jax; print(jax.config.jax_compilation_cache_dir)")
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

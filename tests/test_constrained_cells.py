@@ -23,8 +23,8 @@ H, D = 6, 3
 NEW = ("indrnn", "antisymmetric", "exprnn")
 
 
-def _params(name, seed=0, **kw):
-    cell = cells_lib.make_cell(name, H, bias_init=0.1, **kw)
+def _params(name, seed=0, seq_len=None, **kw):
+    cell = cells_lib.make_cell(ModelConfig(cell=name, hidden_size=H, bias_init=0.1, **kw), seq_len)
     params = cell.init(jax.random.PRNGKey(seed), cell.initialize_carry((1,)), jnp.zeros((1, D)))["params"]
     return cell, params
 
@@ -70,7 +70,8 @@ def test_inits():
     _, p = _params("indrnn", seq_len=8, recurrent_init="uniform", init_scale=1.0)  # U[0, 1]: u^64 ~ 0
     assert np.all((np.asarray(p["u"]) >= 0) & (np.asarray(p["u"]) <= 1))
     # Its input init N(0, 0.001^2), not scaled by the fan-in.
-    big = cells_lib.make_cell("indrnn", 64, input_init="normal_std", input_scale=1e-3)
+    big = cells_lib.make_cell(ModelConfig(cell="indrnn", hidden_size=64, input_init="normal_std",
+                                          input_scale=1e-3))
     w_x = big.init(jax.random.PRNGKey(0), big.initialize_carry((1,)), jnp.zeros((1, 50)))["params"]["W_x"]
     assert abs(float(jnp.std(w_x)) - 1e-3) < 5e-5
     _, p = _params("indrnn", recurrent_init="identity", init_scale=0.5)
@@ -235,7 +236,7 @@ def test_antisymmetric_epsilon_and_gamma_are_checked_config_keys(tiny_config):
         with pytest.raises(config_lib.ConfigError, match=f"model.{key}"):
             config_lib.resolve(c)
     with pytest.raises(config_lib.ConfigError, match="model.gamma"):
-        cells_lib.make_cell("antisymmetric", 4, gamma=0.0)
+        cells_lib.make_cell(ModelConfig(cell="antisymmetric", hidden_size=4, gamma=0.0))
     exp = _tiny_run(tiny_config, "antisymmetric", model__epsilon=0.05, model__gamma=0.2)
     assert (exp.model.cell.epsilon, exp.model.cell.gamma) == (0.05, 0.2)
     p = init_state(exp, 0)["params"]["cell"]

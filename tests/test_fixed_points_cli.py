@@ -7,7 +7,7 @@ import pytest
 
 from rnn_spectra import cli
 from rnn_spectra.errors import ConfigError, WorkdirError
-from rnn_spectra.spectral.analyze import FP_SEQUENCES, analyze_fixed_points
+from rnn_spectra.analyze import FP_SEQUENCES, analyze_fixed_points
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, T, STEPS = 4, 6, 6

@@ -492,7 +492,7 @@ def test_lock_is_exclusive_and_released(tmp_path):
 def test_first_signal_asks_to_stop_second_exits_at_once():
     """In a forked child (no JAX needed there): the first SIGTERM only sets the flag the loop
     polls after each step; the second ends the process at once with 128 + SIGTERM."""
-    from rnn_spectra.resume import SignalGuard
+    from rnn_spectra.signals import SignalGuard
 
     import warnings
 

@@ -11,10 +11,9 @@ import math
 
 import flax.linen as nn
 
-from rnn_spectra.cells.base import PREACTIVATION, Array, CellSpec, Initializer, ParamRule
+from rnn_spectra.cells.base import PREACTIVATION, Array, CellSpec, ParamRule
 from rnn_spectra.cells.classic import (
-    ACTIVATIONS, MARGIN_P, MARGIN_U, MARGIN_V, ElmanCell, GRUCell, LSTMCell, MarginElmanCell,
-    margin_matrix,
+    MARGIN_P, MARGIN_U, MARGIN_V, ElmanCell, GRUCell, LSTMCell, MarginElmanCell, margin_matrix,
 )
 from rnn_spectra.cells.constrained import (
     EXPRNN_SKEW, INDRNN_DIAG, AntisymmetricCell, ExpRNNCell, IndRNNCell, antisymmetric_matrices,
@@ -83,24 +82,24 @@ MARGIN_INITS = {
 }
 
 
-def _margin_cell(spec: CellSpec, name: str, hidden_size: int, recurrent_init, init_scale,
-                 margin, **kwargs) -> nn.Module:
-    require_square_ws(name, "model.recurrent_param=svd_margin")
-    if not (isinstance(margin, (int, float)) and 0 <= margin <= 1):
+def _margin_cell(spec: CellSpec, config: ModelConfig, **kwargs) -> nn.Module:
+    require_square_ws(config.cell, "model.recurrent_param=svd_margin")
+    margin = config.margin
+    if margin > 1:  # the section checks >= 0; above 1 a singular value could reach 0
         raise ConfigError(f"model.margin must be in [0, 1] (singular values in [1 - margin, "
                           f"1 + margin]), got {margin!r}")
-    init = recurrent_init or ("identity" if spec.default_recurrent_init == "identity" else "orthogonal")
+    init = config.recurrent_init or ("identity" if spec.default_recurrent_init == "identity" else "orthogonal")
     if init not in MARGIN_INITS:
         raise ConfigError(f"model.recurrent_param=svd_margin starts from an orthogonal W_s: "
                           f"model.recurrent_init must be one of {', '.join(sorted(MARGIN_INITS))} "
                           f"(or None), got {init!r}")
-    gain = 1.0 if init_scale is None else init_scale
+    gain = 1.0 if config.init_scale is None else config.init_scale
     # init_scale is the gain of W_s at init: every singular value 1 + margin tanh(p0) = gain.
     if gain != 1.0 and not abs(gain - 1.0) < margin:
         raise ConfigError(f"model.init_scale={gain!r} is outside svd_margin's singular values "
                           f"(1 - margin, 1 + margin) with model.margin={margin!r}")
     p0 = math.atanh((gain - 1.0) / margin) if gain != 1.0 else 0.0
-    return spec.margin_module(hidden_size=hidden_size, recurrent_init=MARGIN_INITS[init](1.0),
+    return spec.margin_module(hidden_size=config.hidden_size, recurrent_init=MARGIN_INITS[init](1.0),
                               sv_init=nn.initializers.constant(p0), margin=float(margin),
                               **spec.kwargs, **kwargs)
 
@@ -119,54 +118,23 @@ def cell_options(name: str, config=None) -> dict:
     return {k: getattr(config, k) for k in spec.options}
 
 
-def make_cell(
-    name: str,
-    hidden_size: int,
-    *,
-    recurrent_init: str | None = None,
-    init_scale: float | None = None,
-    input_init: str = "normal",
-    input_scale: float = 1.0,
-    bias_init: float = 0.0,
-    forget_bias: float = 1.0,
-    epsilon: float | None = None,
-    gamma: float | None = None,
-    seq_len: int | None = None,
-    recurrent_param: str = "free",
-    margin: float = 0.1,
-) -> nn.Module:
-    """Build a registered cell. ``recurrent_init``/``init_scale`` default to the cell's own;
-    ``epsilon``/``gamma`` (AntisymmetricRNN) to ``config.ModelConfig``'s; ``seq_len`` (the input
-    length T) is what a T-dependent init needs (IndRNN's). ``recurrent_param="svd_margin"``: the
-    cell's ``margin_module`` with singular values in [1 - margin, 1 + margin]."""
-    spec = get_cell_spec(name)
-    if hidden_size <= 0:
-        raise ConfigError(f"model.hidden_size must be a positive integer, got {hidden_size}")
-    if recurrent_param == "svd_margin":
-        return _margin_cell(spec, name, hidden_size, recurrent_init, init_scale, margin,
-                            input_init=get_input_init(input_init, input_scale),
-                            bias_init=nn.initializers.constant(bias_init))
-    if recurrent_param != "free":
-        raise unknown_name("model.recurrent_param", recurrent_param, ["free", "svd_margin"])
+def make_cell(config: ModelConfig, seq_len: int | None = None) -> nn.Module:
+    """Build the cell a (checked) ``config.model`` section names. Its ``recurrent_init`` and
+    ``init_scale`` default to the cell's own; ``seq_len`` (the input length T) is what a
+    T-dependent init needs (IndRNN's). ``recurrent_param="svd_margin"``: the cell's
+    ``margin_module`` with singular values in [1 - margin, 1 + margin]."""
+    spec = get_cell_spec(config.cell)
+    input_init = get_input_init(config.input_init, config.input_scale)
+    bias_init = nn.initializers.constant(config.bias_init)
+    if config.recurrent_param == "svd_margin":
+        return _margin_cell(spec, config, input_init=input_init, bias_init=bias_init)
     rec = get_recurrent_init(
-        recurrent_init or spec.default_recurrent_init,
-        spec.default_init_scale if init_scale is None else init_scale,
+        config.recurrent_init or spec.default_recurrent_init,
+        spec.default_init_scale if config.init_scale is None else config.init_scale,
         seq_len=seq_len,
     )
-    given = {"forget_bias": forget_bias, "epsilon": epsilon, "gamma": gamma}
-    options = {k: v if given[k] is None else given[k] for k, v in cell_options(name).items()}
-    for key in ("epsilon", "gamma"):
-        value = options.get(key)
-        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ConfigError(f"model.{key} must be a finite positive number, got {value!r}")
-    kwargs = {**spec.kwargs, **options}
-    return spec.module(
-        hidden_size=hidden_size,
-        recurrent_init=rec,
-        input_init=get_input_init(input_init, input_scale),
-        bias_init=nn.initializers.constant(bias_init),
-        **kwargs,
-    )
+    return spec.module(hidden_size=config.hidden_size, recurrent_init=rec, input_init=input_init,
+                       bias_init=bias_init, **spec.kwargs, **cell_options(config.cell, config))
 
 
 def recurrent_matrices(cell_name: str, cell_params, config=None) -> dict[str, Array]:
@@ -183,11 +151,9 @@ def recurrent_matrices(cell_name: str, cell_params, config=None) -> dict[str, Ar
     return {g: w_s[..., i * hidden : (i + 1) * hidden, :] for i, g in enumerate(spec.gates)}
 
 
+# What the rest of the package uses; the modules and their building blocks stay in the submodules.
 __all__ = [
-    "CELLS", "CellSpec", "ParamRule", "PREACTIVATION", "Array", "Initializer", "ACTIVATIONS",
-    "ElmanCell", "LSTMCell", "GRUCell", "IndRNNCell", "AntisymmetricCell", "ExpRNNCell",
-    "RECURRENT_INITS", "INPUT_INITS", "get_recurrent_init", "get_input_init", "get_cell_spec",
-    "program_name", "make_cell", "cell_options", "recurrent_matrices", "indrnn_bound", "INDRNN_DIAG",
-    "EXPRNN_SKEW", "MarginElmanCell", "margin_matrix", "MARGIN_U", "MARGIN_V", "MARGIN_P",
-    "square_ws_cells", "require_square_ws",
+    "CELLS", "CellSpec", "ParamRule", "PREACTIVATION", "RECURRENT_INITS", "INPUT_INITS",
+    "MARGIN_P", "MARGIN_U", "MARGIN_V", "get_cell_spec", "make_cell", "recurrent_matrices",
+    "program_name", "require_square_ws", "indrnn_bound",
 ]

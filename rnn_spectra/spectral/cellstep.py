@@ -42,6 +42,11 @@ class CellStep:
     input_size: int
 
 
+def state_size(model) -> int:
+    """n, the size of the flat state of ``model``'s cell (H; 2H for the LSTM's (c, h))."""
+    return int(ravel_pytree(model.initial_carry(()))[0].shape[0])
+
+
 def _check_params(model, cell_params) -> None:
     """Refuse cell params that belong to another cell or hidden size, naming what fits."""
     want = jax.eval_shape(model.init, jax.random.PRNGKey(0))["cell"]

@@ -51,17 +51,15 @@ Row keys (natural logs throughout; "state" is the flattened carry, LSTM: c and h
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
+from rnn_spectra.backend import single_threaded_blas
 from rnn_spectra.cells import get_cell_spec, recurrent_matrices
 from rnn_spectra.errors import ConfigError
 from rnn_spectra.parallel import to_host
-from rnn_spectra.spectral.cellstep import make_step_fn
+from rnn_spectra.spectral.cellstep import make_step_fn, state_size
 from rnn_spectra.spectral.gradient_flow import model_gradient_flow
 from rnn_spectra.spectral.jacobians import (
     lag_log_norms, log_spaced_lags, measurement_window, step_jacobian_stats, trajectory,
@@ -76,37 +74,6 @@ from rnn_spectra.rng import PROBE_STREAM, stream_key
 FULL_SV_MAX = 1024  # up to this H every singular value is recorded; above, the 64 extremes
 SV_EXTREMES = 64
 FULL_LYAPUNOV_MAX = 1024  # up to this state size the whole Lyapunov spectrum is computed
-
-
-_BLAS = []  # the threadpoolctl controller, once it has seen a BLAS library
-
-
-def _blas_controller():
-    if not _BLAS:
-        try:
-            from threadpoolctl import ThreadpoolController  # installed with scikit-learn
-        except ImportError:
-            return None
-        import scipy.linalg  # noqa: F401 - loads the BLAS/LAPACK that jaxlib's CPU LAPACK calls use
-        controller = ThreadpoolController()
-        if not controller.select(user_api="blas").lib_controllers:
-            return None  # none loaded (yet): look again next time
-        _BLAS.append(controller)
-    return _BLAS[0]
-
-
-def single_threaded_blas():
-    """Context: the BLAS behind XLA:CPU's LAPACK calls (SVD, QR) runs one thread meanwhile.
-
-    The monitor's SVDs and QRs are small ((n, n), n ~ 100s) and called many times per
-    measurement (one SVD per lag). OpenBLAS's own threads then fight XLA's thread pool (and any
-    other load) and spin: on 2 busy cores one measurement took 1-29 s instead of ~0.1 s (each
-    (4, 128, 128) SVD 380 ms instead of 12 ms). Same results, one thread; numpy elsewhere in
-    the process is unaffected outside the context."""
-    controller = _blas_controller()
-    if controller is None:
-        return contextlib.nullcontext()
-    return controller.limit(limits=1, user_api="blas")
 
 
 def probe_batch(exp, batch_size: int | None = None):
@@ -162,8 +129,9 @@ def sequence_measurements(cs, xs, lags, discard: int, k: int, full_k: int | None
 class SpectralMonitor:
     """``measure(params, step) -> row`` (a JSON-able dict); ``measure_arrays(params) -> arrays``.
 
-    ``measure_arrays`` is jitted; ``measure_stacked`` is it vmapped over a sweep's stacked
-    params; ``to_row(host_arrays, step)`` turns one member's arrays into its row.
+    ``measure_arrays`` is jitted; ``host_arrays(params, members)`` maps it over stacked members
+    (``sweep.Stacking.map``: one compiled program); ``to_row(host_arrays, step)`` turns one
+    member's arrays into its row.
     """
 
     def __init__(self, exp):
@@ -171,17 +139,14 @@ class SpectralMonitor:
         self.exp, self.model, self.task = exp, model, exp.task
         self.cell = model.config.cell
         self._probe = None  # (inputs, targets), drawn on first use
-        key = jax.eval_shape(lambda: jax.random.PRNGKey(0))  # traced, not compiled: no batch yet
-        T = int(jax.eval_shape(lambda k: exp.task.batch(k, 1), key)[0].shape[1])
-        self.state_size = int(ravel_pytree(model.initial_carry(()))[0].shape[0])
+        T = exp.task.length
+        self.state_size = state_size(model)
         if sp.lyapunov_k > self.state_size:
             raise ConfigError(
                 f"spectral.lyapunov_k={sp.lyapunov_k} exceeds the state size n={self.state_size} of "
                 f"cell {self.cell!r} (hidden_size={model.config.hidden_size}); "
                 f"set --config.spectral.lyapunov_k to at most {self.state_size}"
             )
-        if not isinstance(sp.grad_flow_points, int) or sp.grad_flow_points < 2:
-            raise ConfigError(f"spectral.grad_flow_points must be an int >= 2, got {sp.grad_flow_points!r}")
         self.k = sp.lyapunov_k
         self.T = T
         self.discard = int(round(sp.lyapunov_discard * T))  # burn-in steps after the dead prefix
@@ -190,7 +155,7 @@ class SpectralMonitor:
         self.flow_t = flow_points(T, sp.grad_flow_points)
         self.gates = get_cell_spec(self.cell).gates
         self.measure_arrays = jax.jit(self._arrays)
-        self.measure_stacked = jax.jit(jax.vmap(self._arrays))  # a sweep's members at once
+        self._over_members = None  # measure_arrays mapped over the members, compiled once
 
     @property
     def probe(self):
@@ -203,9 +168,14 @@ class SpectralMonitor:
     inputs = property(lambda self: self.probe[0])
     targets = property(lambda self: self.probe[1])
 
-    def host_arrays(self, params, stacked: bool = False) -> dict:
-        """``measure_arrays(params)`` (``stacked``: of every member) as host numpy arrays."""
-        fn = self.measure_stacked if stacked else self.measure_arrays
+    def host_arrays(self, params, members=None) -> dict:
+        """``measure_arrays(params)`` as host numpy arrays; with ``members`` (the
+        ``sweep.Stacking`` of stacked params), of every member at once."""
+        fn = self.measure_arrays
+        if members is not None:
+            if self._over_members is None:
+                self._over_members = jax.jit(members.map(self._arrays))
+            fn = self._over_members
         with single_threaded_blas():  # held until the results are on the host
             return to_host(fn(params))
 

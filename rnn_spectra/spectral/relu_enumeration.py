@@ -28,7 +28,7 @@ def one_blas_thread():
     Our matrices are small (H ~ 100s) and many: OpenBLAS's own threads then fight XLA's thread
     pool (still spinning after a JAX computation) and any other load. On 2 busy cores a stack of 100
     (128, 128) inverses took 2.2 s right after a JAX matmul instead of 0.2 s (the spectral monitor
-    saw the same with SVDs, see ``monitor.single_threaded_blas``). Same results, one thread."""
+    saw the same with SVDs, see ``backend.single_threaded_blas``). Same results, one thread."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:

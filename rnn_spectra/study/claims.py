@@ -204,3 +204,13 @@ def render_check(rows: list[dict]) -> str:
                      f"the reference interval; calibrated intervals at these levels and seed counts "
                      f"would capture about {100 * expected:.0f}% (Cumming & Maillardet 2006).")
     return "\n".join(lines)
+
+
+def check_study(reference_dir: str, reference: list[dict], workdir: str) -> tuple[str, bool]:
+    """``reference`` (the claims of ``reference_dir``) checked against the study in ``workdir``:
+    the table, also written to WORKDIR/claims_check.md, and whether any claim flips."""
+    rows = check(reference, read_claims(workdir))
+    text = render_check(rows)
+    wd.write_text(wd.path(workdir, "claims_check.md"),
+                  f"{check_header(reference_dir, workdir)}\n\n{text}\n")
+    return text, any(r["verdict"] == FLIPS for r in rows)

@@ -240,6 +240,13 @@ def check_publish_dir(out_dir: str) -> None:
             raise WorkdirError(f"--publish {out_dir}: {inside} is a folder; move it away")
 
 
+def study_command(workdir: str) -> str:
+    """The command that trains the study in ``workdir`` again (a published report's header)."""
+    preset = wd.read_json(wd.path(workdir, "study.json")).get("preset", "?")
+    command = f"rnn-spectra study --preset {preset} --workdir {workdir}"
+    return f"make study ({command})" if preset == "cpu" else command
+
+
 def publish(workdir: str, out_dir: str, command: str) -> str:
     """Copy a study's report, figures and claims to ``out_dir/results.md``, ``out_dir/figures/``
     and ``out_dir/claims.json`` (the docs), headed by the command that produced it; figure links

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import math
 import os
 import platform
@@ -26,17 +27,16 @@ from jax.experimental import multihost_utils
 
 from rnn_spectra import config as config_lib
 from rnn_spectra import workdir as wd
-from rnn_spectra.errors import Interrupted, WorkdirError
+from rnn_spectra.errors import ConfigError, Interrupted, WorkdirError
 from rnn_spectra.cells import program_name
 from rnn_spectra.loop import Loop
-from rnn_spectra.memory import check_fits
-from rnn_spectra.parallel import is_writer, sweep_layout
+from rnn_spectra.parallel import is_writer
 from rnn_spectra.runs import load_run
 from rnn_spectra.study import members as member_lib
 from rnn_spectra.study.grid import Member, confirmation, expand, extension, member_config
 from rnn_spectra.study.presets import Preset, get_preset
 from rnn_spectra.sweep import export_member_checkpoints, group_by_program
-from rnn_spectra.train import build
+from rnn_spectra.tasks import get_task
 
 
 def _group_name(m: Member, cfg) -> str:
@@ -91,7 +91,9 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
     ``seed_offset`` shifts every seed: the same study on a disjoint set of seeds.
     ``overrides`` (``{"parallel.mode": "sweep", ...}``) apply to every member: where and how the
     study runs (``parallel.*``, ``checkpoint.*``), never what it trains. Under several processes
-    every process trains, process 0 writes."""
+    every process trains, process 0 writes. ``study.seed_offset`` among ``overrides`` is the
+    same as ``seed_offset``."""
+    overrides, seed_offset = _settings(overrides or {}, seed_offset)
     preset = get_preset(preset_name)
     writer = is_writer()
     _admit(workdir, preset, seed_offset, writer)
@@ -133,6 +135,35 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
     if report:
         write_report(workdir)
     return record
+
+
+# What a study's command line may change: where and how it runs, never what it trains.
+STUDY_OVERRIDABLE = ("parallel.", "checkpoint.")
+
+
+def _settings(overrides: dict[str, str], seed_offset: int) -> tuple[dict[str, str], int]:
+    """(overrides, seed offset) of a study, checked: only ``STUDY_OVERRIDABLE`` keys, and one
+    non-negative seed offset whether given as ``--seed-offset`` or ``--config.study.seed_offset``."""
+    overrides = dict(overrides)
+    offset = overrides.pop("study.seed_offset", None)  # the same as --seed-offset
+    refused = [k for k in overrides if not k.startswith(STUDY_OVERRIDABLE)]
+    if refused:
+        raise ConfigError(f"study takes only --config.parallel.*, --config.checkpoint.* and "
+                          f"--config.study.seed_offset overrides (the grid is the preset's), not "
+                          f"--config.{refused[0]}")
+    if offset is not None:
+        try:
+            offset = int(offset)
+        except ValueError:
+            raise ConfigError(f"--config.study.seed_offset must be a non-negative integer, got "
+                              f"{offset!r}") from None
+        if seed_offset not in (0, offset):
+            raise ConfigError(f"--seed-offset {seed_offset} and --config.study.seed_offset="
+                              f"{offset} disagree; give one")
+        seed_offset = offset
+    if seed_offset < 0:
+        raise ConfigError(f"--seed-offset must be a non-negative integer, got {seed_offset}")
+    return overrides, seed_offset
 
 
 def _admit(workdir: str, preset: Preset, seed_offset: int, writer: bool) -> None:
@@ -181,11 +212,14 @@ class _Phase:
         groups = group_by_program(runs)
         names = _group_names(members, configs, groups)
         group_of = {i: name for idx, name in zip(groups, names) for i in idx}
-        # every group is checked before the first is trained: too large is one line now
-        for idx, name in zip(groups, names):
-            run = runs[idx[0]]
-            check_fits(build(run), len(idx), sweep_layout(run.parallel, run.train.batch_size),
-                       what=f"sweep group {name}")
+        # Every group is built (and its memory checked) before the first one trains: a group
+        # too large for the device is one line now, not after an hour of the others. So that
+        # this holds one dataset per table on the device, not one per group, they share tasks.
+        task_of = functools.lru_cache(maxsize=None)(get_task)
+        dirs = [[os.path.join(workdir, members[i].relpath) for i in idx] for idx in groups]
+        loops = [Loop([configs[i] for i in idx], d, os.path.join(workdir, "groups", name), name=name,
+                      test_chunks=preset.test_chunks, task=task_of(runs[idx[0]].task))
+                 for idx, d, name in zip(groups, dirs, names)]
         recs = [dict(relpath=m.relpath, phase=m.phase, table=m.table, task=m.task, row=m.row,
                      setting=m.setting, seed=m.seed, learning_rate=m.learning_rate, clip=m.clip,
                      clip_value=m.clip_value, group=group_of[i],
@@ -198,8 +232,7 @@ class _Phase:
             print(f"{preset.name} {label}: {len(members)} members in {len(groups)} programs",
                   file=sys.stderr, flush=True)
         console = Console(len(groups))
-        for idx, name in zip(groups, names):
-            dirs = [os.path.join(workdir, members[i].relpath) for i in idx]
+        for idx, name, member_dirs, group in zip(groups, names, dirs, loops):
             group_dir = os.path.join(workdir, "groups", name)
             problems = {i: member_lib.problem(workdir, recs[i], preset.name) for i in idx}
             if not any(problems.values()):
@@ -211,10 +244,8 @@ class _Phase:
                 if writer:
                     print(f"{name}: study member {members[i].relpath} {why.text}; re-training the "
                           f"group's {len(idx)} members from step 0", file=sys.stderr, flush=True)
-                _clear_group(group_dir, dirs, writer)
+                _clear_group(group_dir, member_dirs, writer)
             console.start(name, len(idx))
-            group = Loop([configs[i] for i in idx], dirs, group_dir,
-                         name=name, test_chunks=preset.test_chunks)
             summaries = group.run(progress=console)
             if any(s["status"] == "interrupted" for s in summaries):
                 raise Interrupted(f"interrupted in group {name} (checkpointed); run the same command "
