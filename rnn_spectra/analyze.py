@@ -21,10 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_spectra import plots
+from rnn_spectra import workdir as wd
 from rnn_spectra.runs import load_run
 from rnn_spectra.cells import recurrent_matrices
 from rnn_spectra.errors import ConfigError, WorkdirError
-from rnn_spectra.spectral.cellstep import make_step_fn
+from rnn_spectra.spectral.cellstep import make_step_fn, state_size
 from rnn_spectra.spectral.fixed_points import (
     _unique_rows, analyze_points, fixed_points_figure, fixed_points_of_run,
 )
@@ -149,6 +150,48 @@ def figures(result: dict, rows: list[dict], step: int, cell: str, out_dir: str) 
     return paths
 
 
+def _write(path: str, write) -> str:
+    """``write(tmp)`` then rename to ``path``: a full disk or a kill leaves no partial file; a
+    failed write is one line (exit 74 for a full disk)."""
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp.{os.getpid()}{ext}"  # np.savez and savefig go by the extension
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise wd.io_error(path, "write", e, "check the output folder (--out)") from None
+    return path
+
+
+def _refuse_undefined(result: dict, workdir: str, step: int) -> None:
+    """The analysis of parameters that send the probe states to NaN is undefined (every Jacobian
+    log-norm infinite, every exponent NaN): say so in one line instead of drawing nothing."""
+    if not (np.isfinite(result["lyapunov"]).any() and np.isfinite(result["jac_log_norm"]).any()):
+        raise WorkdirError(f"{workdir}: at step {step} the states on the probe sequences are not "
+                           "finite (the parameters blow the state up), so its Jacobians and "
+                           "exponents are undefined; analyse an earlier checkpoint with --step")
+
+
+def fp_bytes(candidates: int, n: int) -> int:
+    """What the fixed-point search holds at once: per candidate its state with the optimiser's
+    moments, and in the refinement and linearisation an n x n Jacobian and its complex
+    eigen-decomposition (float32 and complex64)."""
+    return candidates * (16 * n + 3 * n * n) * 4
+
+
+def _check_fp_memory(candidates: int, n: int) -> None:
+    from rnn_spectra.memory import available
+
+    need = fp_bytes(candidates, n)
+    free, where = available()
+    if free is not None and need > free:
+        raise ConfigError(f"--candidates {candidates} needs about {wd.human_bytes(need)} for a state "
+                          f"of size {n}, more than the {wd.human_bytes(free)} of {where}; choose "
+                          f"at most {max(1, free // fp_bytes(1, n))} candidates")
+
+
 def open_checkpoint(workdir: str, step: int | None = None, out: str | None = None):
     """``(run, params, step, out)`` of a checkpoint (default: the latest), with its output
     folder (default ``WORKDIR/analysis/step_<N>``) created."""
@@ -159,7 +202,7 @@ def open_checkpoint(workdir: str, step: int | None = None, out: str | None = Non
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
-        raise WorkdirError(f"cannot create output directory {out}: {e.strerror}") from None
+        raise wd.io_error(out, "create the output folder", e, "give another --out") from None
     return run, state["params"], step, out
 
 
@@ -175,8 +218,9 @@ def analyze_workdir(workdir: str, step: int | None = None, out: str | None = Non
           file=sys.stderr, flush=True)
     result = compute(exp, params, num_lags=num_lags)
     rows = [r for r in run.spectra if r.get("step", 0) <= step]
-    npz = os.path.join(out, f"spectra_step{step}.npz")
-    np.savez_compressed(npz, step=np.asarray(step), **result)
+    _refuse_undefined(result, workdir, step)
+    npz = _write(os.path.join(out, f"spectra_step{step}.npz"),
+                 lambda tmp: np.savez_compressed(tmp, step=np.asarray(step), **result))
     paths = figures(result, rows, step, cfg.cell, out)
     return {"step": step, "npz": npz, "figures": paths, "out": out}
 
@@ -187,11 +231,14 @@ FP_TOL_Q, FP_SLOW_Q, FP_EPS = 1e-9, 1e-4, 0.01  # fixed: q <= tol; slow: q <= sl
 FP_VARIANCE = 0.99  # "the visited subspace": the states' top principal components holding this
 
 
-def check_candidates(candidates) -> int:
-    """``candidates`` as an int >= 1, else a one-line ConfigError."""
+def check_candidates(candidates, model=None) -> int:
+    """``candidates`` as an int >= 1 (and, given the ``model``, whose search fits in memory),
+    else a one-line ConfigError."""
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
         raise ConfigError(f"--candidates must be a positive integer (starting states of the "
                           f"fixed-point search), got {candidates!r}")
+    if model is not None:
+        _check_fp_memory(candidates, state_size(model))
     return candidates
 
 
@@ -320,17 +367,18 @@ def analyze_fixed_points(workdir: str, step: int | None = None, out: str | None 
     (``fixed_points_figure``) into ``out`` (default ``WORKDIR/analysis/step_<N>``). Returns
     {"step", "npz", "figure", "out", "counts", "summary"}: ``fixed_points_counts`` and its paragraph.
     """
-    candidates = check_candidates(candidates)
     if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 1:
         raise ConfigError(f"sequences must be a positive integer, got {sequences!r}")
     run, params, step, out = opened or open_checkpoint(workdir, step, out)
+    candidates = check_candidates(candidates, run.model)
     cfg = run.run_config.model
     print(f"fixed points of {workdir} at step {step} ({cfg.cell}, H={cfg.hidden_size}, "
           f"{candidates} candidates, x = 0) ...", file=sys.stderr, flush=True)
     result = compute_fixed_points(run, params, candidates, sequences)
-    npz = os.path.join(out, f"fixed_points_step{step}.npz")
-    np.savez_compressed(npz, step=np.asarray(step), **result)
-    figure = fixed_points_figure(result, result["states"], os.path.join(out, "fixed_points.png"))
+    npz = _write(os.path.join(out, f"fixed_points_step{step}.npz"),
+                 lambda tmp: np.savez_compressed(tmp, step=np.asarray(step), **result))
+    figure = _write(os.path.join(out, "fixed_points.png"),
+                    lambda tmp: fixed_points_figure(result, result["states"], tmp))
     counts = fixed_points_counts(result)
     return {"step": step, "npz": npz, "figure": figure, "out": out, "counts": counts,
             "summary": f"{cfg.cell} step {step}: " + fixed_points_summary(counts, sequences)}

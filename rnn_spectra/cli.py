@@ -89,6 +89,8 @@ def cmd_analyze(args, overrides) -> int:
     if args.fixed_points:  # before the spectral analysis spends its time
         check_candidates(candidates)
     opened = open_checkpoint(args.workdir, args.step, args.out)  # restored once for both
+    if args.fixed_points:  # its memory, now that the state size is known
+        check_candidates(candidates, opened[0].model)
     result = analyze_workdir(args.workdir, opened=opened)
     print(f"{args.workdir}: step {result['step']} analysed -> {result['npz']}")
     for path in result["figures"]:
@@ -120,8 +122,17 @@ def add_distributed_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--process-id", type=int, help="this process's index (with --coordinator)")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's usage errors in one line (its default prints the usage block first), exit 2;
+    ``--help`` still shows the usage. Subparsers inherit the class."""
+
+    def error(self, message: str):
+        say(f"{self.prog}: error: {message}; see {self.prog} --help")
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="rnn-spectra",
         description="Train tanh/ReLU RNNs, LSTMs and GRUs on long-range tasks and measure why they "
                     "learn or fail.",

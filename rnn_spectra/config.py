@@ -35,6 +35,7 @@ def _f(default, doc: str, check: str | None = None, kind: type | None = None, ch
 
 
 # ----------------------------------------------------------------------------- validation
+FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max, without importing numpy
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -53,6 +54,9 @@ def _check(key: str, value, f: dataclasses.Field) -> None:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         if not _is_number(value) or not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        if kind is float and abs(value) > FLOAT32_MAX:  # finite in Python, inf where it is used
+            raise ConfigError(f"{key}={value!r} is infinite in float32, the precision training "
+                              f"uses; give a value of magnitude <= {FLOAT32_MAX:.4g}")
     if check == "positive" and not value > 0:
         raise ConfigError(f"{key} must be a positive {kind.__name__}, got {value!r}")
     if check == "nonnegative" and not value >= 0:
@@ -271,14 +275,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 # ----------------------------------------------------------------------------- overrides
-def flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    keys = []
-    for k, v in cfg.items():
-        if isinstance(v, ml_collections.ConfigDict):
-            keys += flat_keys(v, f"{prefix}{k}.")
-        else:
-            keys.append(prefix + k)
-    return keys
+def flat_keys(cfg: ml_collections.ConfigDict) -> list[str]:
+    return list(flatten_dict(cfg.to_dict()))
 
 
 def _parse_value(text: str, current: Any, key: str, field_type: type | None) -> Any:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from rnn_spectra.backend import single_threaded_blas
 from rnn_spectra.cells import require_square_ws
-from rnn_spectra.config import LyapunovControlConfig, RunConfig
+from rnn_spectra.config import OFF_BY_DEFAULT, LyapunovControlConfig, RunConfig
 from rnn_spectra.errors import ConfigError
 from rnn_spectra.spectral.cellstep import make_step_fn, state_size
 from rnn_spectra.spectral.lyapunov import initial_frame
@@ -42,6 +42,14 @@ FRAME_SHIFT = 1e-4
 def check(run: RunConfig, model) -> None:
     """One-line errors for control settings that do not fit the model (``train.build``)."""
     lc = run.control.lyapunov
+    if lc.weight > 0 and lc.probes > run.train.batch_size:
+        raise ConfigError(f"control.lyapunov.probes={lc.probes} exceeds train.batch_size="
+                          f"{run.train.batch_size}: the exponents are averaged over the batch's "
+                          f"first sequences; choose 1 <= probes <= {run.train.batch_size}")
+    m = run.model
+    if m.recurrent_param == "free" and m.margin != OFF_BY_DEFAULT["model.margin"]:
+        raise ConfigError(f"model.margin={m.margin!r} has no effect with model.recurrent_param=free; "
+                          "set model.recurrent_param=svd_margin, or leave model.margin out")
     if lc.weight > 0:
         n = state_size(model)
         if lc.k > n:

@@ -282,6 +282,12 @@ def test_sweep_signature_stacks_values_but_not_on_and_off():
     ({"control.max_singular_value": -1.0}, "control.max_singular_value must be >= 0"),
     ({"control.lyapunov.k": 0}, "control.lyapunov.k must be a positive int"),
     ({"model.recurrent_param": "svd"}, "model.recurrent_param must be one of free, svd_margin"),
+    # finite in float64, infinite in the float32 the run computes in
+    ({"control.lyapunov.weight": 1e300}, "control.lyapunov.weight=1e\\+300 is infinite in float32"),
+    ({"control.max_singular_value": 1e300}, "control.max_singular_value=1e\\+300 is infinite"),
+    ({"model.epsilon": 1e300}, "model.epsilon=1e\\+300 is infinite in float32"),
+    ({"model.gamma": 1e300}, "model.gamma=1e\\+300 is infinite in float32"),
+    ({"control.lyapunov.target": -1e39}, "control.lyapunov.target=-1e\\+39 is infinite"),
 ])
 def test_bad_values_are_refused_by_name(overrides, fragment):
     c = config_lib.default_config()
@@ -301,6 +307,9 @@ def test_bad_values_are_refused_by_name(overrides, fragment):
     ({"model.recurrent_param": "svd_margin", "control.max_singular_value": 1.0},
      "bound W_s by model.margin"),
     ({"model.recurrent_param": "svd_margin", "model.margin": 1.5}, r"model.margin must be in \[0, 1\]"),
+    ({"model.margin": 0.5}, "model.margin=0.5 has no effect with model.recurrent_param=free"),
+    ({"control.lyapunov.weight": 1.0, "control.lyapunov.probes": 1000},
+     "control.lyapunov.probes=1000 exceeds train.batch_size"),
     ({"model.recurrent_param": "svd_margin", "model.recurrent_init": "normal"},
      "starts from an orthogonal W_s"),
     ({"model.recurrent_param": "svd_margin", "model.init_scale": 2.0}, "outside svd_margin"),

@@ -81,3 +81,62 @@ def test_analyze_fixed_points_bad_input(tiny_irnn, tmp_path, capsys):
     assert cli.main(["analyze", "--workdir", str(tmp_path), "--fixed-points"]) == 2
     err = capsys.readouterr().err.strip()
     assert "is not a run" in err and "\n" not in err
+
+
+def test_parameters_that_blow_the_state_up_are_one_line(tiny_irnn, tmp_path, capsys):
+    """Huge weights (what a diverging run checkpoints last) send the probe states to inf/NaN:
+    the spectra and the fixed points are undefined there, said in one line, exit 2."""
+    import jax
+
+    from rnn_spectra.analyze import analyze_workdir, open_checkpoint
+    from rnn_spectra.spectral.cellstep import SpectralInputError
+
+    run, params, step, _ = open_checkpoint(tiny_irnn, out=str(tmp_path / "a"))
+    huge = jax.tree_util.tree_map(lambda a: a * 1e38, params)
+    with pytest.raises(WorkdirError, match="not finite") as info:
+        analyze_workdir(tiny_irnn, opened=(run, huge, step, str(tmp_path / "a")))
+    assert "\n" not in str(info.value) and "--step" in str(info.value)
+    with pytest.raises(SpectralInputError, match="states visited on these inputs are not finite") as info:
+        analyze_fixed_points(tiny_irnn, opened=(run, huge, step, str(tmp_path / "a")))
+    assert "\n" not in str(info.value)
+    assert os.listdir(tmp_path / "a") == []  # nothing half-written
+
+
+def test_too_many_candidates_are_refused_before_the_search(tiny_irnn, tmp_path, capsys):
+    capsys.readouterr()
+    code = cli.main(["analyze", "--workdir", tiny_irnn, "--out", str(tmp_path / "o"),
+                     "--fixed-points", "--candidates", "1000000000000"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "--candidates 1000000000000 needs about" in err, err
+    assert "choose at most" in err
+
+
+def test_a_full_disk_while_writing_the_fixed_points_is_74_without_partial_files(
+        tiny_irnn, tmp_path, monkeypatch, capsys):
+    import errno
+
+    real = np.savez_compressed
+
+    def full(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        with open(path, "r+b") as f:
+            f.truncate(5)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    out = tmp_path / "o"
+    monkeypatch.setattr(np, "savez_compressed", full)
+    capsys.readouterr()
+    code = cli.main(["analyze", "--workdir", tiny_irnn, "--out", str(out), "--fixed-points",
+                     "--candidates", "8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in err if not line.startswith(("analyzing", "fixed points of"))]
+    assert code == 74 and len(err) == 1 and "No space left on device" in err[0], (code, err)
+    assert [f for f in os.listdir(out) if f.endswith(".npz") or ".tmp." in f] == []
+
+
+def test_argparse_errors_are_one_line(capsys):
+    for argv in (["analyze", "--workdir", "w", "--candidates", "abc"], ["trian"], []):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert info.value.code == 2 and "\n" not in err and "error:" in err and "--help" in err, err

@@ -283,6 +283,12 @@ def fixed_points_of_run(model, params, inputs_BxTxD, *, num_candidates: int = 25
     _, carries = model.unroll(params["cell"], inputs, return_carries=True)
     flat = jax.vmap(jax.vmap(lambda c: ravel_pytree(c)[0]))(carries)  # (T, B, n), cellstep's order
     states = jnp.concatenate([cs.s0[None], flat.reshape(-1, cs.state_size)])
+    bad = int(jnp.sum(~jnp.isfinite(states)))
+    if bad:
+        raise SpectralInputError(
+            f"the states visited on these inputs are not finite ({bad} of {states.size} values "
+            "infinite or NaN): the parameters blow the state up, so there are no fixed points "
+            "near the visited states to find")
     if noise is None:
         noise = 0.1 * np.asarray(jnp.std(states, axis=0))
     key = jax.random.PRNGKey(0) if key is None else key
