@@ -49,10 +49,23 @@ def cmd_train(args, overrides) -> int:
 
 
 def cmd_study(args, overrides) -> int:
-    from rnn_spectra.study.run import run_study
+    from rnn_spectra.study.run import run_study, study_plan, train_one_group
 
+    if args.plan:
+        print(study_plan(args.preset, args.workdir, overrides=overrides, seed_offset=args.seed_offset))
+        return 0
+    if (args.phase is None) != (args.group is None):
+        raise ConfigError("--phase and --group go together (one group of one phase; "
+                          "`rnn-spectra study --plan` lists them)")
+    if args.phase is not None:
+        train_one_group(args.preset, args.workdir, args.phase, args.group, overrides=overrides,
+                        seed_offset=args.seed_offset)
+        print(f"{args.workdir}: phase {args.phase} group {args.group} done")
+        return 0
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be a positive integer, got {args.workers}")
     record = run_study(args.preset, args.workdir, report=not args.no_report, overrides=overrides,
-                       seed_offset=args.seed_offset)
+                       seed_offset=args.seed_offset, workers=args.workers)
     print(f"{args.workdir}: study {record['preset']} done in {record['wall_time_s']:.0f}s"
           + ("" if args.no_report else f"; report: {os.path.join(args.workdir, 'report.md')}"))
     return 0
@@ -164,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"grid to run: {', '.join(f'{k} ({p.description})' for k, p in PRESETS.items())}")
     study.add_argument("--workdir", required=True, help="the study's directory")
     study.add_argument("--no-report", action="store_true", help="train only")
+    study.add_argument("--plan", action="store_true",
+                       help="print the phases and their groups (units of work) and exit")
+    study.add_argument("--phase", choices=["pilot", "extend", "confirm"],
+                       help="with --group K: train only that group (a cluster array task)")
+    study.add_argument("--group", type=int, metavar="K", help="the group's index in --plan")
+    study.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="train each phase's groups in N local processes, one core each "
+                            "(default: one per core this process may use; 1: in this process)")
     study.add_argument("--seed-offset", type=int, default=0, metavar="N",
                        help="add N to every seed (pilot and confirmation): the same study on a "
                             "disjoint set of seeds, to check its claims (also --config.study.seed_offset=N)")

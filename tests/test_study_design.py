@@ -278,7 +278,7 @@ def test_every_program_of_a_phase_gets_its_own_group_folder(name):
     """The control preset's four interventions of one cell are four programs; they once shared
     one folder name (cell, optimizer, clip), so each group overwrote the one before."""
     from rnn_spectra import config as config_lib
-    from rnn_spectra.study.run import _group_names
+    from rnn_spectra.study.plan import group_names as _group_names
     from rnn_spectra.sweep import group_by_program
 
     preset = PRESETS[name]

@@ -13,6 +13,7 @@ stacked checkpoint, and the choices are recomputed from the finished pilot (so t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -28,35 +29,15 @@ from jax.experimental import multihost_utils
 from rnn_spectra import config as config_lib
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import ConfigError, Interrupted, WorkdirError
-from rnn_spectra.cells import program_name
 from rnn_spectra.loop import Loop
 from rnn_spectra.parallel import is_writer
 from rnn_spectra.runs import load_run
 from rnn_spectra.study import members as member_lib
-from rnn_spectra.study.grid import Member, confirmation, expand, extension, member_config
+from rnn_spectra.study.grid import Member, member_config
+from rnn_spectra.study.plan import PHASES, group_names, phase_members
 from rnn_spectra.study.presets import Preset, get_preset
 from rnn_spectra.sweep import export_member_checkpoints, group_by_program
 from rnn_spectra.tasks import get_task
-
-
-def _group_name(m: Member, cfg) -> str:
-    clip = "global_norm" if cfg.optim.clip == "none" else cfg.optim.clip
-    size = f"_H{cfg.model.hidden_size}" if m.variant.match_params_of else ""
-    # an arm's tags that the optimizer and size do not already say (an intervention: lyapunov)
-    tags = [t for t in m.variant.name.split("/")[2:] if t != cfg.optim.name and "=" not in t]
-    arm = "".join(f"_{t}" for t in tags)
-    return f"{m.phase}/{m.table}/{program_name(cfg.model.cell)}{size}{arm}_{cfg.optim.name}_{clip}"
-
-
-def _group_names(members: list[Member], configs, groups: list[list[int]]) -> list[str]:
-    """One folder name per group, unique within the phase: two programs that the name's parts do
-    not tell apart get _2, _3 (in first-seen order, the same on every run), never one folder."""
-    names, seen = [], {}
-    for idx in groups:
-        name = _group_name(members[idx[0]], configs[idx[0]])
-        seen[name] = seen.get(name, 0) + 1
-        names.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
-    return names
 
 
 class Console:
@@ -83,7 +64,8 @@ class Console:
 
 
 def run_study(preset_name: str, workdir: str, *, report: bool = True,
-              overrides: dict[str, str] | None = None, seed_offset: int = 0) -> dict:
+              overrides: dict[str, str] | None = None, seed_offset: int = 0,
+              workers: int | None = 1) -> dict:
     """Train the whole preset into ``workdir`` (resuming if it holds part of it); then report.
 
     Pilot (every setting on the pilot seeds), the grid's extension where a row's best learning
@@ -92,33 +74,38 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
     ``overrides`` (``{"parallel.mode": "sweep", ...}``) apply to every member: where and how the
     study runs (``parallel.*``, ``checkpoint.*``), never what it trains. Under several processes
     every process trains, process 0 writes. ``study.seed_offset`` among ``overrides`` is the
-    same as ``seed_offset``."""
+    same as ``seed_offset``. ``workers`` > 1: each phase's groups run in that many worker
+    processes (``workers.py``), with the same numbers as one process; None: one per core when
+    the pilot has more than one program."""
     overrides, seed_offset = _settings(overrides or {}, seed_offset)
     preset = get_preset(preset_name)
     writer = is_writer()
     _admit(workdir, preset, seed_offset, writer)
     os.makedirs(workdir, exist_ok=True)
     t0 = time.perf_counter()
-    record = {
-        "preset": preset.name, "description": preset.description,
-        "preset_fields": _preset_dict(preset), "seed_offset": seed_offset,
-        "members": [],  # config_hash and steps: what each member must be; `report` checks them
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} ({jax.devices()[0].device_kind}, {os.cpu_count()} cores)",
-        "jax": jax.__version__,
-    }
+    record = _new_record(preset, seed_offset)
     if jax.process_count() > 1:  # the others wait until process 0 has claimed the workdir
         multihost_utils.sync_global_devices("rnn_spectra study start")
     phase = _Phase(preset, workdir, record, overrides or {}, writer)
-    pilot = expand(preset, seed_offset)
-    phase.train("pilot", pilot)
-    best = _best(workdir, pilot)
-    if preset.extend_grid:
-        extra = [m for b in best.values() for m in extension(preset, b, seed_offset)]
-        if extra:
-            phase.train("grid extension", extra)
-            best = _best(workdir, pilot + extra)
-    phase.train("confirmation", [m for b in best.values() for m in confirmation(preset, b, seed_offset)])
+    if workers is None:  # auto: a worker per core where the pilot has more than one program
+        from rnn_spectra.study.workers import default_workers
+
+        many = len(phase.prepare(phase_members(preset, workdir, seed_offset, "pilot"))) > 1
+        workers = default_workers() if many else 1
+    if jax.process_count() > 1:  # the processes already split each group's members
+        workers = 1
+    record["workers"] = workers
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            from rnn_spectra.study.workers import WorkerPool
+
+            pool = stack.enter_context(WorkerPool(workers))
+        for name in PHASES:  # each phase's members follow from the finished phases before it
+            members = phase_members(preset, workdir, seed_offset, name)
+            if workers > 1:
+                pool.train_phase(phase, name, members, overrides, seed_offset)
+            else:
+                phase.train(PHASES[name], members)
     record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     record["wall_time_s"] = time.perf_counter() - t0
     if not writer:
@@ -135,6 +122,54 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
     if report:
         write_report(workdir)
     return record
+
+
+def _new_record(preset: Preset, seed_offset: int) -> dict:
+    return {
+        "preset": preset.name, "description": preset.description,
+        "preset_fields": _preset_dict(preset), "seed_offset": seed_offset,
+        "members": [],  # config_hash and steps: what each member must be; `report` checks them
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} ({jax.devices()[0].device_kind}, {os.cpu_count()} cores)",
+        "jax": jax.__version__,
+    }
+
+
+def study_plan(preset_name: str, workdir: str, *, overrides=None, seed_offset: int = 0) -> str:
+    """``study --plan``: the phases and their groups, as far as they can be known; writes nothing."""
+    from rnn_spectra.study.plan import describe
+
+    overrides, seed_offset = _settings(overrides or {}, seed_offset)
+    preset = get_preset(preset_name)
+    return describe(_Phase(preset, workdir, {}, overrides, False), preset, workdir, seed_offset)
+
+
+def train_one_group(preset_name: str | Preset, workdir: str, phase_name: str, k: int, *, overrides=None,
+                    seed_offset: int = 0, record: bool = True) -> None:
+    """``study --phase P --group K``: train group K of phase P (skipped when done, resumed when
+    preempted), recording its phase's members in study.json under a lock. The phases before P
+    must have finished. ``record=False``: a local worker, whose parent recorded them."""
+    from rnn_spectra.study.workers import write_study_record
+
+    overrides, seed_offset = _settings(overrides or {}, seed_offset)
+    # a local worker gets the Preset itself: one made in the parent (a test's) has no name here
+    preset = preset_name if isinstance(preset_name, Preset) else get_preset(preset_name)
+    phase = _Phase(preset, workdir, {}, overrides, True)
+    if record:
+        _admit(workdir, preset, seed_offset, True, allow_partial=True)
+        os.makedirs(workdir, exist_ok=True)
+    groups = phase.prepare(phase_members(preset, workdir, seed_offset, phase_name))
+    if not 0 <= k < len(groups):
+        raise WorkdirError(f"phase {phase_name} has {len(groups)} groups (0 to {len(groups) - 1}), "
+                           f"not {k}; `rnn-spectra study --plan` lists them")
+    if record:
+        def merge(old: dict) -> dict:
+            out = old or _new_record(preset, seed_offset)
+            known = {r["relpath"] for r in out["members"]}
+            out["members"] += [r for r in phase.recs if r["relpath"] not in known]
+            return out
+        write_study_record(workdir, merge)
+    phase.train_group(groups[k])
 
 
 # What a study's command line may change: where and how it runs, never what it trains.
@@ -166,7 +201,8 @@ def _settings(overrides: dict[str, str], seed_offset: int) -> tuple[dict[str, st
     return overrides, seed_offset
 
 
-def _admit(workdir: str, preset: Preset, seed_offset: int, writer: bool) -> None:
+def _admit(workdir: str, preset: Preset, seed_offset: int, writer: bool,
+           allow_partial: bool = False) -> None:
     study_path = wd.path(workdir, "study.json")
     if os.path.exists(study_path):
         old = wd.read_json(study_path)
@@ -178,19 +214,22 @@ def _admit(workdir: str, preset: Preset, seed_offset: int, writer: bool) -> None
         if old.get("seed_offset", 0) != seed_offset:
             raise WorkdirError(f"{workdir} holds a study with seed offset {old.get('seed_offset', 0)}, "
                                f"not {seed_offset}; use another --workdir")
-    elif os.path.isdir(workdir) and os.listdir(workdir) and writer:
+    elif os.path.isdir(workdir) and writer and (
+            set(os.listdir(workdir)) - ({"study.json.lock", "runs", "groups"} if allow_partial else set())):
+        # (a group started by --phase/--group beside another leaves only these before study.json)
         raise WorkdirError(f"{workdir} is not empty and holds no study.json; use a new --workdir")
 
 
-def _best(workdir: str, members: list[Member]) -> dict[tuple[str, str], Member]:
-    """Each row's chosen setting (``results.choose_best``: validation loss of the pilot seeds)."""
-    from rnn_spectra.study.results import choose_best
+@dataclasses.dataclass
+class Group:
+    """One compiled program of a phase: its members (indices into the phase's list), its folder
+    name, its members' workdirs, and a size to schedule by (members x steps x T x H^2)."""
 
-    by_path = {m.relpath: m for m in members}
-    loaded = [{"relpath": m.relpath, "table": m.table, "row": m.row, "setting": m.setting,
-               "summary": wd.read_json(wd.path(os.path.join(workdir, m.relpath), wd.SUMMARY))}
-              for m in members]
-    return {key: by_path[seeds[0]["relpath"]] for key, seeds in choose_best(loaded).items()}
+    index: int
+    members: list[int]
+    name: str
+    dirs: list[str]
+    cost: float
 
 
 class _Phase:
@@ -201,55 +240,86 @@ class _Phase:
         self.preset, self.workdir, self.record = preset, workdir, record
         self.overrides, self.writer = overrides, writer
 
+    def prepare(self, members: list[Member]) -> list[Group]:
+        """The phase's groups (the same on every run, in every process), its configs resolved."""
+        self.members = members
+        self.configs = [member_config(self.preset, m) for m in members]
+        for c in self.configs:
+            config_lib.apply_overrides(c, self.overrides)
+        self.runs = [config_lib.resolve(c) for c in self.configs]
+        idx_groups = group_by_program(self.runs)
+        names = group_names(members, self.configs, idx_groups)
+        group_of = {i: name for idx, name in zip(idx_groups, names) for i in idx}
+        self.recs = [dict(relpath=m.relpath, phase=m.phase, table=m.table, task=m.task, row=m.row,
+                          setting=m.setting, seed=m.seed, learning_rate=m.learning_rate,
+                          clip=m.clip, clip_value=m.clip_value, group=group_of[i],
+                          match_params_of=m.variant.match_params_of,
+                          **member_lib.record(self.configs[i])) for i, m in enumerate(members)]
+        return [Group(k, idx, name, [os.path.join(self.workdir, members[i].relpath) for i in idx],
+                      _cost(self.runs[idx[0]], len(idx)))
+                for k, (idx, name) in enumerate(zip(idx_groups, names))]
+
+    def record_members(self) -> None:
+        """Add the phase's members to study.json (once: a resumed phase finds them there)."""
+        known = {r["relpath"] for r in self.record["members"]}
+        self.record["members"] += [r for r in self.recs if r["relpath"] not in known]
+        if self.writer:
+            wd.write_json(wd.path(self.workdir, "study.json"), self.record)
+
+    def loop(self, group: Group, task=None) -> Loop:
+        c = self.configs
+        return Loop([c[i] for i in group.members], group.dirs,
+                    os.path.join(self.workdir, "groups", group.name), name=group.name,
+                    test_chunks=self.preset.test_chunks,
+                    task=task or get_task(self.runs[group.members[0]].task))
+
     def train(self, label: str, members: list[Member]) -> None:
-        preset, workdir, record, writer = self.preset, self.workdir, self.record, self.writer
         if not members:
             return
-        configs = [member_config(preset, m) for m in members]
-        for c in configs:
-            config_lib.apply_overrides(c, self.overrides)
-        runs = [config_lib.resolve(c) for c in configs]
-        groups = group_by_program(runs)
-        names = _group_names(members, configs, groups)
-        group_of = {i: name for idx, name in zip(groups, names) for i in idx}
+        groups = self.prepare(members)
         # Every group is built (and its memory checked) before the first one trains: a group
         # too large for the device is one line now, not after an hour of the others. So that
         # this holds one dataset per table on the device, not one per group, they share tasks.
         task_of = functools.lru_cache(maxsize=None)(get_task)
-        dirs = [[os.path.join(workdir, members[i].relpath) for i in idx] for idx in groups]
-        loops = [Loop([configs[i] for i in idx], d, os.path.join(workdir, "groups", name), name=name,
-                      test_chunks=preset.test_chunks, task=task_of(runs[idx[0]].task))
-                 for idx, d, name in zip(groups, dirs, names)]
-        recs = [dict(relpath=m.relpath, phase=m.phase, table=m.table, task=m.task, row=m.row,
-                     setting=m.setting, seed=m.seed, learning_rate=m.learning_rate, clip=m.clip,
-                     clip_value=m.clip_value, group=group_of[i],
-                     match_params_of=m.variant.match_params_of,
-                     **member_lib.record(configs[i])) for i, m in enumerate(members)]
-        record["members"] += recs
-        if writer:
-            wd.write_json(wd.path(workdir, "study.json"), record)
-        if writer:
-            print(f"{preset.name} {label}: {len(members)} members in {len(groups)} programs",
+        loops = [self.loop(g, task_of(self.runs[g.members[0]].task)) for g in groups]
+        self.record_members()
+        if self.writer:
+            print(f"{self.preset.name} {label}: {len(members)} members in {len(groups)} programs",
                   file=sys.stderr, flush=True)
         console = Console(len(groups))
-        for idx, name, member_dirs, group in zip(groups, names, dirs, loops):
-            group_dir = os.path.join(workdir, "groups", name)
-            problems = {i: member_lib.problem(workdir, recs[i], preset.name) for i in idx}
-            if not any(problems.values()):
-                console.start(name + " (done, skipped)", len(idx))
-                continue
-            restart = _needs_restart(problems, group_dir)
-            if restart is not None:
-                i, why = restart
-                if writer:
-                    print(f"{name}: study member {members[i].relpath} {why.text}; re-training the "
-                          f"group's {len(idx)} members from step 0", file=sys.stderr, flush=True)
-                _clear_group(group_dir, member_dirs, writer)
-            console.start(name, len(idx))
-            summaries = group.run(progress=console)
-            if any(s["status"] == "interrupted" for s in summaries):
-                raise Interrupted(f"interrupted in group {name} (checkpointed); run the same command "
-                                  "to resume")
+        for group, loop in zip(groups, loops):
+            self.train_group(group, loop, console)
+
+    def train_group(self, group: Group, loop: Loop | None = None, console=None) -> list[dict]:
+        """Train one group (skipped when done, resumed when preempted, re-trained from step 0
+        when a member was changed); raises Interrupted when it was stopped."""
+        idx, name = group.members, group.name
+        console = console or Console(1)
+        group_dir = os.path.join(self.workdir, "groups", name)
+        problems = {i: member_lib.problem(self.workdir, self.recs[i], self.preset.name) for i in idx}
+        if not any(problems.values()):
+            console.start(name + " (done, skipped)", len(idx))
+            return []
+        restart = _needs_restart(problems, group_dir)
+        if restart is not None:
+            i, why = restart
+            if self.writer:
+                print(f"{name}: study member {self.members[i].relpath} {why.text}; re-training the "
+                      f"group's {len(idx)} members from step 0", file=sys.stderr, flush=True)
+            _clear_group(group_dir, group.dirs, self.writer)
+        console.start(name, len(idx))
+        summaries = (loop or self.loop(group)).run(progress=console)
+        if any(s["status"] == "interrupted" for s in summaries):
+            raise Interrupted(f"interrupted in group {name} (checkpointed); run the same command "
+                              "to resume")
+        return summaries
+
+
+def _cost(run, members: int) -> float:
+    """A group's work in multiply-adds, up to a constant: members x steps x T x H^2 (x4 gates
+    for the LSTM, x3 for the GRU); what the workers schedule by, largest first."""
+    gates = {"lstm": 4, "gru": 3}.get(run.model.cell, 1)
+    return float(members * run.train.steps * run.task.seq_len * gates * run.model.hidden_size ** 2)
 
 
 def export_chosen_checkpoints(workdir: str) -> None:

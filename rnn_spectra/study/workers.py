@@ -1,0 +1,111 @@
+"""A study's groups as units of work: one group by itself (``study --phase P --group K``, what a
+cluster's array task runs), and a phase's groups spread over N local worker processes
+(``study --workers N``).
+
+Workers are long-lived processes (started with ``spawn``: JAX does not survive ``fork``) that
+take the largest groups first. A group's numbers depend only on its members' configs and seeds,
+so a study run by workers gives the same results as one process, bit for bit, on one condition:
+each worker keeps XLA:CPU's default thread pool. Pinning a worker to one core with
+single-threaded XLA (``--xla_cpu_multi_thread_eigen=false``) is faster per core but splits the
+GRU's and LSTM's matmuls differently, which moves their numbers at the float32 rounding level
+(tests/test_study_workers.py found it), so the workers are not pinned.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import signal
+import sys
+
+from rnn_spectra import workdir as wd
+from rnn_spectra.errors import Interrupted, UserError, WorkdirError
+
+
+def default_workers() -> int:
+    """One per core this process may use (``sched_getaffinity``: Slurm's or taskset's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it forwards a SIGTERM
+
+
+def _train_group(preset, workdir, overrides, seed_offset, phase_name, k) -> str:
+    """In a worker: train group ``k`` of ``phase_name``; 'done', 'interrupted' or the one-line
+    error of a UserError (so the parent can say it)."""
+    from rnn_spectra.study.run import train_one_group
+
+    try:
+        train_one_group(preset, workdir, phase_name, k, overrides=overrides,
+                        seed_offset=seed_offset, record=False)
+    except Interrupted:
+        return "interrupted"
+    except UserError as e:
+        return f"error: {e}"
+    return "done"
+
+
+class WorkerPool:
+    """``workers`` long-lived processes for the whole study: each pays JAX's start-up once, and
+    its compilation cache is warm for the next group of the same shapes."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_worker_init)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is not None:  # stopped or failed: the workers stop at their next safe point
+            for pid in list(getattr(self.pool, "_processes", None) or {}):
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        self.pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
+        return False
+
+    def train_phase(self, phase, name: str, members, overrides, seed_offset: int) -> None:
+        """One phase's groups, largest first; the parent records the members in study.json
+        first. Interrupted if a worker was stopped, WorkdirError on a worker's one-line error."""
+        from rnn_spectra.study.plan import PHASES
+
+        if not members:
+            return
+        groups = phase.prepare(members)
+        phase.record_members()
+        print(f"{phase.preset.name} {PHASES[name]}: {len(members)} members in {len(groups)} "
+              f"programs on {min(self.workers, len(groups))} workers", file=sys.stderr, flush=True)
+        futures = {self.pool.submit(_train_group, phase.preset, phase.workdir, overrides,
+                                    seed_offset, name, g.index): g
+                   for g in sorted(groups, key=lambda g: -g.cost)}
+        outcomes = {}
+        for f in cf.as_completed(futures):
+            outcomes[futures[f].name] = f.result()
+            print(f"  {futures[f].name}: {outcomes[futures[f].name]}", file=sys.stderr, flush=True)
+        errors = [f"{g}: {o[len('error: '):]}" for g, o in outcomes.items() if o.startswith("error")]
+        if errors:
+            raise WorkdirError(errors[0])
+        stopped = [g for g, o in outcomes.items() if o == "interrupted"]
+        if stopped:
+            raise Interrupted(f"interrupted in group {stopped[0]} (checkpointed); run the same "
+                              "command to resume")
+
+
+def write_study_record(workdir: str, update) -> dict:
+    """Read-modify-write study.json under a file lock (array tasks of one phase run at once)."""
+    from filelock import FileLock
+
+    path = wd.path(workdir, "study.json")
+    with FileLock(path + ".lock"):
+        record = wd.read_json(path) if os.path.exists(path) else {}
+        record = update(record)
+        wd.write_json(path, record)
+    return record

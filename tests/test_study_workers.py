@@ -1,0 +1,99 @@
+"""A study's groups as units of work: `study --plan`, `--phase/--group` and `--workers N` give the
+same members, rows and claims as one process training the whole study."""
+
+import json
+import os
+
+import pytest
+
+from rnn_spectra import cli
+from rnn_spectra import workdir as wd
+from rnn_spectra.study.presets import PRESETS, Preset, TaskEntry, base, variant
+
+# Two programs per phase (a tanh RNN and a GRU), so that two workers each take one.
+TWO = Preset(name="tiny_two", description="two programs per phase",
+             base=base(hidden_size=8, steps=6, batch_size=4, eval_every=3, eval_batches=1,
+                       eval_batch_size=8, log_every=3, spectral_every=3),
+             tasks=(TaskEntry("adding", 6),),
+             variants=(variant("tanh_rnn", "orthogonal", 1.0), variant("gru", "orthogonal", 1.0)),
+             clips=("none",), learning_rates=(1e-3, 1e-2), clip_values=(1.0,),
+             pilot_seeds=(0, 1), confirm_seeds=(5, 6), test_chunks=1)
+TIME_KEYS = ("wall_time", "wall_time_s", "started", "finished", "time", "workers",
+             "s_per_1000_steps", "steps_per_s", "sweep")
+
+
+@pytest.fixture
+def two(monkeypatch):
+    monkeypatch.setitem(PRESETS, TWO.name, TWO)
+    return TWO.name
+
+
+def _strip(obj):
+    """The content of a record without the fields that say when or how fast it ran."""
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items()
+                if k not in TIME_KEYS and "time" not in k and "seconds" not in k}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def _content(w: str) -> dict:
+    out = {}
+    for root, _, files in os.walk(w):
+        for f in files:
+            rel = os.path.relpath(os.path.join(root, f), w)
+            if rel.startswith(("groups", "figures")) or "checkpoints" in rel or f.endswith(".md"):
+                continue
+            path = os.path.join(root, f)
+            if f.endswith(".jsonl"):
+                out[rel] = [_strip(json.loads(line)) for line in open(path)]
+            elif f.endswith(".json") and f != "study.json.lock":
+                out[rel] = _strip(wd.read_json(path))
+    return out
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_numbers_of_one_process(two, tmp_path):
+    one, many = str(tmp_path / "one"), str(tmp_path / "many")
+    assert cli.main(["study", "--preset", two, "--workdir", one, "--workers", "1"]) == 0
+    assert cli.main(["study", "--preset", two, "--workdir", many, "--workers", "2"]) == 0
+    a, b = _content(one), _content(many)
+    assert sorted(a) == sorted(b) and len(a) > 20
+    for rel in a:
+        assert a[rel] == b[rel], rel
+    assert wd.read_json(os.path.join(many, "study.json"))["workers"] == 2
+
+
+def test_plan_then_groups_one_by_one_then_the_study_finishes(two, tmp_path, capsys):
+    w = str(tmp_path / "s")
+    assert cli.main(["study", "--preset", two, "--workdir", w, "--plan"]) == 0
+    plan = capsys.readouterr().out
+    assert "pilot (pilot): 8 members in 2 groups" in plan and "--phase pilot --group 1" in plan
+    assert "confirm (confirmation): planned once the phases before it have finished" in plan
+    assert not os.path.exists(w)  # --plan writes nothing
+    assert cli.main(["study", "--preset", two, "--workdir", w, "--phase", "extend", "--group", "0"]) == 2
+    assert "has not finished" in capsys.readouterr().err  # the pilot comes first
+    for k in (1, 0, 1):  # any order; the repeat is idempotent (done, skipped)
+        assert cli.main(["study", "--preset", two, "--workdir", w, "--phase", "pilot",
+                         "--group", str(k)]) == 0
+    assert cli.main(["study", "--preset", two, "--workdir", w, "--phase", "pilot", "--group", "2"]) == 2
+    assert "has 2 groups (0 to 1), not 2" in capsys.readouterr().err
+    capsys.readouterr()
+    assert cli.main(["study", "--preset", two, "--workdir", w, "--plan"]) == 0
+    plan = capsys.readouterr().out
+    assert plan.count("(done)") == 2 and "extend (grid extension):" in plan
+    # the whole study now trains only what is left, then reports
+    assert cli.main(["study", "--preset", two, "--workdir", w, "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("(done, skipped)") == 2
+    assert os.path.exists(os.path.join(w, "report.md"))
+    pilot = [m for m in wd.read_json(os.path.join(w, "study.json"))["members"] if m["phase"] == "pilot"]
+    assert len(pilot) == 8  # recorded once, though three commands recorded them
+
+
+def test_phase_and_group_go_together(two, tmp_path, capsys):
+    assert cli.main(["study", "--preset", two, "--workdir", str(tmp_path / "s"), "--phase", "pilot"]) == 2
+    assert "--phase and --group go together" in capsys.readouterr().err
+    assert cli.main(["study", "--preset", two, "--workdir", str(tmp_path / "s"), "--workers", "0"]) == 2
+    assert "--workers must be a positive integer" in capsys.readouterr().err
