@@ -31,8 +31,12 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _worker_init() -> None:
+def _worker_init(cache: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it forwards a SIGTERM
+    if cache:  # the parent's persistent compilation cache: a program compiles once per machine
+        from rnn_spectra.backend import enable_compilation_cache
+
+        enable_compilation_cache()
 
 
 def _train_group(preset, workdir, overrides, seed_offset, phase_name, k) -> str:
@@ -56,8 +60,11 @@ class WorkerPool:
 
     def __init__(self, workers: int):
         self.workers = workers
+        import jax
+
+        cache = bool(jax.config.jax_compilation_cache_dir)
         self.pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=_worker_init)
+                                           initializer=_worker_init, initargs=(cache,))
 
     def __enter__(self):
         return self
