@@ -93,6 +93,13 @@ class Run:
                                f"the run first (rnn-spectra train --workdir {self.workdir} ...)")
         if step is not None and step not in steps:
             raise WorkdirError(f"{self.workdir} has no checkpoint at step {step}; available: {steps}")
+        done = (self.summary or {}).get("steps_completed")
+        if step is None and isinstance(done, int) and steps[-1] < done:
+            # an export or a save that did not finish: the newest checkpoint is not the run's end
+            raise WorkdirError(f"{self.workdir}: its newest checkpoint is step {steps[-1]} but it "
+                               f"completed {done} steps (a checkpoint copy was interrupted); re-run "
+                               "its study's `report` (or `study`) command to redo the copy, or "
+                               f"pass step={steps[-1]} (--step {steps[-1]}) to use that one")
         ckpt = Checkpointer(wd.path(self.workdir, wd.CHECKPOINTS))
         try:
             state, _ = ckpt.restore(init_state(self.experiment, self.run_config.seed), step=step)

@@ -53,6 +53,20 @@ class SetUpSignals(SignalHandlers):
         raise e
 
 
+_requested: str | None = None  # a stop asked for in this process and not yet acted on
+
+
+def stop_requested() -> str | None:
+    """The signal that asked this process to stop (its name), if any: a study checks it between
+    groups, since a signal that lands at a group's last step finishes that group normally."""
+    return _requested
+
+
+def clear_stop() -> None:
+    global _requested
+    _requested = None
+
+
 class SignalGuard(SignalHandlers):
     """First SIGTERM/SIGINT: ask the loop to stop after this step. Second: exit at once."""
 
@@ -64,6 +78,7 @@ class SignalGuard(SignalHandlers):
         if self.requested is not None:
             print("second signal: exiting now", file=sys.stderr, flush=True)
             os._exit(128 + signum)
-        self.requested = signal.Signals(signum).name
+        global _requested
+        self.requested = _requested = signal.Signals(signum).name
         print(f"\n{self.requested}: finishing this step, saving a checkpoint, then exiting "
               "(send it again to exit at once)", file=sys.stderr, flush=True)

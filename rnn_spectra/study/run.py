@@ -20,6 +20,7 @@ import functools
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 
@@ -31,12 +32,13 @@ from rnn_spectra import workdir as wd
 from rnn_spectra.errors import ConfigError, Interrupted, WorkdirError
 from rnn_spectra.loop import Loop
 from rnn_spectra.parallel import is_writer
-from rnn_spectra.runs import load_run
+from rnn_spectra.signals import clear_stop, stop_requested
+from rnn_spectra.study.export import export_chosen_checkpoints  # noqa: F401 - cli, tests
 from rnn_spectra.study import members as member_lib
 from rnn_spectra.study.grid import Member, member_config
 from rnn_spectra.study.plan import PHASES, group_names, phase_members
 from rnn_spectra.study.presets import Preset, get_preset
-from rnn_spectra.sweep import export_member_checkpoints, group_by_program
+from rnn_spectra.sweep import group_by_program
 from rnn_spectra.tasks import get_task
 
 
@@ -80,6 +82,7 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
     overrides, seed_offset = _settings(overrides or {}, seed_offset)
     preset = get_preset(preset_name)
     writer = is_writer()
+    clear_stop()  # a stop asked for earlier in this process was acted on then
     _admit(workdir, preset, seed_offset, writer)
     os.makedirs(workdir, exist_ok=True)
     t0 = time.perf_counter()
@@ -106,6 +109,7 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
                 pool.train_phase(phase, name, members, overrides, seed_offset)
             else:
                 phase.train(PHASES[name], members)
+    _stop_if_requested("after the last group")
     record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     record["wall_time_s"] = time.perf_counter() - t0
     if not writer:
@@ -307,12 +311,21 @@ class _Phase:
                 print(f"{name}: study member {self.members[i].relpath} {why.text}; re-training the "
                       f"group's {len(idx)} members from step 0", file=sys.stderr, flush=True)
             _clear_group(group_dir, group.dirs, self.writer)
+        _stop_if_requested(f"before group {name}")
         console.start(name, len(idx))
         summaries = (loop or self.loop(group)).run(progress=console)
-        if any(s["status"] == "interrupted" for s in summaries):
+        # a signal at the group's last step or final eval lets the group finish: stop after it
+        if any(s["status"] == "interrupted" for s in summaries) or stop_requested():
             raise Interrupted(f"interrupted in group {name} (checkpointed); run the same command "
                               "to resume")
         return summaries
+
+
+def _stop_if_requested(where: str) -> None:
+    name = stop_requested()
+    if name:
+        raise Interrupted(f"{name} {where}; every finished group is kept: run the same command "
+                          "to resume")
 
 
 def _cost(run, members: int) -> float:
@@ -320,36 +333,6 @@ def _cost(run, members: int) -> float:
     for the LSTM, x3 for the GRU); what the workers schedule by, largest first."""
     gates = {"lstm": 4, "gru": 3}.get(run.model.cell, 1)
     return float(members * run.train.steps * run.task.seq_len * gates * run.model.hidden_size ** 2)
-
-
-def export_chosen_checkpoints(workdir: str) -> None:
-    """The chosen setting's first seed of every row gets its own checkpoints (init and end), so
-    `rnn-spectra analyze` and the notebooks can open it like a single run (one process only:
-    the copies are plain single-device Orbax saves)."""
-    from rnn_spectra.study.results import build_results
-
-    export_best_checkpoints(workdir, [r["member_dirs"][0] for r in build_results(workdir)["rows"]])
-
-
-def export_best_checkpoints(workdir: str, relpaths: list[str]) -> None:
-    """Give the report's chosen members their own checkpoints (init and end) for analysis."""
-    import jax.numpy as jnp
-
-    from rnn_spectra.train import init_state
-
-    by_group: dict[str, dict[int, str]] = {}
-    for rel in relpaths:
-        run = load_run(os.path.join(workdir, rel))
-        if run.steps:
-            continue
-        sweep = run.summary["sweep"]
-        group_dir = os.path.normpath(os.path.join(run.workdir, sweep["group_dir"]))
-        by_group.setdefault(group_dir, {})[sweep["index"]] = run
-    for group_dir, members in by_group.items():
-        run = next(iter(members.values()))
-        one = init_state(run.experiment, 0)
-        template = jax.tree_util.tree_map(lambda x: jnp.stack([x] * run.summary["sweep"]["members"]), one)
-        export_member_checkpoints(group_dir, template, {i: r.workdir for i, r in members.items()})
 
 
 def _needs_restart(problems: dict, group_dir: str):
@@ -377,7 +360,6 @@ def _clear_group(group_dir: str, member_dirs: list[str], writer: bool) -> None:
 
     From scratch, not from the group's step-0 checkpoint: simpler, and just as exact (a member's
     numbers depend only on its config and seed), at the cost of the group's training time."""
-    import shutil
 
     if jax.process_count() > 1:  # every process has decided before anything is removed
         multihost_utils.sync_global_devices("rnn_spectra study clear group (decided)")
