@@ -124,8 +124,10 @@ def _stubs(tmp_path, code: int, on_term: int | None = None):
 
 
 SCRIPT_ARGS = {"slurm_array.sbatch": ["configs/adding.py", "runs/x"],
-               "slurm_multinode.sbatch": ["study", "cpu", "runs/s"]}
-REQUEUE = {"slurm_array.sbatch": "scontrol requeue 7_0", "slurm_multinode.sbatch": "scontrol requeue 9"}
+               "slurm_multinode.sbatch": ["study", "cpu", "runs/s"],
+               "slurm_study.sbatch": ["pilot", "cpu", "runs/s"]}
+REQUEUE = {"slurm_array.sbatch": "scontrol requeue 7_0", "slurm_multinode.sbatch": "scontrol requeue 9",
+           "slurm_study.sbatch": "scontrol requeue 7_0"}
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPT_ARGS))
@@ -157,3 +159,29 @@ def test_slurm_scripts_pass_the_time_limit_term_on_and_requeue(tmp_path, name):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert REQUEUE[name] in calls.read_text().splitlines()
+
+
+def test_slurm_study_submits_one_array_per_phase_chained_with_afterok(tmp_path):
+    """The submitter counts the phase's groups in `study --plan`, submits that array and a job
+    that submits the next phase once it has finished; an empty phase is skipped."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    plan = "pilot (pilot): 3 members in 2 groups\n  --phase pilot --group 0: a\n  --phase pilot --group 1: b"
+    for name, body in {"rnn-spectra": f'printf "{plan}\\n"\n',
+                       "sbatch": f'echo "sbatch $*" >> {calls}\necho 41\n'}.items():
+        (bin_dir / name).write_text("#!/bin/bash\n" + body)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RNN_SPECTRA": str(bin_dir / "rnn-spectra")}
+    script = os.path.join(SCRIPTS_DIR, "slurm_study.sh")
+    proc = subprocess.run(["bash", script, "cpu", "runs/s", "--partition=p"], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    array, chain = calls.read_text().splitlines()
+    assert "--partition=p --array=0-1" in array and array.endswith("slurm_study.sbatch pilot cpu runs/s")
+    assert "--dependency=afterok:41" in chain and "PHASE=extend" in chain
+    calls.unlink()  # this plan has no extension or confirmation groups: straight to finish
+    proc = subprocess.run(["bash", script, "cpu", "runs/s"], env={**env, "PHASE": "extend"},
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert calls.read_text().splitlines() == [f"sbatch {SCRIPTS_DIR}/slurm_study.sbatch finish cpu runs/s"]
