@@ -180,9 +180,10 @@ class Loop:
         self._claim(start)
         self._note_divergence(state)
         if self.common.log.tensorboard and self.writer:
-            from rnn_spectra.tensorboard import TensorBoardLogger
+            from rnn_spectra.tensorboard import TensorBoardLogger, hparams_of
 
-            self.loggers += [TensorBoardLogger(m.workdir, start_step=start) for m in self.members]
+            self.loggers += [TensorBoardLogger(m.workdir, start_step=start, hparams=hparams_of(m.run))
+                             for m in self.members]
         train_step, eval_fn = self._compile()
         monitor = SpectralMonitor(self.exp) if self.common.spectral.every else None
         progress = progress or self._default_progress(start)

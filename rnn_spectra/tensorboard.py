@@ -79,6 +79,44 @@ SUMMARY_KEYS = ("step_norm/mean", "lyapunov/near_zero/mean", "lyapunov/kaplan_yo
                 "dead_units/mean", "zero_steps/mean")
 
 
+# The scalars TensorBoard's HParams dashboard shows per run (tags the loggers write).
+HPARAM_METRICS = ("eval/loss", "train/loss", "spectral/lyapunov/1")
+# The config keys a run's HParams are (what a study varies between members, and its task).
+HPARAM_KEYS = ("task.name", "task.seq_len", "model.cell", "model.hidden_size",
+               "model.recurrent_init", "model.init_scale", "optim.name", "optim.learning_rate",
+               "optim.clip", "optim.clip_value", "seed")
+
+
+def hparams_of(config) -> dict:
+    """``{key: value}`` of ``HPARAM_KEYS`` in a resolved ``RunConfig`` (None shown as "default")."""
+    out = {}
+    for key in HPARAM_KEYS:
+        obj = config
+        for part in key.split("."):
+            obj = getattr(obj, part, None)
+        out[key] = "default" if obj is None else obj
+    return out
+
+
+def read_hparams(workdir) -> dict:
+    """The HParams written into WORKDIR/tensorboard/ (the last session start), as
+    ``{name: value}``; {} if none."""
+    require_tensorboardx()
+    from tensorboardX.proto import event_pb2, plugin_hparams_pb2
+
+    found = {}
+    for path in sorted(glob.glob(os.path.join(os.fspath(workdir), TB_DIR, "*tfevents*"))):
+        for payload in _records(path):
+            event = event_pb2.Event.FromString(payload)
+            for value in event.summary.value if event.HasField("summary") else ():
+                if value.tag == "_hparams_/session_start_info":
+                    data = plugin_hparams_pb2.HParamsPluginData.FromString(
+                        value.metadata.plugin_data.content)
+                    found = {k: getattr(v, v.WhichOneof("kind"))
+                             for k, v in data.session_start_info.hparams.items()}
+    return found
+
+
 class TensorBoardLogger:
     """Writes metrics and spectra rows as TensorBoard scalars and histograms (see module doc).
 
@@ -86,13 +124,27 @@ class TensorBoardLogger:
     unknown keys are ignored, so rows may gain keys later. Use as a context manager or ``close()``.
     """
 
-    def __init__(self, workdir, *, start_step: int = 0, flush_secs: int = 30):
+    def __init__(self, workdir, *, start_step: int = 0, flush_secs: int = 30,
+                 hparams: Mapping | None = None):
         tensorboardX = require_tensorboardx()
         self.logdir = os.path.join(os.fspath(workdir), TB_DIR)
         self.purge_step = int(start_step) + 1 if start_step else 0
         self._writer = tensorboardX.SummaryWriter(
             logdir=self.logdir, purge_step=self.purge_step, flush_secs=flush_secs,
             filename_suffix=f".{time.time_ns()}.{os.getpid()}")
+        if hparams:
+            self._hparams(hparams)
+
+    def _hparams(self, hparams: Mapping) -> None:
+        """The run's hyperparameters for TensorBoard's HParams dashboard, in the run's own
+        directory (tensorboardX's ``add_hparams`` would open a sub-run), with the metrics the
+        dashboard compares runs by."""
+        from tensorboardX.summary import hparams as hparams_summary
+
+        clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
+        writer = self._writer._get_file_writer()
+        for summary in hparams_summary(clean, {tag: 0.0 for tag in HPARAM_METRICS}):
+            writer.add_summary(summary)
 
     def _scalar(self, tag: str, value, step: int) -> None:
         value = _finite(value)
@@ -130,7 +182,7 @@ class TensorBoardLogger:
         for i, value in enumerate(_seq(row.get("lyapunov/mean")), start=1):
             self._scalar(f"spectral/lyapunov/{i}", value, step)
         for lag, value in zip(_seq(row.get("lags")), _seq(row.get("jac_log_norm/mean"))):
-            self._scalar(f"spectral/jac_log_norm/lag_{lag}", value, step)
+            self._scalar(f"spectral/jac_log_norm/lag_{int(lag):03d}", value, step)  # sorts by lag
         self._scalar("spectral/probe_loss", row.get("probe_loss"), step)
         for key in SUMMARY_KEYS:  # rows from before issue #14 lack them: nothing logged
             if key in row:

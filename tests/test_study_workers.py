@@ -97,3 +97,26 @@ def test_phase_and_group_go_together(two, tmp_path, capsys):
     assert "--phase and --group go together" in capsys.readouterr().err
     assert cli.main(["study", "--preset", two, "--workdir", str(tmp_path / "s"), "--workers", "0"]) == 2
     assert "--workers must be a positive integer" in capsys.readouterr().err
+
+
+def test_a_study_logs_every_member_to_tensorboard_with_its_hparams(two, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboardX")
+    from rnn_spectra.tensorboard import read_hparams, read_scalars
+
+    # the pilot only: enough members to compare, a fraction of the study's time
+    monkeypatch.setattr("rnn_spectra.study.run.PHASES", {"pilot": "pilot"})
+    w = str(tmp_path / "s")
+    assert cli.main(["study", "--preset", two, "--workdir", w, "--workers", "1", "--no-report",
+                     "--config.log.tensorboard=true"]) == 0
+    members = wd.read_json(os.path.join(w, "study.json"))["members"]
+    seen = set()
+    for m in members:
+        hp = read_hparams(os.path.join(w, m["relpath"]))
+        assert hp["model.cell"] in ("tanh_rnn", "gru") and hp["seed"] == m["seed"]
+        assert hp["optim.learning_rate"] == pytest.approx(m["learning_rate"])
+        seen.add((hp["model.cell"], hp["optim.learning_rate"], hp["seed"]))
+        tags = read_scalars(os.path.join(w, m["relpath"]))
+        assert "eval/loss" in tags
+        lags = [t for t in tags if "/lag_" in t]
+        assert lags and all(len(t.rsplit("_", 1)[1]) == 3 for t in lags)  # lag_001: sorts
+    assert len(seen) == len(members) == 8

@@ -65,7 +65,7 @@ def spectra_row(step, scale=1.0, lyap_last=-math.inf):
 
 def spectral_tags():
     tags = {"spectral/probe_loss", "spectral/lyapunov/1", "spectral/lyapunov/2", "spectral/lyapunov/3"}
-    tags |= {f"spectral/jac_log_norm/lag_{k}" for k in LAGS[:-1]}  # the last lag is -inf
+    tags |= {f"spectral/jac_log_norm/lag_{k:03d}" for k in LAGS[:-1]}  # the last lag is -inf
     for gate in GATES:
         tags |= {f"spectral/sigma_max/{gate}", f"spectral/spectral_radius/{gate}"}
     return tags
@@ -114,7 +114,7 @@ def test_spectra_rows_become_scalars_and_histograms(tmp_path, tbx):
             (r["step"], f32(r[f"spectral_radius/{gate}"])) for r in rows]
     assert scalars["spectral/lyapunov/2"] == [(r["step"], f32(-0.2)) for r in rows]
     assert scalars["spectral/lyapunov/3"] == [(100, f32(-0.5))]  # -inf skipped at 0 and 200
-    assert scalars["spectral/jac_log_norm/lag_4"] == [(r["step"], f32(-1.5)) for r in rows]
+    assert scalars["spectral/jac_log_norm/lag_004"] == [(r["step"], f32(-1.5)) for r in rows]
     assert scalars["spectral/probe_loss"] == [(r["step"], f32(r["probe_loss"])) for r in rows]
     assert scalars["spectral/sigma_max/W_s"] == [(300, 9.0)]
     assert scalars["spectral/sigma_max/W_x"] == [(350, 5.0)]
@@ -252,4 +252,4 @@ def test_a_run_with_log_tensorboard_writes_its_rows_and_resumes_without_duplicat
     assert [s for s, _ in scalars["eval/loss"]] == [10, 20]
     spectra = wd.read_jsonl(wd.path(w, wd.SPECTRA))
     assert [s for s, _ in scalars["spectral/sigma_max/W_s"]] == [r["step"] for r in spectra] == [0, 10, 20]
-    assert "spectral/lyapunov/1" in scalars and "spectral/jac_log_norm/lag_1" in scalars
+    assert "spectral/lyapunov/1" in scalars and "spectral/jac_log_norm/lag_001" in scalars

@@ -177,7 +177,7 @@ def train_one_group(preset_name: str | Preset, workdir: str, phase_name: str, k:
 
 
 # What a study's command line may change: where and how it runs, never what it trains.
-STUDY_OVERRIDABLE = ("parallel.", "checkpoint.")
+STUDY_OVERRIDABLE = ("parallel.", "checkpoint.", "log.tensorboard")
 
 
 def _settings(overrides: dict[str, str], seed_offset: int) -> tuple[dict[str, str], int]:
@@ -187,9 +187,9 @@ def _settings(overrides: dict[str, str], seed_offset: int) -> tuple[dict[str, st
     offset = overrides.pop("study.seed_offset", None)  # the same as --seed-offset
     refused = [k for k in overrides if not k.startswith(STUDY_OVERRIDABLE)]
     if refused:
-        raise ConfigError(f"study takes only --config.parallel.*, --config.checkpoint.* and "
-                          f"--config.study.seed_offset overrides (the grid is the preset's), not "
-                          f"--config.{refused[0]}")
+        raise ConfigError(f"study takes only --config.parallel.*, --config.checkpoint.*, "
+                          f"--config.log.tensorboard and --config.study.seed_offset overrides "
+                          f"(the grid is the preset's), not --config.{refused[0]}")
     if offset is not None:
         try:
             offset = int(offset)
