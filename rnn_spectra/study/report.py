@@ -124,12 +124,21 @@ def _cell(r: dict, key: str, show) -> str:
     return show(r[key])
 
 
+def _throughput(results: dict) -> str:
+    """' on N worker processes (M member·steps/s)': what the study ran on and how fast."""
+    wall, steps = results.get("wall_time_s"), results.get("member_steps")
+    where = f" on {results.get('workers', 1)} worker process{'es' * (results.get('workers', 1) != 1)}"
+    if isinstance(wall, (int, float)) and wall > 0 and steps:
+        return f"{where} ({steps / wall:,.0f} member·steps/s)"
+    return where
+
+
 def render_markdown(results: dict, figures: list[str], claims: list[dict] | None = None) -> str:
     claims = build_claims(results) if claims is None else claims
     lines = [f"# Study report: preset `{results['preset']}`", ""]
     lines += [f"Machine: {results['machine']}; jax {results['jax']}; started {results['started']}, "
               f"finished {results['finished']}; {results['members']} trained members; study wall "
-              f"time {fmt(results['wall_time_s'], 4)} s.", ""]
+              f"time {fmt(results['wall_time_s'], 4)} s" + _throughput(results) + ".", ""]
     rows = results["rows"]
     steps = sorted({r.get("steps") for r in rows if r.get("steps")})
     lines += [

@@ -300,4 +300,6 @@ def build_results(workdir: str) -> dict:
             "seed_offset": study.get("seed_offset", 0),
             "machine": study.get("machine"), "jax": study.get("jax"),
             "started": study.get("started"), "finished": study.get("finished"),
-            "wall_time_s": study.get("wall_time_s"), "members": len(members), "rows": rows}
+            "wall_time_s": study.get("wall_time_s"), "members": len(members),
+            "workers": study.get("workers", 1),  # a study from before --workers ran in-process
+            "member_steps": sum(int(m.get("steps", 0)) for m in study["members"]), "rows": rows}
