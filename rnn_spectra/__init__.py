@@ -13,9 +13,7 @@ Names are imported on first use, so ``import rnn_spectra`` (and the command line
 JAX.
 """
 
-from __future__ import annotations
-
-import importlib
+import importlib as _importlib  # private: dir(rnn_spectra) lists the API, not its imports
 
 _LAZY = {
     "load_run": ("rnn_spectra.runs", "load_run"),
@@ -33,7 +31,7 @@ def __getattr__(name: str):
     if name not in _LAZY:
         raise AttributeError(f"module 'rnn_spectra' has no attribute {name!r}")
     module, attr = _LAZY[name]
-    value = importlib.import_module(module)
+    value = _importlib.import_module(module)
     value = value if attr is None else getattr(value, attr)
     globals()[name] = value
     return value

@@ -116,6 +116,13 @@ def cmd_analyze(args, overrides) -> int:
     return 0
 
 
+def cmd_config(args, overrides) -> int:
+    from rnn_spectra.config_lister import list_config
+
+    print(list_config(args.config, args.prefix, overrides))
+    return 0
+
+
 def cmd_data(args, overrides) -> int:
     from rnn_spectra import datasets
 
@@ -157,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workdir", required=True, help="the run's directory")
     add_distributed_flags(train)
     train.set_defaults(func=cmd_train, takes_overrides=True)
+
+    config = sub.add_parser("config", help="list every config key: its value, its check and its "
+                            "meaning (the defaults, or --config FILE's values)",
+                            epilog="example: rnn-spectra config --config configs/adding.py model.")
+    config.add_argument("--config", help="config file with get_config() (default: the defaults)")
+    config.add_argument("prefix", nargs="?", default="", metavar="KEY-PREFIX",
+                        help="only the keys that start with this (e.g. model. or optim.clip)")
+    config.set_defaults(func=cmd_config, takes_overrides=True)
 
     analyze = sub.add_parser("analyze", help="spectra of one checkpoint of a run: .npz + PNG figures")
     analyze.add_argument("--workdir", required=True, help="the run's directory")
@@ -272,7 +287,7 @@ def _dispatch(args, extra: list[str]) -> int:
 
             initialize_distributed(args.distributed, args.coordinator, args.num_processes,
                                    args.process_id)
-        if args.command != "data":  # where the CLI first touches the backend
+        if args.command not in ("data", "config"):  # where the CLI first touches the backend
             from rnn_spectra.backend import require_backend
 
             require_backend()

@@ -241,20 +241,22 @@ OFF_BY_DEFAULT = {
     "model.recurrent_param": "free", "model.margin": 0.1, "control.max_singular_value": 0.0,
     **{f"control.lyapunov.{f.name}": f.default for f in dataclasses.fields(LyapunovControlConfig)},
 }
+SEED_FIELD = _f(0, "PRNG seed: params, data stream, probe batch and eval sets all derive from it")
 
 
-SEED_DOC = "PRNG seed: params, data stream, probe batch and eval sets all derive from it"
+def fields() -> dict[str, dataclasses.Field]:
+    """``{"section.key": its field}`` for every key (default, doc, check, kind, choices)."""
+    def walk(prefix: str, cls) -> dict:
+        return {k: v for f in dataclasses.fields(cls) for k, v in (
+            walk(f"{prefix}{f.name}.", f.metadata["kind"]) if _nested(f)
+            else {f"{prefix}{f.name}": f}).items()}
+    return {"seed": SEED_FIELD, **{k: v for name, cls in SECTIONS.items()
+                                   for k, v in walk(f"{name}.", cls).items()}}
 
 
 def field_docs() -> dict[str, str]:
     """``{"section.key": meaning}`` for every key (the help a config file's reader needs)."""
-    def docs(prefix: str, cls) -> dict:
-        return {k: v for f in dataclasses.fields(cls) for k, v in (
-            docs(f"{prefix}{f.name}.", f.metadata["kind"]) if _nested(f)
-            else {f"{prefix}{f.name}": f.metadata["doc"]}).items()}
-
-    return {"seed": SEED_DOC, **{k: v for name, cls in SECTIONS.items()
-                                 for k, v in docs(f"{name}.", cls).items()}}
+    return {k: f.metadata["doc"] for k, f in fields().items()}
 
 
 def default_config() -> ml_collections.ConfigDict:

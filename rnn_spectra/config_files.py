@@ -17,6 +17,11 @@ from rnn_spectra.errors import ConfigError
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
     """Import ``path`` and call its ``get_config()``; errors name the file."""
+    file, colon, _ = path.rpartition(":")
+    if not os.path.isfile(path) and colon and os.path.isfile(file):
+        raise ConfigError(f"config file {path!r}: ml_collections' FILE:ARG form is not supported "
+                          f"(get_config() takes no argument); give {file!r} and set keys with "
+                          "--config.KEY=VALUE")
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist{_config_hint(path)}")
     spec = importlib.util.spec_from_file_location("_rnn_spectra_config", path)

@@ -76,3 +76,9 @@ def test_bad_input_is_one_line_naming_what_exists(trained, tmp_path):
 
     with pytest.raises(ConfigError, match="unknown cell"):
         rs.init_model(cell="lstmm", hidden_size=4)
+
+
+def test_the_package_namespace_holds_the_api_not_its_imports():
+    names = dir(rs)
+    assert "annotations" not in names and "importlib" not in names
+    assert {"load_run", "init_model", "default_config", "spectral"} <= set(names)

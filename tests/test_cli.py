@@ -121,6 +121,12 @@ def test_missing_config_file(capsys, tmp_path):
     assert_user_error(code, err, "nope.py", "does not exist")
 
 
+def test_the_ml_collections_file_arg_form_is_one_line(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "--config", f"{ADDING}:relu", "--workdir", str(tmp_path / "w"))
+    assert_user_error(code, err, "FILE:ARG form is not supported", "--config.KEY=VALUE")
+    assert not (tmp_path / "w").exists()
+
+
 def test_config_file_whose_get_config_raises(capsys, tmp_path):
     path = tmp_path / "raises.py"
     path.write_text("def get_config():\n    raise RuntimeError('boom')\n")

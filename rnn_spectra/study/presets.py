@@ -187,7 +187,8 @@ CONTROLLED = tuple(
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
-        name="smoke", description="about two minutes (both phases); for tests and notebooks",
+        name="smoke", description="H = 8, 20 steps, adding at T = 8 (both phases); for tests and "
+                                  "notebooks",
         base=base(hidden_size=8, steps=20, batch_size=8, eval_every=10, eval_batches=1,
                   eval_batch_size=32, log_every=5, spectral_every=10),
         tasks=(TaskEntry("adding", 8),), variants=BASE_VARIANTS,
@@ -196,14 +197,14 @@ PRESETS: dict[str, Preset] = {
     ),
     "cpu": Preset(
         name="cpu", description="adding at T = 50, 100, 200: Adam for every variant, the SGD arm "
-                                "and matched parameter counts at T = 100; about 20 minutes on a "
-                                "2-core CPU",
+                                "and matched parameter counts at T = 100; H = 32, 600 steps, "
+                                "sized for a 2-core CPU",
         base=CPU_BASE, tasks=ADDING, variants=BASE_VARIANTS + SGD_ARM + MATCHED_PARAMS,
         **SELECT_THEN_CONFIRM,
     ),
     "cpu-full": Preset(
         name="cpu-full", description="the cpu preset plus copying (T = 20, 50) and the 8x8 digits "
-                                     "with the constrained cells; about an hour on a 2-core CPU",
+                                     "with the constrained cells; for a CPU",
         base=CPU_BASE,
         tasks=ADDING + (TaskEntry("copying", 20), TaskEntry("copying", 50))
         + tuple(dataclasses.replace(t, config=t.config + (("train.steps", 400),)) for t in DIGITS),
@@ -214,8 +215,8 @@ PRESETS: dict[str, Preset] = {
     ),
     "control": Preset(
         name="control", description="nonlinearity or dynamics? tanh vs ReLU (orthogonal, identity), "
-                                    "plain and with each intervention, adding T = 100, 200; about "
-                                    "20 minutes on a 2-core CPU",
+                                    "plain and with each intervention, adding T = 100, 200; H = "
+                                    "32, 600 steps, for a CPU",
         base=CPU_BASE, tasks=ADDING[1:], variants=CONTROLLED,
         **SELECT_THEN_CONFIRM,
     ),
