@@ -125,7 +125,13 @@ class SequenceModel:
         return jax.lax.scan(step, carry0, jnp.swapaxes(inputs_BxTxD, 0, 1), unroll=self.unroll_steps)
 
     def apply(self, params, inputs_BxTxD: Array, return_carries: bool = False):
-        """Outputs (B, O) or (B, T, O); with ``return_carries`` also the carries, time-major (T, B, ...)."""
+        """Outputs (B, O) or (B, T, O); with ``return_carries`` also the carries, time-major (T, B, ...).
+        ``params`` is ``{"cell", "readout"}``; flax's ``{"params": ...}`` wrapping is accepted too."""
+        if set(params) == {"params"}:  # model.apply({'params': p}, x), as flax users write it
+            params = params["params"]
+        if not {"cell", "readout"} <= set(params):
+            raise ValueError(f"params must hold 'cell' and 'readout' (as init returns them), "
+                             f"got keys {sorted(params)}")
         head = lambda h: self.head.apply({"params": params["readout"]}, h)  # noqa: E731
         if self.readout == "last" and not return_carries:
             return head(self.last_hidden(params["cell"], inputs_BxTxD))

@@ -82,3 +82,11 @@ def test_the_package_namespace_holds_the_api_not_its_imports():
     names = dir(rs)
     assert "annotations" not in names and "importlib" not in names
     assert {"load_run", "init_model", "default_config", "spectral"} <= set(names)
+
+
+def test_apply_takes_flax_style_variables_too():
+    model, params = rs.init_model(cell="relu_rnn", hidden_size=4, input_size=2, seed=0)
+    x = np.ones((3, 5, 2), np.float32)
+    np.testing.assert_array_equal(model.apply({"params": params}, x), model.apply(params, x))
+    with pytest.raises(ValueError, match="must hold 'cell' and 'readout'"):
+        model.apply({"weights": params}, x)
