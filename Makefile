@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STUDY_DIR ?= runs/study
 
-.PHONY: install test test-all study bench clean
+.PHONY: install test test-all test-floors study bench clean
 
 install: $(STAMP)
 
@@ -18,8 +18,25 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest
 
-test-all: $(STAMP)
+test-all: $(STAMP) test-floors
 	$(PY) -m pytest -m ''
+
+# The lowest versions pyproject.toml allows (constraints/floors.txt), in their own venv, on the
+# core tests: the declared floors stay true.
+FLOORS_VENV := .venv-floors
+FLOORS_STAMP := $(FLOORS_VENV)/.installed
+CORE_TESTS := tests/test_checkpointing.py tests/test_train.py tests/test_stats.py \
+	tests/test_calibration.py tests/test_resume.py
+
+$(FLOORS_STAMP): pyproject.toml constraints/floors.txt
+	rm -rf $(FLOORS_VENV)
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(FLOORS_VENV)/bin/python -m pip install --quiet -c constraints/floors.txt -e '.[test]'
+	touch $(FLOORS_STAMP)
+
+test-floors: $(FLOORS_STAMP)
+	$(FLOORS_VENV)/bin/python -m pytest $(CORE_TESTS)
 
 study: $(STAMP)
 	$(VENV)/bin/rnn-spectra study --preset cpu --workdir $(STUDY_DIR)
@@ -30,4 +47,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(FLOORS_VENV) runs .pytest_cache
