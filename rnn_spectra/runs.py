@@ -62,10 +62,7 @@ class Run:
     @property
     def steps(self) -> list[int]:
         """Steps with a checkpoint in ``WORKDIR/checkpoints`` (ascending; [] for none)."""
-        directory = wd.path(self.workdir, wd.CHECKPOINTS)
-        if not os.path.isdir(directory):
-            return []
-        return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+        return wd.checkpoint_steps(wd.path(self.workdir, wd.CHECKPOINTS))
 
     @functools.cached_property
     def experiment(self):

@@ -227,3 +227,22 @@ def path(workdir: str, name: str) -> str:
 
 def is_run(workdir: str) -> bool:
     return os.path.isfile(path(workdir, CONFIG))
+
+
+def checkpoint_steps(directory: str) -> list[int]:
+    """The steps with a checkpoint folder in ``directory`` (ascending; [] if there is none)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
+def update_json(path: str, update) -> Any:
+    """Read-modify-write of a JSON file under a file lock (processes that share a workdir, such
+    as a study's array tasks, each add their part); ``update(old or {})`` returns the new one."""
+    from filelock import FileLock
+
+    with FileLock(path + ".lock"):
+        new = update(read_json(path) if os.path.exists(path) else {})
+        write_json(path, new)
+    return new
+

@@ -140,6 +140,15 @@ def test_rank_interval_matches_scipy_mann_whitney_p():
     assert clear.p == pytest.approx(2 / 252) and clear.hi < 0  # every A below every B
 
 
+def test_signed_rank_interval_matches_scipy_wilcoxon_p():
+    from scipy.stats import wilcoxon
+
+    d = [0.3, -0.1, 0.5, 0.2, 0.45, math.inf]  # one diverged seed: the signed-rank path
+    ci = one_sample_ci(d, 0.0, scale="linear")
+    ref = wilcoxon([0.3, -0.1, 0.5, 0.2, 0.45, 99.0], method="exact").pvalue
+    assert ci.method == "signed-rank" and ci.p == pytest.approx(ref)
+
+
 def test_benjamini_hochberg_and_the_level_of_decided_intervals():
     decided, r = stats.benjamini_hochberg([0.001, 0.04, 0.03, 0.5, None])
     assert decided == [True, False, False, False, False] and r == 1
@@ -170,7 +179,6 @@ def test_design_numbers():
     assert stats.expected_capture(5) == pytest.approx(0.879, abs=0.002)
     # 80% power at n = 5, paired: about 1.68 sd of the per-seed difference
     assert stats.detectable_shift(5) == pytest.approx(1.68, abs=0.01)
-    assert stats.seeds_for_ratio(2.0, 0.5) == 7
 
 
 if __name__ == "__main__":  # the table the README quotes: python tests/test_calibration.py [DRAWS]

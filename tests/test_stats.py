@@ -1,11 +1,11 @@
-"""Study statistics: intervals behave as intervals should, verdicts need the interval off zero,
+"""Study statistics: intervals behave as intervals should, decisions need the interval off zero,
 and a claim check sees holds, flips and undecided claims (calibration: test_calibration.py)."""
 
 import numpy as np
 import pytest
 
 from rnn_spectra.study import claims as claims_lib
-from rnn_spectra.study.stats import UNDECIDED, difference_ci, mean_ci, sample_sd, verdict
+from rnn_spectra.study.stats import difference_ci, mean_ci, sample_sd
 
 
 def diff_ci(a, b, paired=False):
@@ -37,11 +37,11 @@ def test_paired_difference_removes_the_shared_seed_effect():
     assert not diff_ci(a, b, paired=False).excludes_zero()  # swamped by the seed spread
 
 
-def test_verdict_is_undecided_unless_the_ci_excludes_zero():
+def test_a_decision_needs_the_interval_off_zero():
     lower = diff_ci([1.0, 1.1, 0.9, 1.05], [2.0, 2.1, 1.9, 2.05])
-    assert verdict(lower, lower="A lower", higher="A higher") == "A lower"
+    assert lower.excludes_zero() and lower.hi < 0 and lower.p < 0.05
     noisy = diff_ci([1.0, 3.0, -1.0, 2.0], [1.5, -2.0, 3.0, 0.0])
-    assert verdict(noisy, lower="A lower", higher="A higher") == UNDECIDED
+    assert not noisy.excludes_zero() and noisy.p > 0.05
 
 
 def test_claims_hold_flip_or_stay_undecided(tmp_path):

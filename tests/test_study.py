@@ -153,9 +153,9 @@ def test_report_from_a_fixture_workdir(tmp_path):
     text = findings(results, build_claims(results))
     assert text[0].startswith("**Comparisons made: 3** in 2 families")
     # 2 seeds: a 3x lower loss than the baseline is not decided; a diverged seed is counted
-    assert text[1].startswith("**adding_T8** (baseline 0.1667): 0 of 2 rows have a test loss "
-                              "below the baseline (decided in the family `adding_T8|vs baseline`), "
-                              "0 above it, 2 not distinguishable")
+    assert text[1].startswith("**adding_T8** (baseline 0.1667, decided within the family "
+                              "`adding_T8|vs baseline`): 0 of 2 rows have a test loss below the "
+                              "baseline; 0 above it; 2 not distinguishable")
     assert any("bad/clip=none diverged in 1/2 seeds" in s and "σ_max(W_s) at init 2.5" in s for s in text)
     path = write_report(w)
     report = open(path).read()

@@ -41,8 +41,7 @@ def export_best_checkpoints(workdir: str, relpaths: list[str]) -> None:
         run = load_run(os.path.join(workdir, rel))
         sweep = run.summary["sweep"]
         group_dir = os.path.normpath(os.path.join(run.workdir, sweep["group_dir"]))
-        stacked = wd.path(group_dir, wd.CHECKPOINTS)
-        if run.steps and run.steps == sorted(int(n) for n in os.listdir(stacked) if n.isdigit()):
+        if run.steps and run.steps == wd.checkpoint_steps(wd.path(group_dir, wd.CHECKPOINTS)):
             continue  # every stacked step was copied before
         if os.path.isdir(wd.path(run.workdir, wd.CHECKPOINTS)):  # a copy that did not finish
             shutil.rmtree(wd.path(run.workdir, wd.CHECKPOINTS))

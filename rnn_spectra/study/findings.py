@@ -303,7 +303,10 @@ def build_claims(results: dict, q: float = FDR) -> list[dict]:
                 shown = p.compute(level)
             else:
                 shown = ci if level_undecided == LEVEL else p.compute(level_undecided)
-            sign = 0 if not d else (-1 if shown.estimate < 0 else 1)
+            # the side its interval lies on (a rank estimate can sit at 0 with the interval
+            # off it); for a share, decided by Boschloo's p, the estimate's side
+            sign = 0 if not d else (-1 if shown.hi < 0 else 1 if shown.lo > 0 else
+                                    (-1 if shown.estimate < 0 else 1))
             out.append({**claim(p.cid, p.text, p.quantity, p.a, p.b, shown, sign=sign),
                         "family": fam, "family_size": len(items), "family_decided": r, **p.extra})
     return out

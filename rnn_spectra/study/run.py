@@ -153,8 +153,6 @@ def train_one_group(preset_name: str | Preset, workdir: str, phase_name: str, k:
     """``study --phase P --group K``: train group K of phase P (skipped when done, resumed when
     preempted), recording its phase's members in study.json under a lock. The phases before P
     must have finished. ``record=False``: a local worker, whose parent recorded them."""
-    from rnn_spectra.study.workers import write_study_record
-
     overrides, seed_offset = _settings(overrides or {}, seed_offset)
     # a local worker gets the Preset itself: one made in the parent (a test's) has no name here
     preset = preset_name if isinstance(preset_name, Preset) else get_preset(preset_name)
@@ -172,7 +170,7 @@ def train_one_group(preset_name: str | Preset, workdir: str, phase_name: str, k:
             known = {r["relpath"] for r in out["members"]}
             out["members"] += [r for r in phase.recs if r["relpath"] not in known]
             return out
-        write_study_record(workdir, merge)
+        wd.update_json(wd.path(workdir, "study.json"), merge)
     phase.train_group(groups[k])
 
 
@@ -343,8 +341,7 @@ def _needs_restart(problems: dict, group_dir: str):
     changed (extended, edited) or is incomplete, one deleted after the group started, or a mix
     of finished and unfinished members cannot be continued: the stacked checkpoint would give
     the deleted member a summary without its metrics and spectra, or keep the edited one."""
-    started = os.path.isdir(os.path.join(group_dir, wd.CHECKPOINTS)) and any(
-        n.isdigit() for n in os.listdir(os.path.join(group_dir, wd.CHECKPOINTS)))
+    started = bool(wd.checkpoint_steps(os.path.join(group_dir, wd.CHECKPOINTS)))
     for i, p in problems.items():
         if p is not None and (not p.not_trained or (p.kind == "missing" and started)):
             return i, p

@@ -32,14 +32,18 @@ def findings(results: dict, claims: list[dict] | None = None) -> list[str]:
     for table, rows in by_table.items():
         base = rows[0]["baseline"]
         mine = [c for c in claims if c["id"].startswith(f"{table}|")]
-        vs_base = {c["a"]: c["sign"] for c in mine if c["b"] == "baseline"}
-        below = [v for v, s in vs_base.items() if s < 0]
-        above = [v for v, s in vs_base.items() if s > 0]
+        vs_base = {c["a"]: c for c in mine if c["b"] == "baseline"}
+        below = [c for c in vs_base.values() if c["sign"] < 0]
+        above = [c for c in vs_base.values() if c["sign"] > 0]
+
+        def named(cs):
+            return "".join(f"{'' if i else ': '}{'' if not i else ', '}{c['a']} [`{c['id']}`]"
+                           for i, c in enumerate(cs))
         learning = [r for r in rows if r.get("seeds_still_learning")]
-        text = (f"**{table}** (baseline {fmt(base, 4)}): {len(below)} of {len(rows)} rows have a "
-                f"test loss below the baseline (decided in the family `{table}|vs baseline`), "
-                f"{len(above)} above it, {len(rows) - len(below) - len(above)} not distinguishable "
-                f"from it at this budget")
+        text = (f"**{table}** (baseline {fmt(base, 4)}, decided within the family "
+                f"`{table}|vs baseline`): {len(below)} of {len(rows)} rows have a test loss below "
+                f"the baseline{named(below)}; {len(above)} above it{named(above)}; "
+                f"{len(rows) - len(below) - len(above)} not distinguishable from it at this budget")
         if learning:
             text += ("; still learning at the step cap (best validation loss of the last 25% of "
                      "the steps > 1% below the best before): " + ", ".join(

@@ -108,22 +108,17 @@ def _undecided(est: float, n: int, method: str, scale: str, level: float, n_b=No
 
 
 def _t_one_sample(d: np.ndarray, level: float, scale: str, method: str = T) -> Interval:
-    n, est = d.size, float(d.mean())
-    sd = float(d.std(ddof=1))
-    se = sd / math.sqrt(n)
-    half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * se
-    p = float(2 * sps.t.sf(abs(est) / se, n - 1))
-    return Interval(est, est - half, est + half, n, p, method, scale, level)
+    r = sps.ttest_1samp(d, 0.0)
+    ci = r.confidence_interval(level)
+    return Interval(float(d.mean()), float(ci.low), float(ci.high), int(d.size), float(r.pvalue),
+                    method, scale, level)
 
 
 def _welch(x: np.ndarray, y: np.ndarray, level: float, scale: str) -> Interval:
-    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
-    se = math.sqrt(vx + vy)
-    df = (vx + vy) ** 2 / (vx ** 2 / (x.size - 1) + vy ** 2 / (y.size - 1))
-    est = float(x.mean() - y.mean())
-    half = float(sps.t.ppf(0.5 + level / 2, df)) * se
-    p = float(2 * sps.t.sf(abs(est) / se, df))
-    return Interval(est, est - half, est + half, int(x.size), p, WELCH, scale, level, int(y.size))
+    r = sps.ttest_ind(x, y, equal_var=False)
+    ci = r.confidence_interval(level)
+    return Interval(float(x.mean() - y.mean()), float(ci.low), float(ci.high), int(x.size),
+                    float(r.pvalue), WELCH, scale, level, int(y.size))
 
 
 # ----------------------------------------------------------------------------- rank intervals
@@ -307,16 +302,10 @@ def benjamini_hochberg(pvalues: Sequence[float | None], q: float = FDR) -> tuple
     """Which of a family's comparisons are decided at false discovery rate ``q``, and how many
     (R). None (no test) is never decided."""
     ps = [(p if p is not None and not math.isnan(p) else 1.0) for p in pvalues]
-    m = len(ps)
-    order = sorted(range(m), key=lambda i: ps[i])
-    r = 0
-    for rank, i in enumerate(order, start=1):
-        if ps[i] <= rank * q / m:
-            r = rank
-    decided = [False] * m
-    for i in order[:r]:
-        decided[i] = True
-    return decided, r
+    if not ps:
+        return [], 0
+    decided = [bool(a <= q) for a in sps.false_discovery_control(ps, method="bh")]
+    return decided, sum(decided)
 
 
 def adjusted_level(r: int, m: int, q: float = FDR) -> float:
@@ -358,27 +347,9 @@ def detectable_shift(n: int, *, level: float = LEVEL, power: float = 0.8) -> flo
     return float(optimize.brentq(miss, 1e-6, 50.0))
 
 
-def seeds_for_ratio(ratio: float, sd_log: float, *, level: float = LEVEL, power: float = 0.8,
-                    most: int = 200) -> int | None:
-    """Seeds a paired t-test on log loss needs to detect a geometric-mean ``ratio`` (e.g. 2)
-    with ``power``, when the per-seed log ratios spread with sd ``sd_log``."""
-    for n in range(2, most + 1):
-        if detectable_shift(n, level=level, power=power) * sd_log <= abs(math.log(ratio)):
-            return n
-    return None
-
-
 def sample_sd(values: Sequence[float]) -> float | None:
     """The sample standard deviation (ddof=1: with few seeds the population sd understates the
     spread) of the finite values; None for fewer than two."""
     x = np.asarray([v for v in values if not _missing(v)], dtype=np.float64)
     x = x[np.isfinite(x)]
     return float(np.std(x, ddof=1)) if x.size >= 2 else None
-
-
-def verdict(ci: Interval, *, lower: str, higher: str) -> str:
-    """``lower`` when the whole interval of (A - B) is below zero, ``higher`` when above, else
-    ``UNDECIDED``: the words a finding may use."""
-    if not ci.excludes_zero():
-        return UNDECIDED
-    return lower if ci.hi < 0 else higher

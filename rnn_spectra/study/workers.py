@@ -19,7 +19,6 @@ import os
 import signal
 import sys
 
-from rnn_spectra import workdir as wd
 from rnn_spectra.errors import Interrupted, UserError, WorkdirError
 
 
@@ -104,15 +103,3 @@ class WorkerPool:
         if stopped:
             raise Interrupted(f"interrupted in group {stopped[0]} (checkpointed); run the same "
                               "command to resume")
-
-
-def write_study_record(workdir: str, update) -> dict:
-    """Read-modify-write study.json under a file lock (array tasks of one phase run at once)."""
-    from filelock import FileLock
-
-    path = wd.path(workdir, "study.json")
-    with FileLock(path + ".lock"):
-        record = wd.read_json(path) if os.path.exists(path) else {}
-        record = update(record)
-        wd.write_json(path, record)
-    return record
