@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from rnn_spectra.model import ModelConfig, SequenceModel
-from rnn_spectra.spectral.cellstep import make_step_fn
+from rnn_spectra.dynamics import make_step_fn
 from rnn_spectra.spectral.fixed_points import (
     _minimize,
     candidates_from_trajectories,

@@ -25,7 +25,7 @@ from rnn_spectra import workdir as wd
 from rnn_spectra.runs import load_run
 from rnn_spectra.cells import recurrent_matrices
 from rnn_spectra.errors import ConfigError, WorkdirError
-from rnn_spectra.spectral.cellstep import make_step_fn, state_size
+from rnn_spectra.dynamics import make_step_fn, state_size
 from rnn_spectra.spectral.fixed_points import (
     _unique_rows, analyze_points, fixed_points_figure, fixed_points_of_run,
 )

@@ -78,9 +78,12 @@ def _blas_controller():
 
 
 def single_threaded_blas():
-    """Context: the BLAS behind XLA:CPU's LAPACK calls (SVD, QR) runs one thread meanwhile.
+    """Context: every BLAS the process has loaded runs one thread meanwhile: the one behind
+    XLA:CPU's LAPACK calls (SVD, QR) and numpy's.
 
-    For the spectral monitor and a train step that makes LAPACK calls (``control.lapack_threads``).
+    For the spectral monitor, a train step that makes LAPACK calls (``control.lapack_threads``)
+    and the float64 numpy linear algebra of ``spectral.relu_enumeration`` (stacks of small
+    eigen-decompositions and solves).
     The monitor's SVDs and QRs are small ((n, n), n ~ 100s) and called many times per
     measurement (one SVD per lag). OpenBLAS's own threads then fight XLA's thread pool (and any
     other load) and spin: on 2 busy cores one measurement took 1-29 s instead of ~0.1 s (each

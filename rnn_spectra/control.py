@@ -27,9 +27,8 @@ import jax.numpy as jnp
 from rnn_spectra.backend import single_threaded_blas
 from rnn_spectra.cells import require_square_ws
 from rnn_spectra.config import OFF_BY_DEFAULT, LyapunovControlConfig, RunConfig
+from rnn_spectra.dynamics import initial_frame, make_step_fn, qr_frame_scan, state_size
 from rnn_spectra.errors import ConfigError
-from rnn_spectra.spectral.cellstep import make_step_fn, state_size
-from rnn_spectra.spectral.lyapunov import initial_frame
 
 Array = jax.Array
 # The frame is pushed through J_t + FRAME_SHIFT * I rather than J_t: a direction that a step
@@ -101,31 +100,20 @@ def exponents(model, cell_params, xs_TxD: Array, k: int, discard: int) -> Array:
     """The k top Lyapunov exponents (k,), nats per step, descending, along one sequence from the
     zero carry; differentiable in ``cell_params``. The first ``discard`` steps are pushed through
     but not counted (as ``spectral.lyapunov_spectrum``); the frame is shifted (``FRAME_SHIFT``).
-
-    Its own scan rather than ``spectral.lyapunov_spectrum`` with a shifted frame: here the
-    trajectory runs in the same scan as the frame and the logs add up plainly, the program the
-    published control studies trained with. The shared function (a separate trajectory scan,
-    Kahan sums) moves the exponents by ~1e-7 and their gradient by ~4e-7 relative, so a
-    regularised study's numbers would no longer reproduce bit for bit."""
+    The trajectory runs in the same scan as the frame, and the logs add up plainly (the program
+    the published control studies trained with; ``dynamics.qr_frame_scan``)."""
     cs = make_step_fn(model, cell_params)
-    T = xs_TxD.shape[0]
-    q0 = initial_frame(cs.state_size, k, cs.s0.dtype)
 
-    def body(carry, x):
-        s, q, total, t = carry
-
+    def push(s, q, x):
         def tangent(v):
             return jax.jvp(lambda s_: cs.step_fn(s_, x), (s,), (v,))
 
         # The primal depends on s alone, so vmap over the k frame vectors computes it once.
-        s_next, jq = jax.vmap(tangent, in_axes=1, out_axes=(None, 1))(q)
-        q, r = jnp.linalg.qr(jq + FRAME_SHIFT * q)
-        logs = jnp.log(jnp.abs(jnp.diagonal(r)))
-        return (s_next, q, total + jnp.where(t >= discard, logs, 0.0), t + 1), None
+        return jax.vmap(tangent, in_axes=1, out_axes=(None, 1))(q)
 
-    init = (cs.s0, q0, jnp.zeros((k,), cs.s0.dtype), jnp.zeros((), jnp.int32))
-    (_, _, total, _), _ = jax.lax.scan(body, init, xs_TxD)
-    return -jnp.sort(-total / (T - discard))
+    q0 = initial_frame(cs.state_size, k, cs.s0.dtype)
+    return qr_frame_scan(push, xs_TxD, q0, xs_TxD.shape[0], carry0=cs.s0, discard=discard,
+                         shift=FRAME_SHIFT, compensated=False)
 
 
 def probe_exponents(model, lc: LyapunovControlConfig, cell_params, inputs_BxTxD: Array) -> Array:

@@ -47,6 +47,10 @@ class WorkdirError(UserError):
     """A workdir or checkpoint cannot be used as asked."""
 
 
+class SpectralInputError(UserError, ValueError):
+    """Arrays whose shapes do not fit the cell or the request (a ValueError too, for library users)."""
+
+
 class DataError(UserError):
     """A dataset's files are missing, corrupted or cannot be downloaded."""
 

@@ -106,7 +106,7 @@ class Run:
 
     def step_fn(self, params):
         """The ``CellStep`` of the run's cell with ``params`` (the spectral functions' input)."""
-        from rnn_spectra.spectral.cellstep import make_step_fn
+        from rnn_spectra.dynamics import make_step_fn
 
         return make_step_fn(self.model, params["cell"])
 

@@ -21,6 +21,10 @@ RUNS = {  # name -> config overrides (on configs/adding.py)
     "lstm_clipvalue": {"model.cell": "lstm", "model.hidden_size": 8, "task.seq_len": 12,
                        "optim.clip": "value", "optim.name": "rmsprop"},
     "exprnn": {"model.cell": "exprnn", "model.hidden_size": 8, "task.seq_len": 12},
+    # The Lyapunov regulariser's QR scan is differentiated through: its numbers move first.
+    "relu_lyapunov": {"model.cell": "relu_rnn", "model.hidden_size": 8, "task.seq_len": 16,
+                      "control.lyapunov.weight": 1.0, "control.lyapunov.k": 2,
+                      "control.lyapunov.seq_len": 12},
 }
 COMMON = {"train.steps": 60, "train.batch_size": 16, "train.eval_every": 20, "train.log_every": 10,
           "train.eval_batch_size": 32, "spectral.every": 30, "spectral.lyapunov_k": 4,

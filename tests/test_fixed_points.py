@@ -10,7 +10,8 @@ import pytest
 
 from rnn_spectra.cells import CELLS
 from rnn_spectra.model import ModelConfig, SequenceModel
-from rnn_spectra.spectral.cellstep import SpectralInputError, make_step_fn
+from rnn_spectra.dynamics import make_step_fn
+from rnn_spectra.errors import SpectralInputError
 from rnn_spectra.spectral.fixed_points import (
     candidates_from_trajectories,
     enumerate_relu_fixed_points,

@@ -89,7 +89,7 @@ def test_parameters_that_blow_the_state_up_are_one_line(tiny_irnn, tmp_path, cap
     import jax
 
     from rnn_spectra.analyze import analyze_workdir, open_checkpoint
-    from rnn_spectra.spectral.cellstep import SpectralInputError
+    from rnn_spectra.errors import SpectralInputError
 
     run, params, step, _ = open_checkpoint(tiny_irnn, out=str(tmp_path / "a"))
     huge = jax.tree_util.tree_map(lambda a: a * 1e38, params)

@@ -14,7 +14,8 @@ registered cell. All logs are natural logs.
     norms = step_norms(cs.step_fn, cs.s0, xs_TxD)          # (T,), ||ds_{t+1}/ds_t||_2
 """
 
-from rnn_spectra.spectral.cellstep import CellStep, SpectralInputError, make_step_fn
+from rnn_spectra.dynamics import CellStep, make_step_fn
+from rnn_spectra.errors import SpectralInputError
 from rnn_spectra.spectral.fixed_points import (
     FixedPoints,
     analyze_points,

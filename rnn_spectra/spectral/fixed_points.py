@@ -27,7 +27,8 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from rnn_spectra.spectral.cellstep import SpectralInputError, make_step_fn
+from rnn_spectra.dynamics import make_step_fn
+from rnn_spectra.errors import SpectralInputError
 from rnn_spectra.spectral.relu_enumeration import (  # noqa: F401 - re-exported
     RELU_CELLS, ReluFixedPoints, _unique_rows, eig_by_modulus, enumerate_relu_fixed_points,
     patterns_from_states, relu_fixed_points,
@@ -281,7 +282,7 @@ def fixed_points_of_run(model, params, inputs_BxTxD, *, num_candidates: int = 25
             f"inputs must have shape (B, T, {cs.input_size}) with B, T >= 1, got {inputs.shape}")
     x = jnp.zeros(cs.input_size, cs.s0.dtype) if x is None else jnp.asarray(x)
     _, carries = model.unroll(params["cell"], inputs, return_carries=True)
-    flat = jax.vmap(jax.vmap(lambda c: ravel_pytree(c)[0]))(carries)  # (T, B, n), cellstep's order
+    flat = jax.vmap(jax.vmap(lambda c: ravel_pytree(c)[0]))(carries)  # (T, B, n), dynamics.make_step_fn's order
     states = jnp.concatenate([cs.s0[None], flat.reshape(-1, cs.state_size)])
     bad = int(jnp.sum(~jnp.isfinite(states)))
     if bad:

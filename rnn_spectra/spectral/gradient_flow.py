@@ -13,7 +13,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from rnn_spectra.spectral.cellstep import SpectralInputError, make_step_fn
+from rnn_spectra.dynamics import make_step_fn
+from rnn_spectra.errors import SpectralInputError
 from rnn_spectra.spectral.jacobians import StepFn
 
 Array = jax.Array

@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_spectra.spectral.cellstep import SpectralInputError
-from rnn_spectra.spectral.jacobians import StepFn, check_jacobians, kahan_add, trajectory
+from rnn_spectra.dynamics import initial_frame, qr_frame_scan
+from rnn_spectra.errors import SpectralInputError
+from rnn_spectra.spectral.jacobians import StepFn, check_jacobians, trajectory
 
 Array = jax.Array
 METHODS = ("jvp", "jacobian")
@@ -39,17 +40,6 @@ def _check_reorth(reorth_every: int) -> None:
         raise SpectralInputError(f"reorth_every must be a positive int, got {reorth_every!r}")
 
 
-def initial_frame(n: int, k: int, dtype=jnp.float32, key: Array | None = None) -> Array:
-    """A fixed random orthonormal (n, k) frame: the QR method's starting tangent vectors.
-
-    Random rather than the first k unit vectors, which can sit in a subspace the dynamics
-    annihilates (e.g. dead ReLU units) and then report -inf for directions that are alive.
-    """
-    key = jax.random.PRNGKey(0) if key is None else key
-    q, r = jnp.linalg.qr(jax.random.normal(key, (n, k), dtype))
-    return q * jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(dtype)
-
-
 def _check_discard(discard, T: int):
     """A Python int must lie in [0, T-1]; a traced one (per probe, under vmap) is clipped there."""
     if isinstance(discard, (int, np.integer)) and not isinstance(discard, bool):
@@ -61,46 +51,6 @@ def _check_discard(discard, T: int):
     if isinstance(discard, bool) or not jnp.issubdtype(jnp.result_type(discard), jnp.integer):
         raise SpectralInputError(f"discard must be an integer number of steps, got {discard!r}")
     return jnp.clip(discard, 0, T - 1)
-
-
-def _qr_scan(push, inputs, Q0: Array, reorth_every: int, T: int, discard=0) -> Array:
-    """Shared QR loop: ``push(Q, inp) -> Q'`` applies one step's Jacobian to the frame.
-
-    Sums ``ln |R_ii|`` at every re-orthonormalisation (every ``reorth_every`` steps and at the
-    last step) from step ``discard`` on, and divides by ``T - discard``. Sorted descending: the
-    QR method orders them only approximately. During the burn-in a re-orthonormalisation is
-    forced at its last step, so no discarded stretching is counted, and a frame that a step
-    annihilated (some ``R_ii == 0``: a zero Jacobian, e.g. a ReLU net at the zero state) restarts
-    from ``Q0``, so it does not enter the counted steps as an arbitrary frame.
-    """
-    counted = not (isinstance(discard, int) and discard == 0)  # static: discard=0 is the old loop
-
-    def qr_update(Q, total, comp, t):
-        Qn, R = jnp.linalg.qr(Q)
-        logs = jnp.log(jnp.abs(jnp.diagonal(R)))
-        if not counted:
-            return (Qn, *kahan_add(total, comp, logs))
-        burn_in = t < discard
-        Qn = jnp.where(burn_in & jnp.any(jnp.diagonal(R) == 0), Q0, Qn)
-        new_total, new_comp = kahan_add(total, comp, logs)
-        return (Qn, jnp.where(burn_in, total, new_total), jnp.where(burn_in, comp, new_comp))
-
-    def body(carry, inp):
-        Q, total, comp, t = carry
-        Q = push(Q, inp)
-        if reorth_every == 1:  # static: no cond (which vmap would turn into computing both sides)
-            Q, total, comp = qr_update(Q, total, comp, t)
-        else:
-            due = ((t + 1) % reorth_every == 0) | (t + 1 == T)
-            if counted:
-                due = due | (t + 1 == discard)
-            Q, total, comp = jax.lax.cond(due, qr_update, lambda *a: a[:3], Q, total, comp, t)
-        return (Q, total, comp, t + 1), None
-
-    zeros = jnp.zeros((Q0.shape[1],), Q0.dtype)
-    init = (Q0, zeros, zeros, jnp.zeros((), jnp.int32))
-    (_, total, _, _), _ = jax.lax.scan(body, init, inputs)
-    return -jnp.sort(-total / (T - discard if counted else T))
 
 
 def lyapunov_spectrum(step_fn: StepFn, s0: Array, xs: Array, k: int | None = None,
@@ -129,16 +79,17 @@ def lyapunov_spectrum(step_fn: StepFn, s0: Array, xs: Array, k: int | None = Non
     Q0 = initial_frame(n, k, s0.dtype, key)
 
     if method == "jvp":
-        def push(Q, inp):
+        def push(_, Q, inp):
             s_t, x_t = inp
             _, tangent = jax.linearize(lambda s: step_fn(s, x_t), s_t)
-            return jax.vmap(tangent, in_axes=1, out_axes=1)(Q)
+            return None, jax.vmap(tangent, in_axes=1, out_axes=1)(Q)
     else:
-        def push(Q, inp):
+        def push(_, Q, inp):
             s_t, x_t = inp
-            return jax.jacfwd(step_fn)(s_t, x_t) @ Q
+            return None, jax.jacfwd(step_fn)(s_t, x_t) @ Q
 
-    return _qr_scan(push, (states[:-1], xs), Q0, reorth_every, xs.shape[0], discard)
+    return qr_frame_scan(push, (states[:-1], xs), Q0, xs.shape[0], discard=discard,
+                         reorth_every=reorth_every)
 
 
 def lyapunov_from_jacobians(J: Array, k: int | None = None, reorth_every: int = 1,
@@ -150,7 +101,8 @@ def lyapunov_from_jacobians(J: Array, k: int | None = None, reorth_every: int = 
     _check_reorth(reorth_every)
     discard = _check_discard(discard, J.shape[0])
     Q0 = initial_frame(n, k, J.dtype, key)
-    return _qr_scan(lambda Q, J_t: J_t @ Q, J, Q0, reorth_every, J.shape[0], discard)
+    return qr_frame_scan(lambda _, Q, J_t: (None, J_t @ Q), J, Q0, J.shape[0], discard=discard,
+                         reorth_every=reorth_every)
 
 
 NEAR_ZERO = 0.01  # |lambda| <= this (nats per step): a direction that neither vanishes nor explodes

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_spectra.spectral.cellstep import SpectralInputError
+from rnn_spectra.errors import SpectralInputError
 
 Array = jax.Array
 

@@ -59,7 +59,7 @@ from rnn_spectra.backend import single_threaded_blas
 from rnn_spectra.cells import get_cell_spec, recurrent_matrices
 from rnn_spectra.errors import ConfigError
 from rnn_spectra.parallel import to_host
-from rnn_spectra.spectral.cellstep import make_step_fn, state_size
+from rnn_spectra.dynamics import make_step_fn, state_size
 from rnn_spectra.spectral.gradient_flow import model_gradient_flow
 from rnn_spectra.spectral.jacobians import (
     lag_log_norms, log_spaced_lags, measurement_window, step_jacobian_stats, trajectory,

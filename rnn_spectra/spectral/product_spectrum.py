@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_spectra.spectral.jacobians import _lag_slots, check_jacobians, check_lags, kahan_add
+from rnn_spectra.dynamics import kahan_add
+from rnn_spectra.spectral.jacobians import _lag_slots, check_jacobians, check_lags
 
 Array = jax.Array
 

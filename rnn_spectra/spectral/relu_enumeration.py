@@ -12,28 +12,14 @@ the float32 optimiser.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import numpy as np
 
-from rnn_spectra.spectral.cellstep import SpectralInputError
+from rnn_spectra.backend import single_threaded_blas
+from rnn_spectra.errors import SpectralInputError
 
 RELU_CELLS = ("relu_rnn", "irnn")  # ReLU Elman cells: params W_s (H, H), W_x (D, H), b (H,)
-
-
-def one_blas_thread():
-    """Context: numpy's BLAS/LAPACK on one thread meanwhile (threadpoolctl, if installed).
-
-    Our matrices are small (H ~ 100s) and many: OpenBLAS's own threads then fight XLA's thread
-    pool (still spinning after a JAX computation) and any other load. On 2 busy cores a stack of 100
-    (128, 128) inverses took 2.2 s right after a JAX matmul instead of 0.2 s (the spectral monitor
-    saw the same with SVDs, see ``backend.single_threaded_blas``). Same results, one thread."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def eig_by_modulus(J: np.ndarray, k_vec: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +29,7 @@ def eig_by_modulus(J: np.ndarray, k_vec: int = 0) -> tuple[np.ndarray, np.ndarra
     m, n = J.shape[0], J.shape[-1]
     if m == 0:
         return np.zeros((0, n), complex), np.zeros((0, n, k_vec), complex)
-    with one_blas_thread():
+    with single_threaded_blas():
         w, v = np.linalg.eig(J)
     order = np.argsort(-np.abs(w), axis=1, kind="stable")
     w = np.take_along_axis(w, order, axis=1).astype(complex)
@@ -143,7 +129,7 @@ def enumerate_relu_fixed_points(W_s, W_x, b, x, patterns, *, rcond: float = 1e-1
     for start in range(0, patterns.shape[0], chunk):
         d = patterns[start:start + chunk].astype(np.float64)  # (C, H)
         m = eye - d[:, :, None] * W_s  # I - D W_s: rows of units that are off are e_i (h_i = 0)
-        with one_blas_thread():
+        with single_threaded_blas():
             inv = _batched_inverse(m)
         # Singular: 1-norm condition number above 1/rcond (an inverse costs ~1/4 of an SVD).
         with np.errstate(over="ignore", invalid="ignore"):

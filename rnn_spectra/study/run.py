@@ -102,7 +102,7 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
         if workers > 1:
             from rnn_spectra.study.workers import WorkerPool
 
-            pool = stack.enter_context(WorkerPool(workers))
+            pool = stack.enter_context(WorkerPool(workers, train_one_group))
         for name in PHASES:  # each phase's members follow from the finished phases before it
             members = phase_members(preset, workdir, seed_offset, name)
             if workers > 1:

@@ -38,11 +38,10 @@ def _worker_init(cache: bool) -> None:
         enable_compilation_cache()
 
 
-def _train_group(preset, workdir, overrides, seed_offset, phase_name, k) -> str:
-    """In a worker: train group ``k`` of ``phase_name``; 'done', 'interrupted' or the one-line
-    error of a UserError (so the parent can say it)."""
-    from rnn_spectra.study.run import train_one_group
-
+def _train_group(train_one_group, preset, workdir, overrides, seed_offset, phase_name, k) -> str:
+    """In a worker: train group ``k`` of ``phase_name`` with ``study.run.train_one_group`` (passed
+    in, pickled by name, so this module does not import the study it serves); 'done',
+    'interrupted' or the one-line error of a UserError (so the parent can say it)."""
     try:
         train_one_group(preset, workdir, phase_name, k, overrides=overrides,
                         seed_offset=seed_offset, record=False)
@@ -57,8 +56,8 @@ class WorkerPool:
     """``workers`` long-lived processes for the whole study: each pays JAX's start-up once, and
     its compilation cache is warm for the next group of the same shapes."""
 
-    def __init__(self, workers: int):
-        self.workers = workers
+    def __init__(self, workers: int, train_one_group):
+        self.workers, self.train_one_group = workers, train_one_group
         import jax
 
         cache = bool(jax.config.jax_compilation_cache_dir)
@@ -89,8 +88,8 @@ class WorkerPool:
         phase.record_members()
         print(f"{phase.preset.name} {PHASES[name]}: {len(members)} members in {len(groups)} "
               f"programs on {min(self.workers, len(groups))} workers", file=sys.stderr, flush=True)
-        futures = {self.pool.submit(_train_group, phase.preset, phase.workdir, overrides,
-                                    seed_offset, name, g.index): g
+        futures = {self.pool.submit(_train_group, self.train_one_group, phase.preset,
+                                    phase.workdir, overrides, seed_offset, name, g.index): g
                    for g in sorted(groups, key=lambda g: -g.cost)}
         outcomes = {}
         for f in cf.as_completed(futures):
