@@ -3,6 +3,7 @@ one and it moves lambda_1 to its target; weight 0 is the program without it; svd
 W_s's singular values in [1 - m, 1 + m]; the projection keeps sigma_max(W_s) <= s after every
 step, stacked too; bad settings are one-line errors."""
 
+import copy
 import json
 import re
 import os
@@ -137,6 +138,48 @@ def test_regulariser_steers_lambda_1_to_the_target(tiny_config):
     state, rows = run_steps(exp, 200)
     assert abs(probe_lambda_1(exp, state["params"])) < 0.05
     assert abs(rows[-1]["control/lyapunov_1"]) < 0.05  # what the train metrics saw
+
+
+def test_the_regulariser_reaches_dead_units_outgoing_weights_which_adam_moves_at_full_step(
+        tiny_config):
+    """The control study's IRNN anomaly (docs/control/results.md, adding T = 200: the IRNN with
+    and without the regulariser end at the same loss, to 3e-6, but sigma_max(W_s) 1.47 vs 1.01).
+    An identity-init ReLU net whose input weights drive some units below zero keeps them dead
+    (h_j = 0 on every step). Their outgoing weights W_s[:, dead] multiply zeros: the task loss's
+    gradient there is exactly 0. The regulariser's QR frame spans every direction (random, and
+    shifted by FRAME_SHIFT), so its exponents do depend on those columns: a small gradient
+    (lambda_1 of an identity W_s is ~0, the target). Adam's step does not scale with the
+    gradient, so those columns move by ~lr per step while nothing the network computes changes:
+    sigma_max grows, the loss does not. (Re-running that study row, seed 100: the whole
+    difference between the two W_s lay in the columns of the 7 units dead on the probe
+    sequences; restoring them gave sigma_max 1.0072, the plain run's.)"""
+    common = {"model.cell": "irnn", "model.recurrent_init": "identity", "model.hidden_size": 16,
+              "task.seq_len": 60, "train.batch_size": 16, "optim.name": "adam",
+              "optim.learning_rate": 0.001, "seed": 0}
+    plain = experiment(copy.deepcopy(tiny_config), **common)
+    reg = experiment(tiny_config, **common, **{"control.lyapunov.weight": 1.0,
+                                                "control.lyapunov.target": 0.0})
+    start = init_state(reg, 0)
+    steps = 60
+    plain_end, reg_end = run_steps(plain, steps)[0], run_steps(reg, steps)[0]
+    x = reg.task.batch(jax.random.PRNGKey(1), 512)[0]
+    dead = np.ones(16, bool)
+    for state in (start, plain_end):  # dead before and after training, on 512 sequences
+        dead &= np.all(np.asarray(reg.model.unroll(state["params"]["cell"], x)[0]) == 0, axis=(0, 1))
+    assert 0 < dead.sum() < dead.size  # the setting has dead units, and live ones
+    W0 = np.asarray(start["params"]["cell"]["W_s"])[:, dead]
+    # Without the regulariser nothing moves those weights: the loss's gradient there is 0.
+    np.testing.assert_array_equal(np.asarray(plain_end["params"]["cell"]["W_s"])[:, dead], W0)
+    moved = np.abs(np.asarray(reg_end["params"]["cell"]["W_s"])[:, dead] - W0).max()
+
+    def penalty(p):
+        xs = reg.task.train_batch(reg_end["key"], reg_end["step"], 16)[0]
+        return control.lyapunov_penalty(reg.model, reg.run.control.lyapunov, reg_end["control"],
+                                        p["cell"], xs, reg_end["step"])[0]
+
+    g = np.abs(np.asarray(jax.grad(penalty)(reg_end["params"])["cell"]["W_s"])[:, dead]).max()
+    sgd_scale = 0.001 * steps * g  # what plain gradient steps of that size would add up to
+    assert moved > 5 * 0.001 and moved > 1000 * sgd_scale, (moved, sgd_scale)
 
 
 def test_weight_zero_is_the_program_without_the_control_section(tiny_config):
