@@ -6,9 +6,10 @@ singular values and eigenvalues; all singular values of ``ds_T/ds_{T-k}`` at log
 (``product_log_singular_values``, stable at any T); the full Lyapunov spectrum (k = n); the
 gradient-flow profile at every t. Figures add the spectra.jsonl history where there is one.
 
-``analyze_fixed_points`` (``analyze --fixed-points``) adds the fixed and slow points of the
-checkpoint's dynamics under the constant input x = 0 ("no input"), found from the states the run
-visits on its probe sequences (``fixed_points.fixed_points_of_run``).
+``analyze_fixed_points`` (``analyze --fixed-points``, which then writes nothing else) finds the
+fixed and slow points of the checkpoint's dynamics under the constant input x = 0 ("no input"),
+from the states the run visits on its probe sequences (``fixed_points.fixed_points_of_run``).
+Every figure is drawn by ``plots`` in its one style and titled ``"<run> · step N · <what>"``.
 """
 
 from __future__ import annotations
@@ -22,19 +23,27 @@ import numpy as np
 
 from rnn_spectra import plots
 from rnn_spectra import workdir as wd
-from rnn_spectra.runs import load_run
 from rnn_spectra.cells import recurrent_matrices
 from rnn_spectra.errors import ConfigError, WorkdirError
 from rnn_spectra.dynamics import make_step_fn, state_size
+from rnn_spectra.runs import load_run
 from rnn_spectra.spectral.fixed_points import (
-    _unique_rows, analyze_points, fixed_points_figure, fixed_points_of_run,
+    _unique_rows,
+    analyze_points,
+    fixed_points_of_run,
 )
 from rnn_spectra.spectral.gradient_flow import model_gradient_flow
 from rnn_spectra.spectral.jacobians import (
-    jacobian_stats, log_spaced_lags, measurement_window, step_jacobians, window_summary,
+    jacobian_stats,
+    log_spaced_lags,
+    measurement_window,
+    step_jacobians,
+    window_summary,
 )
 from rnn_spectra.spectral.lyapunov import (
-    kaplan_yorke_dimension, lyapunov_from_jacobians, near_zero_count,
+    kaplan_yorke_dimension,
+    lyapunov_from_jacobians,
+    near_zero_count,
 )
 from rnn_spectra.spectral.matrices import matrix_spectrum
 from rnn_spectra.spectral.monitor import probe_batch
@@ -76,7 +85,7 @@ def compute(exp, params, num_lags: int = DEFAULT_LAGS, sequences: int | None = N
         out[f"spectral_radius/{name}"] = np.asarray(spec["spectral_radius"])
         out[f"condition_number/{name}"] = np.asarray(spec["condition_number"])
     cs = make_step_fn(model, params["cell"])
-    discard = int(round(exp.run.spectral.lyapunov_discard * T))  # the monitor's burn-in
+    discard = round(exp.run.spectral.lyapunov_discard * T)  # the monitor's burn-in
     barrier = jax.lax.optimization_barrier  # one LAPACK kernel at a time (see monitor.py)
 
     @jax.jit
@@ -108,45 +117,57 @@ def compute(exp, params, num_lags: int = DEFAULT_LAGS, sequences: int | None = N
     return out
 
 
-def figures(result: dict, rows: list[dict], step: int, cell: str, out_dir: str) -> list[str]:
-    """The analysis PNGs in ``out_dir``; ``rows`` is the run's spectra.jsonl (may be empty)."""
-    tag = f"{cell}, checkpoint step {step}"
+FIGURES = ("w_singular_values", "jacobian_norm_vs_lag", "product_spectrum_vs_lag",
+           "lyapunov_spectrum", "gradient_flow")  # the PNGs of ``figures``, without --fixed-points
+
+
+def run_label(workdir: str, cell: str) -> str:
+    """The run's name in figure titles: the workdir's folder name, with the cell if it is not in it."""
+    name = os.path.basename(os.path.normpath(workdir)) or workdir
+    return name if cell in name else f"{name} ({cell})"
+
+
+def figures(result: dict, rows: list[dict], step: int, run: str, out_dir: str) -> list[str]:
+    """The ``FIGURES`` PNGs in ``out_dir``, titled ``plots.title(run, step, ...)``; ``rows`` is the
+    run's spectra.jsonl up to ``step`` (may be empty)."""
     names = [k[3:] for k in result if k.startswith("sv/")]
     paths = []
+
+    def put(name, fig):  # saved (and closed) at once: one figure in memory at a time
+        paths.append(plots.save(fig, os.path.join(out_dir, f"{name}.png")))
+
     if rows:
         steps, sv = plots.rows_series(rows, "step")[0], plots.sv_matrices(rows)
     else:  # no history: the one checkpoint analysed
         steps, sv = np.asarray([step]), {n: result[f"sv/{n}"][None] for n in names}
-    fig = plots.singular_values_over_training(
-        steps, sv, title=f"Singular values of W during training\n{cell}, up to step {step}")
-    paths.append(plots.save(fig, os.path.join(out_dir, "w_singular_values.png")))
+    put("w_singular_values", plots.singular_values_over_training(
+        steps, sv, title=plots.title(run, step, "singular values of W during training, up to this step")))
 
     here = f"step {step}: this analysis"
     earlier = [r for r in rows if r["step"] < step]  # the row at this step would hide under it
     jac = {here: (result["lags"], result["jac_log_norm"])}
     for r in plots.pick_rows([r for r in earlier if "jac_log_norm/mean" in r], 4):
         jac[f"training step {r['step']}: mean (spectra.jsonl)"] = (r["lags"], r["jac_log_norm/mean"])
-    fig = plots.jacobian_norm_vs_lag(jac, title=f"Long-range Jacobian norm ‖∂h_T/∂h_(T−k)‖₂ vs lag\n{tag}",
-                                     highlight=here)
-    paths.append(plots.save(fig, os.path.join(out_dir, "jacobian_norm_vs_lag.png")))
+    put("jacobian_norm_vs_lag", plots.jacobian_norm_vs_lag(
+        jac, title=plots.title(run, step, "long-range Jacobian norm ‖∂h_T/∂h_(T−k)‖₂ vs lag"),
+        highlight=here))
 
-    fig = plots.product_spectrum_vs_lag(
+    put("product_spectrum_vs_lag", plots.product_spectrum_vs_lag(
         result["lags"], result["product_log_sv"][0],
-        title=f"All singular values of ∂s_T/∂s_(T−k) vs lag\n{tag}, probe sequence 1")
-    paths.append(plots.save(fig, os.path.join(out_dir, "product_spectrum_vs_lag.png")))
+        title=plots.title(run, step, "all singular values of ∂s_T/∂s_(T−k) vs lag, probe sequence 1")))
 
     lam = {f"step {step}: full spectrum, mean over probe sequences": np.mean(result["lyapunov"], axis=0)}
     for r in plots.pick_rows([r for r in rows if "lyapunov/mean" in r], 3):
         lam[f"training step {r['step']}: top {len(r['lyapunov/mean'])} (spectra.jsonl)"] = r["lyapunov/mean"]
-    fig = plots.lyapunov_spectrum(lam, title=f"Lyapunov spectrum of the state dynamics\n{tag}")
-    paths.append(plots.save(fig, os.path.join(out_dir, "lyapunov_spectrum.png")))
+    put("lyapunov_spectrum", plots.lyapunov_spectrum(
+        lam, title=plots.title(run, step, "Lyapunov spectrum of the state dynamics")))
 
     flow = {here: (result["grad_flow_t"], result["grad_flow_log_norm"])}
     for r in plots.pick_rows([r for r in earlier if "grad_flow/log_norm" in r], 3):
         flow[f"training step {r['step']} (spectra.jsonl)"] = (r["grad_flow/t"], r["grad_flow/log_norm"])
-    fig = plots.gradient_flow(flow, title=f"Gradient norm ‖∂L/∂h_t‖ vs time step\n{tag}, probe batch",
-                              highlight=here)
-    paths.append(plots.save(fig, os.path.join(out_dir, "gradient_flow.png")))
+    put("gradient_flow", plots.gradient_flow(
+        flow, title=plots.title(run, step, "gradient norm ‖∂L/∂h_t‖ vs time step, probe batch"),
+        highlight=here))
     return paths
 
 
@@ -221,7 +242,7 @@ def analyze_workdir(workdir: str, step: int | None = None, out: str | None = Non
     _refuse_undefined(result, workdir, step)
     npz = _write(os.path.join(out, f"spectra_step{step}.npz"),
                  lambda tmp: np.savez_compressed(tmp, step=np.asarray(step), **result))
-    paths = figures(result, rows, step, cfg.cell, out)
+    paths = figures(result, rows, step, run_label(workdir, cfg.cell), out)
     return {"step": step, "npz": npz, "figures": paths, "out": out}
 
 
@@ -273,12 +294,12 @@ def fixed_points_counts(result: dict) -> dict:
     near = np.abs(eig - 1.0) <= FP_EPS
     out = {
         "x": [float(v) for v in np.asarray(result["x"])],
-        "candidates": int(len(result["fp/all_q"])),
-        "fixed": int(len(points)),
-        "slow": int(len(result["fp/slow_points"])),
+        "candidates": len(result["fp/all_q"]),
+        "fixed": len(points),
+        "slow": len(result["fp/slow_points"]),
         "neither": int(np.sum(~(np.asarray(result["fp/converged"]) | np.asarray(result["fp/slow"])))),
         "pcs": pcs,
-        "fixed_on_pcs": int(len(_unique_rows(projected, 1e-3))) if len(points) else 0,
+        "fixed_on_pcs": len(_unique_rows(projected, 1e-3)) if len(points) else 0,
         "unstable": {int(k): int(v)
                      for k, v in zip(*np.unique(result["fp/num_unstable"], return_counts=True))},
         "leading_abs": _spread(np.abs(eig[:, 0])) if eig.size else None,
@@ -294,7 +315,7 @@ def fixed_points_counts(result: dict) -> dict:
         out["relu"] = {"tried": int(result["fp_relu/num_tried"]),
                        "singular": int(result["fp_relu/num_singular"]),
                        "found": int(result["fp_relu/num_found"]),
-                       "unique": int(len(result["fp_relu/points"])),
+                       "unique": len(result["fp_relu/points"]),
                        "unstable": int(np.sum(np.asarray(result["fp_relu/num_unstable"]) > 0)),
                        "inactive_units": int(np.sum(np.all(states <= 0, axis=0))),
                        "units": int(states.shape[1])}
@@ -364,7 +385,7 @@ def analyze_fixed_points(workdir: str, step: int | None = None, out: str | None 
     standard deviation); see ``compute_fixed_points``. Writes ``fixed_points_step<N>.npz``
     (``fp/...``, ``fp_slow/eigenvalues``, ``fp_slow/num_unstable`` the linearisation at the slow
     points, ``fp_relu/...`` for ReLU cells, ``states``, ``x``, ``step``) and ``fixed_points.png``
-    (``fixed_points_figure``) into ``out`` (default ``WORKDIR/analysis/step_<N>``). Returns
+    (``plots.fixed_points``) into ``out`` (default ``WORKDIR/analysis/step_<N>``). Returns
     {"step", "npz", "figure", "out", "counts", "summary"}: ``fixed_points_counts`` and its paragraph.
     """
     if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 1:
@@ -377,8 +398,9 @@ def analyze_fixed_points(workdir: str, step: int | None = None, out: str | None 
     result = compute_fixed_points(run, params, candidates, sequences)
     npz = _write(os.path.join(out, f"fixed_points_step{step}.npz"),
                  lambda tmp: np.savez_compressed(tmp, step=np.asarray(step), **result))
-    figure = _write(os.path.join(out, "fixed_points.png"),
-                    lambda tmp: fixed_points_figure(result, result["states"], tmp))
+    title = plots.title(run_label(workdir, cfg.cell), step, "fixed and slow points under x = 0")
+    figure = plots.save(plots.fixed_points(result, result["states"], title=title),
+                        os.path.join(out, "fixed_points.png"))
     counts = fixed_points_counts(result)
     return {"step": step, "npz": npz, "figure": figure, "out": out, "counts": counts,
             "summary": f"{cfg.cell} step {step}: " + fixed_points_summary(counts, sequences)}

@@ -12,7 +12,13 @@ import os
 import sys
 import warnings
 
-from rnn_spectra.errors import INTERRUPTED, ConfigError, Interrupted, StorageError, UserError
+from rnn_spectra.errors import (
+    INTERRUPTED,
+    ConfigError,
+    Interrupted,
+    StorageError,
+    UserError,
+)
 from rnn_spectra.signals import SetUpSignals
 from rnn_spectra.workdir import check_utf8_path
 
@@ -73,7 +79,12 @@ def cmd_study(args, overrides) -> int:
 
 def cmd_report(args, overrides) -> int:
     from rnn_spectra.study.claims import check_compatible, check_study
-    from rnn_spectra.study.report import check_publish_dir, publish, study_command, write_report
+    from rnn_spectra.study.report import (
+        check_publish_dir,
+        publish,
+        study_command,
+        write_report,
+    )
     from rnn_spectra.study.run import export_chosen_checkpoints
 
     if args.publish:
@@ -93,26 +104,30 @@ def cmd_report(args, overrides) -> int:
 
 def cmd_analyze(args, overrides) -> int:
     from rnn_spectra.analyze import (
-        FP_CANDIDATES, analyze_fixed_points, analyze_workdir, check_candidates, open_checkpoint,
+        FP_CANDIDATES,
+        analyze_fixed_points,
+        analyze_workdir,
+        check_candidates,
+        open_checkpoint,
     )
 
     if args.candidates is not None and not args.fixed_points:
         raise ConfigError("--candidates sets the fixed-point search; add --fixed-points")
     candidates = FP_CANDIDATES if args.candidates is None else args.candidates
-    if args.fixed_points:  # before the spectral analysis spends its time
+    if args.fixed_points:  # before the checkpoint is restored
         check_candidates(candidates)
-    opened = open_checkpoint(args.workdir, args.step, args.out)  # restored once for both
-    if args.fixed_points:  # its memory, now that the state size is known
-        check_candidates(candidates, opened[0].model)
-    result = analyze_workdir(args.workdir, opened=opened)
-    print(f"{args.workdir}: step {result['step']} analysed -> {result['npz']}")
-    for path in result["figures"]:
-        print(f"  {path}")
-    if args.fixed_points:
+    opened = open_checkpoint(args.workdir, args.step, args.out)
+    if args.fixed_points:  # only the fixed points: the spectra's files are left as they are
+        check_candidates(candidates, opened[0].model)  # its memory, now that n is known
         fp = analyze_fixed_points(args.workdir, candidates=candidates, opened=opened)
         print(f"{args.workdir}: step {fp['step']} fixed points (input x = 0) -> {fp['npz']}")
         print(f"  {fp['figure']}")
         print(fp["summary"])
+        return 0
+    result = analyze_workdir(args.workdir, opened=opened)
+    print(f"{args.workdir}: step {result['step']} analysed -> {result['npz']}")
+    for path in result["figures"]:
+        print(f"  {path}")
     return 0
 
 
@@ -173,13 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only the keys that start with this (e.g. model. or optim.clip)")
     config.set_defaults(func=cmd_config, takes_overrides=True)
 
-    analyze = sub.add_parser("analyze", help="spectra of one checkpoint of a run: .npz + PNG figures")
+    analyze = sub.add_parser("analyze", help="spectra (or, with --fixed-points, the fixed points) of "
+                                             "one checkpoint of a run: .npz + PNG figures")
     analyze.add_argument("--workdir", required=True, help="the run's directory")
     analyze.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     analyze.add_argument("--out", default=None, help="output directory (default WORKDIR/analysis/step_N)")
     analyze.add_argument("--fixed-points", action="store_true",
-                         help="also find the fixed and slow points under the constant input x = 0 "
-                              "(no input): fixed_points_step<N>.npz, fixed_points.png and a summary")
+                         help="instead of the spectra, find the fixed and slow points under the "
+                              "constant input x = 0 (no input): writes only fixed_points_step<N>.npz "
+                              "and fixed_points.png and prints a summary (the spectra's .npz and "
+                              "five figures are not touched; run analyze without it for those)")
     analyze.add_argument("--candidates", type=int, default=None,
                          help="starting states of the fixed-point search (with --fixed-points; default 256)")
     analyze.set_defaults(func=cmd_analyze)

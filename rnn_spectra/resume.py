@@ -37,7 +37,16 @@ RESUMABLE_KEYS = ("train.steps", "train.progress", "train.log_every", "train.eva
 
 
 class WorkdirLock:
-    """An exclusive flock on WORKDIR/.lock; a second process on the same workdir is refused."""
+    """An exclusive flock on WORKDIR/.lock; a second process on the same workdir is refused.
+
+    flock directly, not ``filelock`` (which ``workdir.update_json`` uses for its short critical
+    sections): the refusal names the holder's PID, which the holder writes into the lock file
+    once it has the lock. filelock (its UnixFileLock is the same flock, released when the
+    process dies) gives no supported way to write or read that file, and across the versions we
+    allow (>= 3.12) it differs in what it does to it: 3.x opens it with O_TRUNC before trying the
+    lock, so a refused second process would erase the holder's PID; 4.x by default falls back to
+    a soft lock (a marker file, which the kernel does not release) on a file system without flock.
+    """
 
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, ".lock")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import os
 
+import numpy as np
+
 from rnn_spectra import config as config_lib
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
@@ -23,7 +25,8 @@ from rnn_spectra.errors import WorkdirError
 
 class Run:
     """A workdir's record: ``config`` (ConfigDict), ``summary`` (dict or None while it runs),
-    ``metrics`` / ``spectra`` (lists of row dicts), ``steps`` (checkpoint steps), and what is
+    ``metrics`` / ``spectra`` (lists of row dicts; ``metrics_frame()`` / ``spectra_frame()`` as
+    pandas DataFrames), ``steps`` (checkpoint steps), and what is
     built from them: ``run_config``, ``experiment``, ``model``, ``params(step)``, ``step_fn``,
     ``probe_inputs``."""
 
@@ -58,6 +61,19 @@ class Run:
     @functools.cached_property
     def spectra(self) -> list[dict]:
         return wd.read_jsonl(wd.path(self.workdir, wd.SPECTRA))
+
+    def metrics_frame(self):
+        """metrics.jsonl as a pandas DataFrame: one row per logged (step, split), one column per
+        key (``step``, ``split`` first; a key a row lacks is NaN); non-finite values, which the
+        file spells "nan" / "inf", are floats again. Needs pandas (the ``frames`` extra)."""
+        return _frame(self.metrics, "metrics_frame")
+
+    def spectra_frame(self):
+        """spectra.jsonl as a pandas DataFrame: one row per measured step, ``step`` first. Scalar
+        keys are numeric columns; array-valued keys (``sv/W_s``, ``lags``, ``lyapunov/mean``,
+        the ``/per_probe`` values, ...) are object columns holding one float64 numpy array per
+        row, so ``np.stack(df["sv/W_s"])`` is (steps, n). Needs pandas (the ``frames`` extra)."""
+        return _frame(self.spectra, "spectra_frame")
 
     @property
     def steps(self) -> list[int]:
@@ -124,6 +140,34 @@ class Run:
     def probe_inputs(self, n: int = 1):
         """``n`` input sequences (n, T, D) of the run's task (see ``probe_batch``)."""
         return self.probe_batch(n)[0]
+
+
+_NON_FINITE = {"nan", "inf", "-inf"}  # how workdir._clean writes non-finite floats to JSON
+
+
+def _cell(value):
+    """A JSON value as a frame cell: "nan"/"inf" back to floats, lists to float64 arrays."""
+    if isinstance(value, str) and value in _NON_FINITE:
+        return float(value)
+    if isinstance(value, list):
+        try:
+            return np.asarray(value, dtype=np.float64)  # numpy reads "nan" / "-inf" as floats
+        except (TypeError, ValueError):  # ragged or not numbers: kept as written
+            return value
+    return value
+
+
+def _frame(rows: list[dict], method: str):
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ImportError(f"Run.{method}() needs pandas; install it with the frames extra: "
+                          "pip install 'rnn_spectra[frames]'") from None
+    found = {k for row in rows for k in row}
+    keys = [k for k in ("step", "split") if k in found] + sorted(found - {"step", "split"})
+    # Column by column: a list of equal-length arrays must stay one array per cell, not a 2-D block.
+    return pd.DataFrame({k: pd.Series([_cell(row.get(k, np.nan)) for row in rows], dtype=object
+                                      ).infer_objects() for k in keys}, columns=keys)
 
 
 def load_run(workdir: str) -> Run:

@@ -14,9 +14,10 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _readme_example() -> str:
-    text = open(os.path.join(HERE, "README.md")).read()
+    with open(os.path.join(HERE, "README.md")) as f:
+        text = f.read()
     section = text[text.index("## Python API"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
 
 
 @pytest.fixture
@@ -29,7 +30,8 @@ def trained(tiny_config, tmp_path):
 
 
 def test_the_readme_example_runs(trained, capsys):
-    exec(compile(_readme_example().replace('"runs/x"', repr(trained)), "README.md", "exec"), {})
+    code = compile(_readme_example().replace('"runs/x"', repr(trained)), "README.md", "exec")
+    exec(code, {})  # noqa: S102 - the README's own example is what this test runs
     out = capsys.readouterr().out
     assert "completed [10, 20]" in out
 
@@ -52,13 +54,42 @@ def test_load_run_gives_the_record_and_the_params(trained, tiny_config):
     np.testing.assert_allclose([log_sv[T - k, 0] for k in lags], row, rtol=1e-4, atol=1e-4)
 
 
+def test_frames_hold_the_rows_of_metrics_and_spectra(trained, monkeypatch):
+    import sys
+
+    from rnn_spectra import workdir as wd
+
+    run = rs.load_run(trained)
+    assert run.metrics and run.spectra  # read now, before the row below is added
+    # A non-finite value (a diverging step) is written as "nan" / "inf" in the jsonl file.
+    wd.append_jsonl(os.path.join(trained, wd.METRICS),
+                    [{"step": 21, "split": "train", "loss": float("nan"), "grad_norm": float("inf")}])
+    metrics = rs.load_run(trained).metrics_frame()
+    assert list(metrics.columns[:2]) == ["step", "split"] and len(metrics) == len(run.metrics) + 1
+    assert metrics["step"].tolist() == [r["step"] for r in run.metrics] + [21]
+    np.testing.assert_allclose(metrics["loss"][:-1], [r["loss"] for r in run.metrics])
+    assert metrics["loss"].dtype == np.float64 and np.isnan(metrics["loss"].iloc[-1])
+    assert metrics["grad_norm"].iloc[-1] == np.inf
+
+    spectra = run.spectra_frame()
+    assert spectra["step"].tolist() == [0, 10, 20] and spectra["step"].dtype == np.int64
+    assert spectra["spectral_radius/W_s"].dtype == np.float64  # scalars: numeric columns
+    sv = np.stack(spectra["sv/W_s"])  # arrays: one float64 array per row
+    np.testing.assert_array_equal(sv, [r["sv/W_s"] for r in run.spectra])
+    assert spectra["jac_log_norm/per_probe"].iloc[-1].shape == np.shape(run.spectra[-1]["jac_log_norm/per_probe"])
+
+    monkeypatch.setitem(sys.modules, "pandas", None)  # pandas not installed
+    with pytest.raises(ImportError, match=r"^Run.spectra_frame\(\) needs pandas; .*rnn_spectra\[frames\]"):
+        run.spectra_frame()
+
+
 def test_init_model_is_the_init_of_a_run_of_that_seed(tiny_config):
     from rnn_spectra import config as config_lib
     from rnn_spectra.train import build, init_state
 
     tiny_config.model.cell, tiny_config.seed = "irnn", 3
-    model, params = rs.init_model(cell="irnn", hidden_size=tiny_config.model.hidden_size,
-                                  input_size=2, seed=3)
+    _model, params = rs.init_model(cell="irnn", hidden_size=tiny_config.model.hidden_size,
+                                   input_size=2, seed=3)
     want = init_state(build(config_lib.resolve(tiny_config)), 3)["params"]
     np.testing.assert_array_equal(np.asarray(params["cell"]["W_s"]), np.asarray(want["cell"]["W_s"]))
     np.testing.assert_array_equal(np.asarray(params["cell"]["W_x"]), np.asarray(want["cell"]["W_x"]))

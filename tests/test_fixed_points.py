@@ -16,7 +16,6 @@ from rnn_spectra.spectral.fixed_points import (
     candidates_from_trajectories,
     enumerate_relu_fixed_points,
     find_fixed_points,
-    fixed_points_figure,
     fixed_points_of_run,
     patterns_from_states,
     relu_fixed_points,
@@ -227,7 +226,9 @@ def test_figure_and_savez(tmp_path):
     params = model.init(jax.random.PRNGKey(0))
     out = fixed_points_of_run(model, params, jax.random.normal(jax.random.PRNGKey(1), (2, 10, 2)),
                               num_candidates=16, steps=100)
-    path = fixed_points_figure(out, out["states"], str(tmp_path / "fp.png"))
+    from rnn_spectra import plots
+
+    path = plots.save(plots.fixed_points(out, out["states"]), str(tmp_path / "fp.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     np.savez(tmp_path / "fp.npz", **out)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from rnn_spectra import cli
+from rnn_spectra.analyze import FIGURES, FP_SEQUENCES, analyze_fixed_points
 from rnn_spectra.errors import ConfigError, WorkdirError
-from rnn_spectra.analyze import FP_SEQUENCES, analyze_fixed_points
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, T, STEPS = 4, 6, 6
@@ -29,13 +29,26 @@ def tiny_irnn(tmp_path_factory):
 
 def test_analyze_fixed_points_cli(tiny_irnn, tmp_path, capsys):
     out = str(tmp_path / "out")
+    os.makedirs(out)
+    earlier = {}  # a plain analyze's figures, there before: --fixed-points leaves them alone
+    for name in FIGURES:
+        path = os.path.join(out, f"{name}.png")
+        with open(path, "wb") as f:
+            f.write(b"earlier figure")
+        os.utime(path, (1_000_000, 1_000_000))
+        earlier[path] = os.stat(path).st_mtime_ns
     capsys.readouterr()
     assert cli.main(["analyze", "--workdir", tiny_irnn, "--out", out, "--fixed-points",
                      "--candidates", "16"]) == 0
     printed = capsys.readouterr().out
     assert "fixed points (input x = 0)" in printed and "Under the constant input x = 0" in printed
-    assert "Exact ReLU enumeration" in printed
-    assert os.path.exists(os.path.join(out, f"spectra_step{STEPS}.npz"))  # in addition to the spectra
+    assert "Exact ReLU enumeration" in printed and "analysed ->" not in printed
+    for path, mtime in earlier.items():
+        with open(path, "rb") as f:
+            assert os.stat(path).st_mtime_ns == mtime and f.read() == b"earlier figure", path
+    assert not os.path.exists(os.path.join(out, f"spectra_step{STEPS}.npz"))  # fixed points only
+    assert sorted(os.listdir(out)) == sorted([*(f"{n}.png" for n in FIGURES), "fixed_points.png",
+                                              f"fixed_points_step{STEPS}.npz"])
     assert os.path.getsize(os.path.join(out, "fixed_points.png")) > 10_000
     r = np.load(os.path.join(out, f"fixed_points_step{STEPS}.npz"))
     assert int(r["step"]) == STEPS

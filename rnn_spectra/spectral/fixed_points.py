@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +30,13 @@ from jax.flatten_util import ravel_pytree
 from rnn_spectra.dynamics import make_step_fn
 from rnn_spectra.errors import SpectralInputError
 from rnn_spectra.spectral.relu_enumeration import (  # noqa: F401 - re-exported
-    RELU_CELLS, ReluFixedPoints, _unique_rows, eig_by_modulus, enumerate_relu_fixed_points,
-    patterns_from_states, relu_fixed_points,
+    RELU_CELLS,
+    ReluFixedPoints,
+    _unique_rows,
+    eig_by_modulus,
+    enumerate_relu_fixed_points,
+    patterns_from_states,
+    relu_fixed_points,
 )
 
 Array = jax.Array
@@ -301,58 +306,3 @@ def fixed_points_of_run(model, params, inputs_BxTxD, *, num_candidates: int = 25
         relu = relu_fixed_points(model, params["cell"], np.concatenate([np.asarray(states), ends]), x)
         out.update(relu.as_dict("fp_relu/"))
     return out
-
-
-def fixed_points_figure(result, states, path: str) -> str:
-    """PNG at ``path``: left, trajectory states (grey) and fixed points (coloured by log10 q) / slow
-    points (hollow) / exactly enumerated ReLU fixed points (x) on the states' top two principal
-    components; right, the eigenvalues of the 3 most stable fixed points (smallest max |lambda|)
-    with the unit circle. ``result``: the dict of ``fixed_points_of_run`` or a ``FixedPoints``;
-    ``states`` (N, n) or (..., n). Returns ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    r = result.as_dict("fp/") if isinstance(result, FixedPoints) else result
-    states = np.asarray(states, np.float64)
-    states = states.reshape(-1, states.shape[-1])
-    mean = states.mean(axis=0)
-    _, _, vt = np.linalg.svd(states - mean, full_matrices=False)
-    pcs = np.zeros((states.shape[1], 2))
-    pcs[:, :min(2, vt.shape[0])] = vt[:2].T
-
-    def proj(p):
-        return (np.asarray(p, np.float64).reshape(-1, states.shape[1]) - mean) @ pcs
-
-    fig, (ax, ax_eig) = plt.subplots(1, 2, figsize=(11, 4.6))
-    st = proj(states)
-    ax.scatter(st[:, 0], st[:, 1], s=4, c="0.85", label="trajectory states")
-    logq = np.log10(np.maximum(np.concatenate([r["fp/q"], r["fp/slow_q"]]), 1e-30))
-    norm = matplotlib.colors.Normalize(*(logq.min(), logq.max()) if logq.size else (-12, -4))
-    fp, sp = proj(r["fp/points"]), proj(r["fp/slow_points"])
-    sc = ax.scatter(fp[:, 0], fp[:, 1], c=np.log10(np.maximum(r["fp/q"], 1e-30)), norm=norm,
-                    cmap="viridis", s=40, edgecolors="k", label="fixed points")
-    ax.scatter(sp[:, 0], sp[:, 1], facecolors="none", s=40,
-               edgecolors=plt.get_cmap("viridis")(norm(np.log10(r["fp/slow_q"]))), label="slow points")
-    if "fp_relu/points" in r and len(r["fp_relu/points"]):
-        rp = proj(r["fp_relu/points"])
-        ax.scatter(rp[:, 0], rp[:, 1], marker="x", c="tab:red", s=30, label="ReLU enumeration")
-    fig.colorbar(sc, ax=ax, label="log10 q")
-    ax.set(xlabel="PC 1", ylabel="PC 2", title="fixed and slow points")
-    ax.legend(fontsize=7, loc="best")
-    t = np.linspace(0, 2 * np.pi, 200)
-    ax_eig.plot(np.cos(t), np.sin(t), "k-", lw=0.8)
-    eig = np.asarray(r["fp/eigenvalues"])
-    for i in np.argsort(np.abs(eig[:, 0]))[:3] if eig.size else []:
-        ax_eig.scatter(eig[i].real, eig[i].imag, s=15, label=f"point {i}: max|lambda|={abs(eig[i, 0]):.3f}")
-    if eig.size:
-        ax_eig.legend(fontsize=7)
-    else:
-        ax_eig.text(0, 0, "no fixed points", ha="center")
-    ax_eig.set(xlabel="Re lambda", ylabel="Im lambda", title="Jacobian eigenvalues, 3 most stable",
-               aspect="equal")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
