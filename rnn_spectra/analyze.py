@@ -24,26 +24,16 @@ import numpy as np
 from rnn_spectra import plots
 from rnn_spectra import workdir as wd
 from rnn_spectra.cells import recurrent_matrices
-from rnn_spectra.errors import ConfigError, WorkdirError
 from rnn_spectra.dynamics import make_step_fn, state_size
+from rnn_spectra.errors import ConfigError, WorkdirError
 from rnn_spectra.runs import load_run
-from rnn_spectra.spectral.fixed_points import (
-    _unique_rows,
-    analyze_points,
-    fixed_points_of_run,
-)
+from rnn_spectra.spectral.fixed_points import _unique_rows, analyze_points, fixed_points_of_run
 from rnn_spectra.spectral.gradient_flow import model_gradient_flow
 from rnn_spectra.spectral.jacobians import (
-    jacobian_stats,
-    log_spaced_lags,
-    measurement_window,
-    step_jacobians,
-    window_summary,
+    jacobian_stats, log_spaced_lags, measurement_window, step_jacobians, window_summary,
 )
 from rnn_spectra.spectral.lyapunov import (
-    kaplan_yorke_dimension,
-    lyapunov_from_jacobians,
-    near_zero_count,
+    kaplan_yorke_dimension, lyapunov_from_jacobians, near_zero_count,
 )
 from rnn_spectra.spectral.matrices import matrix_spectrum
 from rnn_spectra.spectral.monitor import probe_batch
