@@ -66,7 +66,7 @@ def test_two_workers_give_the_numbers_of_one_process(two, tmp_path):
     assert wd.read_json(os.path.join(many, "study.json"))["groups_found_done"] == 0
     # again: the workers find every group done, and the report gives no speed for this run
     assert cli.main(["study", "--preset", two, "--workdir", many, "--workers", "2"]) == 0
-    assert wd.read_json(os.path.join(many, "study.json"))["groups_found_done"] == 4
+    assert wd.read_json(os.path.join(many, "study.json"))["groups_found_done"] == 6  # 2 per phase
 
 
 def test_plan_then_groups_one_by_one_then_the_study_finishes(two, tmp_path, capsys):
