@@ -65,7 +65,7 @@ def test_script_parses_and_documents_its_usage(name):
         header.append(line)
     assert any("Usage:" in line for line in header), f"{name}: no 'Usage:' in the header comment"
     assert "set -euo pipefail" in text, name
-    result = subprocess.run(["bash", "-n", path], capture_output=True, text=True)
+    result = subprocess.run(["bash", "-n", path], check=False, capture_output=True, text=True)
     assert result.returncode == 0, f"{name}: bash -n: {result.stderr}"
 
 
@@ -136,7 +136,7 @@ def test_slurm_scripts_requeue_exactly_on_exit_75(tmp_path, name, code):
     """75 ("interrupted, resume me") requeues the job and ends the script with 0; any other
     exit code is the script's own, without a requeue (a study's report runs only after 0)."""
     env, calls = _stubs(tmp_path, code)
-    proc = subprocess.run(["bash", os.path.join(SCRIPTS_DIR, name), *SCRIPT_ARGS[name]],
+    proc = subprocess.run(["bash", os.path.join(SCRIPTS_DIR, name), *SCRIPT_ARGS[name]], check=False,
                           env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     log = calls.read_text().splitlines()
     assert proc.returncode == (0 if code == 75 else code), proc.stderr
@@ -156,7 +156,7 @@ def test_slurm_scripts_pass_the_time_limit_term_on_and_requeue(tmp_path, name):
     while not (tmp_path / "running").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert REQUEUE[name] in calls.read_text().splitlines()
 
@@ -174,14 +174,18 @@ def test_slurm_study_submits_one_array_per_phase_chained_with_afterok(tmp_path):
         (bin_dir / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RNN_SPECTRA": str(bin_dir / "rnn-spectra")}
     script = os.path.join(SCRIPTS_DIR, "slurm_study.sh")
-    proc = subprocess.run(["bash", script, "cpu", "runs/s", "--partition=p"], env=env,
+    proc = subprocess.run(["bash", script, "cpu", "runs/s", "--partition=p"], check=False, env=env,
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     array, chain = calls.read_text().splitlines()
-    assert "--partition=p --array=0-1" in array and array.endswith("slurm_study.sbatch pilot cpu runs/s")
+    workdir = tmp_path / "runs" / "s"  # made absolute: a task started elsewhere (--chdir) finds it
+    assert "--partition=p --array=0-1" in array and array.endswith(f"slurm_study.sbatch pilot cpu {workdir}")
     assert "--dependency=afterok:41" in chain and "PHASE=extend" in chain
+    assert chain.endswith(f"--wrap={script} cpu {workdir} --partition=p ")
     calls.unlink()  # this plan has no extension or confirmation groups: straight to finish
-    proc = subprocess.run(["bash", script, "cpu", "runs/s"], env={**env, "PHASE": "extend"},
+    proc = subprocess.run(["bash", script, "cpu", "runs/s"], check=False, env={**env, "PHASE": "extend"},
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert calls.read_text().splitlines() == [f"sbatch {SCRIPTS_DIR}/slurm_study.sbatch finish cpu runs/s"]
+    finish = (f"sbatch --job-name=rnn-spectra-report --output=slurm-%j.out "
+              f"{SCRIPTS_DIR}/slurm_study.sbatch finish cpu {workdir}")
+    assert calls.read_text().splitlines() == [finish]

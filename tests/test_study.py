@@ -62,8 +62,9 @@ def test_smoke_study_end_to_end(smoke_study):
 
 def test_rerunning_a_finished_study_skips_its_groups(smoke_study, capsys):
     before = os.path.getmtime(os.path.join(smoke_study, "runs"))
-    run_study("smoke", smoke_study, report=False)
+    record = run_study("smoke", smoke_study, report=False)
     assert "(done, skipped)" in capsys.readouterr().err
+    assert record["groups_found_done"] == 8  # the pilot's 4 and the confirmation's 4
     assert os.path.getmtime(os.path.join(smoke_study, "runs")) == before
     with pytest.raises(WorkdirError, match="preset 'smoke'"):
         run_study("cpu", smoke_study)

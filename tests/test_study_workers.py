@@ -63,6 +63,10 @@ def test_two_workers_give_the_numbers_of_one_process(two, tmp_path):
     for rel in a:
         assert a[rel] == b[rel], rel
     assert wd.read_json(os.path.join(many, "study.json"))["workers"] == 2
+    assert wd.read_json(os.path.join(many, "study.json"))["groups_found_done"] == 0
+    # again: the workers find every group done, and the report gives no speed for this run
+    assert cli.main(["study", "--preset", two, "--workdir", many, "--workers", "2"]) == 0
+    assert wd.read_json(os.path.join(many, "study.json"))["groups_found_done"] == 6  # 2 per phase
 
 
 def test_plan_then_groups_one_by_one_then_the_study_finishes(two, tmp_path, capsys):
@@ -87,7 +91,11 @@ def test_plan_then_groups_one_by_one_then_the_study_finishes(two, tmp_path, caps
     assert cli.main(["study", "--preset", two, "--workdir", w, "--workers", "1"]) == 0
     err = capsys.readouterr().err
     assert err.count("(done, skipped)") == 2
-    assert os.path.exists(os.path.join(w, "report.md"))
+    # its wall time is the last run's alone: the report says so instead of a speed
+    assert wd.read_json(os.path.join(w, "study.json"))["groups_found_done"] == 2
+    with open(os.path.join(w, "report.md")) as f:
+        machine = f.read().splitlines()[2]
+    assert "it found 2 groups already trained" in machine and "member·steps/s" not in machine
     pilot = [m for m in wd.read_json(os.path.join(w, "study.json"))["members"] if m["phase"] == "pilot"]
     assert len(pilot) == 8  # recorded once, though three commands recorded them
 

@@ -125,9 +125,15 @@ def _cell(r: dict, key: str, show) -> str:
 
 
 def _throughput(results: dict) -> str:
-    """' on N worker processes (M member·steps/s)': what the study ran on and how fast."""
+    """' on N worker processes (M member·steps/s)': what the study ran on and how fast; no speed
+    where the last run found groups already trained (a resumed study, or Slurm array tasks that
+    trained every group before the run that wrote this report): its wall time is not the study's."""
     wall, steps = results.get("wall_time_s"), results.get("member_steps")
     where = f" on {results.get('workers', 1)} worker process{'es' * (results.get('workers', 1) != 1)}"
+    done = results.get("groups_found_done", 0)
+    if done:
+        return (f"{where} (the last run only: it found {done} group{'s' * (done != 1)} already "
+                "trained, by an earlier run or by `study --phase/--group` tasks)")
     if isinstance(wall, (int, float)) and wall > 0 and steps:
         return f"{where} ({steps / wall:,.0f} member·steps/s)"
     return where

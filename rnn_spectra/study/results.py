@@ -302,4 +302,5 @@ def build_results(workdir: str) -> dict:
             "started": study.get("started"), "finished": study.get("finished"),
             "wall_time_s": study.get("wall_time_s"), "members": len(members),
             "workers": study.get("workers", 1),  # a study from before --workers ran in-process
+            "groups_found_done": study.get("groups_found_done", 0),
             "member_steps": sum(int(m.get("steps", 0)) for m in study["members"]), "rows": rows}

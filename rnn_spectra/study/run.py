@@ -112,6 +112,7 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
     _stop_if_requested("after the last group")
     record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     record["wall_time_s"] = time.perf_counter() - t0
+    record["groups_found_done"] = phase.found_done
     if not writer:
         return record
     wd.write_json(wd.path(workdir, "study.json"), record)
@@ -149,10 +150,11 @@ def study_plan(preset_name: str, workdir: str, *, overrides=None, seed_offset: i
 
 
 def train_one_group(preset_name: str | Preset, workdir: str, phase_name: str, k: int, *, overrides=None,
-                    seed_offset: int = 0, record: bool = True) -> None:
+                    seed_offset: int = 0, record: bool = True) -> bool:
     """``study --phase P --group K``: train group K of phase P (skipped when done, resumed when
     preempted), recording its phase's members in study.json under a lock. The phases before P
-    must have finished. ``record=False``: a local worker, whose parent recorded them."""
+    must have finished. ``record=False``: a local worker, whose parent recorded them. False
+    when the group was already done."""
     overrides, seed_offset = _settings(overrides or {}, seed_offset)
     # a local worker gets the Preset itself: one made in the parent (a test's) has no name here
     preset = preset_name if isinstance(preset_name, Preset) else get_preset(preset_name)
@@ -172,6 +174,7 @@ def train_one_group(preset_name: str | Preset, workdir: str, phase_name: str, k:
             return out
         wd.update_json(wd.path(workdir, "study.json"), merge)
     phase.train_group(groups[k])
+    return not phase.found_done
 
 
 # What a study's command line may change: where and how it runs, never what it trains.
@@ -241,6 +244,9 @@ class _Phase:
     def __init__(self, preset, workdir, record, overrides, writer):
         self.preset, self.workdir, self.record = preset, workdir, record
         self.overrides, self.writer = overrides, writer
+        # groups already trained when this run reached them (a resumed study, array tasks):
+        # the run's wall time then measures only part of the study
+        self.found_done = 0
 
     def prepare(self, members: list[Member]) -> list[Group]:
         """The phase's groups (the same on every run, in every process), its configs resolved."""
@@ -301,6 +307,7 @@ class _Phase:
         problems = {i: member_lib.problem(self.workdir, self.recs[i], self.preset.name) for i in idx}
         if not any(problems.values()):
             console.start(name + " (done, skipped)", len(idx))
+            self.found_done += 1
             return []
         restart = _needs_restart(problems, group_dir)
         if restart is not None:

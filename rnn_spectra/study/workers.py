@@ -40,16 +40,17 @@ def _worker_init(cache: bool) -> None:
 
 def _train_group(train_one_group, preset, workdir, overrides, seed_offset, phase_name, k) -> str:
     """In a worker: train group ``k`` of ``phase_name`` with ``study.run.train_one_group`` (passed
-    in, pickled by name, so this module does not import the study it serves); 'done',
-    'interrupted' or the one-line error of a UserError (so the parent can say it)."""
+    in, pickled by name, so this module does not import the study it serves); 'done', 'done
+    before' (skipped), 'interrupted' or the one-line error of a UserError (so the parent can say
+    it)."""
     try:
-        train_one_group(preset, workdir, phase_name, k, overrides=overrides,
-                        seed_offset=seed_offset, record=False)
+        trained = train_one_group(preset, workdir, phase_name, k, overrides=overrides,
+                                  seed_offset=seed_offset, record=False)
     except Interrupted:
         return "interrupted"
     except UserError as e:
         return f"error: {e}"
-    return "done"
+    return "done" if trained else "done before"
 
 
 class WorkerPool:
@@ -95,6 +96,7 @@ class WorkerPool:
         for f in cf.as_completed(futures):
             outcomes[futures[f].name] = f.result()
             print(f"  {futures[f].name}: {outcomes[futures[f].name]}", file=sys.stderr, flush=True)
+        phase.found_done += sum(o == "done before" for o in outcomes.values())
         errors = [f"{g}: {o[len('error: '):]}" for g, o in outcomes.items() if o.startswith("error")]
         if errors:
             raise WorkdirError(errors[0])
