@@ -74,6 +74,12 @@ from rnn_spectra.rng import PROBE_STREAM, stream_key
 FULL_SV_MAX = 1024  # up to this H every singular value is recorded; above, the 64 extremes
 SV_EXTREMES = 64
 FULL_LYAPUNOV_MAX = 1024  # up to this state size the whole Lyapunov spectrum is computed
+# Up to this state size n the step norms are SVDs and the full spectrum covers every probe; above
+# it, Lanczos step norms and the full spectrum of the first probe only (module docstring). 96
+# keeps every CPU study preset exact (H = 32, the LSTM's n = 64, the parameter-matched cells'
+# H ~ 66), where a measurement costs a few tens of ms anyway.
+EXACT_MAX = 96
+LANCZOS_STEPS = 16  # mean step norm within ~1e-3 of the SVD's on the default runs (README)
 
 
 def probe_batch(exp, batch_size: int | None = None):
@@ -96,16 +102,20 @@ def flow_points(T: int, points: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, T - 1, points)).astype(np.int64))
 
 
-def sequence_measurements(cs, xs, lags, discard: int, k: int, full_k: int | None = None) -> dict:
+def sequence_measurements(cs, xs, lags, discard: int, k: int, full_k: int | None = None,
+                          norm_steps: int | None = None) -> dict:
     """The monitor's per-sequence arrays for one input sequence ``xs`` (T, D) of the CellStep
     ``cs`` (see the module docstring): ``jac`` (L,) at ``lags``, ``lyap`` (k,), ``t0`` (dead
     prefix), ``start``, ``near_zero``, ``kaplan_yorke`` (from the top ``full_k`` exponents, default
-    all n) and ``window_summary``'s ``step_norm``, ``step_norm_max``, ``dead_units``,
-    ``zero_steps``. Pure and jittable; the monitor vmaps it over the probe batch."""
+    all n; ``full_k=0``: neither, see ``full_spectrum_summary``) and ``window_summary``'s
+    ``step_norm``, ``step_norm_max``, ``dead_units``, ``zero_steps`` (``norm_steps``: the step
+    norms by that many Lanczos steps, not SVDs). Pure and jittable; the monitor vmaps it over
+    the probe batch."""
     T, full_k = xs.shape[0], cs.state_size if full_k is None else full_k
     barrier = jax.lax.optimization_barrier
     states = trajectory(cs.step_fn, cs.s0, xs)  # shared by every measurement
-    stats = step_jacobian_stats(cs.step_fn, cs.s0, xs, states=states)  # T SVDs
+    stats = step_jacobian_stats(cs.step_fn, cs.s0, xs, states=states,
+                                norm_steps=norm_steps)  # T SVDs (or T small eigvalsh)
     t0, start = measurement_window(stats["zero"], discard)
     states, t0, start = barrier((states, t0, start, stats))[:3]
     jac = lag_log_norms(cs.step_fn, cs.s0, xs, lags, states=states,
@@ -116,14 +126,26 @@ def sequence_measurements(cs, xs, lags, discard: int, k: int, full_k: int | None
     states, key, start, _ = barrier((states, jax.random.PRNGKey(0), start, jac))
     lyap = lyapunov_spectrum(cs.step_fn, cs.s0, xs, k, method="jvp", states=states, key=key,
                              discard=start)
+    out = {"jac": jac, "lyap": lyap, "t0": t0, "start": start,
+           **window_summary(stats, start, cs.state_size)}
+    if full_k == 0:
+        return out
     full = lyap
     if full_k > k:
         states, key, start, _ = barrier((states, key, start, lyap))
         full = lyapunov_spectrum(cs.step_fn, cs.s0, xs, full_k, method="jacobian", states=states,
                                  key=key, discard=start)
-    return {"jac": jac, "lyap": lyap, "t0": t0, "start": start,
-            "near_zero": near_zero_count(full), "kaplan_yorke": kaplan_yorke_dimension(full),
-            **window_summary(stats, start, cs.state_size)}
+    return {**out, "near_zero": near_zero_count(full), "kaplan_yorke": kaplan_yorke_dimension(full)}
+
+
+def full_spectrum_summary(cs, xs, start, full_k: int) -> dict:
+    """``near_zero`` and ``kaplan_yorke`` of one sequence ``xs`` (T, D) from its top ``full_k``
+    exponents over steps ``start .. T-1``: ``sequence_measurements``' numbers for that sequence,
+    computed on their own (the monitor's one-probe full spectrum above ``EXACT_MAX``)."""
+    states = trajectory(cs.step_fn, cs.s0, xs)
+    full = lyapunov_spectrum(cs.step_fn, cs.s0, xs, full_k, method="jacobian", states=states,
+                             key=jax.random.PRNGKey(0), discard=start)
+    return {"near_zero": near_zero_count(full), "kaplan_yorke": kaplan_yorke_dimension(full)}
 
 
 class SpectralMonitor:
@@ -134,7 +156,9 @@ class SpectralMonitor:
     member's arrays into its row.
     """
 
-    def __init__(self, exp):
+    def __init__(self, exp, exact: bool | None = None):
+        """``exact``: SVD step norms and the full spectrum on every probe (None: for a state size
+        up to ``EXACT_MAX``)."""
         sp, model = exp.run.spectral, exp.model
         self.exp, self.model, self.task = exp, model, exp.task
         self.cell = model.config.cell
@@ -151,6 +175,9 @@ class SpectralMonitor:
         self.T = T
         self.discard = int(round(sp.lyapunov_discard * T))  # burn-in steps after the dead prefix
         self.full_k = self.state_size if self.state_size <= FULL_LYAPUNOV_MAX else self.k
+        self.exact = self.state_size <= EXACT_MAX if exact is None else bool(exact)
+        self.norm_steps = None if self.exact else LANCZOS_STEPS
+        self.full_probes = sp.probe_batch_size if self.exact or self.full_k <= self.k else 1
         self.lags = log_spaced_lags(T, sp.num_lags)
         self.flow_t = flow_points(T, sp.grad_flow_points)
         self.gates = get_cell_spec(self.cell).gates
@@ -184,7 +211,9 @@ class SpectralMonitor:
         return {"lags": self.lags.tolist(), "grad_flow/t": (self.flow_t + 1).tolist(),
                 "lyapunov_k": self.k, "probe_batch_size": self.exp.run.spectral.probe_batch_size,
                 "cell": self.cell, "lyapunov/discard": self.discard,
-                "lyapunov/near_zero_tol": NEAR_ZERO, "lyapunov/computed": self.full_k}
+                "lyapunov/near_zero_tol": NEAR_ZERO, "lyapunov/computed": self.full_k,
+                "lyapunov/full_probes": self.full_probes,
+                "step_norm/method": "svd" if self.exact else f"lanczos{self.norm_steps}"}
 
     def _arrays(self, params) -> dict:
         # One LAPACK kernel at a time (optimization barriers chain them): jaxlib's CPU SVD/QR
@@ -207,8 +236,14 @@ class SpectralMonitor:
         cell_params, _ = jax.lax.optimization_barrier((params["cell"], svs))
         cs = make_step_fn(self.model, cell_params)
 
+        one_probe = self.full_probes < self.exp.run.spectral.probe_batch_size
         per = jax.vmap(lambda xs: sequence_measurements(
-            cs, xs, self.lags, self.discard, self.k, self.full_k))(self.inputs)
+            cs, xs, self.lags, self.discard, self.k, 0 if one_probe else self.full_k,
+            self.norm_steps))(self.inputs)
+        if one_probe:  # after every LAPACK call above: the full spectrum of the first probe
+            xs0, start0, _ = jax.lax.optimization_barrier((self.inputs[0], per["start"][0], per))
+            per.update(jax.tree.map(lambda a: a[None], full_spectrum_summary(
+                cs, xs0, start0, self.full_k)))
         jac, lyap = per["jac"], per["lyap"]
         out["jac_log_norm/per_probe"], out["jac_log_norm/mean"] = jac, jnp.mean(jac, axis=0)
         out["lyapunov/per_probe"], out["lyapunov/mean"] = lyap, jnp.mean(lyap, axis=0)
