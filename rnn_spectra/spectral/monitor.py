@@ -33,16 +33,23 @@ Row keys (natural logs throughout; "state" is the flattened carry, LSTM: c and h
   ``lyapunov/kaplan_yorke/per_probe`` (B,), ``/mean``: the Kaplan-Yorke dimension. Both from the
   full spectrum, all n exponents, computed by a second QR scan over the same window
   (``lyapunov/computed`` = n; for n > 1024 from the top k only, and then lower bounds).
+  ``lyapunov/full_probes``: how many probes that full spectrum covers: all of them up to
+  n = ``EXACT_MAX`` (96), above it the first probe only (its numbers exactly; the per_probe
+  arrays then have one entry and ``/mean`` is that probe's value).
 - ``step_norm/per_probe`` (B,), ``/mean``: the time-averaged spectral norm of the effective
   one-step state Jacobian ``||ds_{t+1}/ds_t||_2`` (the factor in Pascanu's bound, for every cell,
   gates included); ``step_norm/max``: its largest value over the window and the probes.
+  ``step_norm/method``: ``svd`` (exact) up to n = ``EXACT_MAX``; above it ``lanczos16``: 16
+  Lanczos steps on ``J^T J`` from a fixed random start, a lower bound on each step's norm,
+  within 3e-2 of the SVD at every step and 2e-3 for the window mean in the tests (on the
+  default tanh and LSTM runs at H = 128, init and trained, the window mean was within 1.2e-3).
 - ``dead_units/per_probe`` (B,), ``/mean``: the fraction of state components whose row of the
   step Jacobian is all zero (dead: no gradient passes through them), over the window;
   ``zero_steps/per_probe`` (B,), ``/mean``: the fraction of all T steps whose Jacobian is exactly
   zero (the dead prefix included).
-  Cost: the per-step norms (one SVD per step) and the full spectrum (one (n, n) QR per step)
-  dominate a measurement: on a 2-core CPU, 4 probes, T = 100, 0.55 s for tanh H = 128 (0.06 s
-  before them), 2.4 s for an LSTM H = 128 (0.3 s); 38 ms and 128 ms at H = 32.
+  Cost: exactly, the per-step SVDs (~57%) and the full spectrum's (n, n) QRs (~35%) dominate a
+  measurement (4 probes, T = 100, 2-core CPU: tanh H = 128 0.51 s, LSTM H = 128 3.4 s); the
+  approximations above ``EXACT_MAX`` cut that about 5x (README, "What the monitor costs").
 - ``grad_flow/t`` (P,): 1-based time steps t; ``grad_flow/log_norm`` (P,): ``ln ||dL/dS_t||`` of
   the task loss on the whole probe batch (S_t the (B, n) states), subsampled to at most
   ``spectral.grad_flow_points`` evenly spaced steps (always the first and the last).
