@@ -49,7 +49,7 @@ Row keys (natural logs throughout; "state" is the flattened carry, LSTM: c and h
   zero (the dead prefix included).
   Cost: exactly, the per-step SVDs (~57%) and the full spectrum's (n, n) QRs (~35%) dominate a
   measurement (4 probes, T = 100, 2-core CPU: tanh H = 128 0.51 s, LSTM H = 128 3.4 s); the
-  approximations above ``EXACT_MAX`` cut that about 5x (README, "What the monitor costs").
+  approximations above ``EXACT_MAX`` cut it about 3.5x (README, "What the monitor costs").
 - ``grad_flow/t`` (P,): 1-based time steps t; ``grad_flow/log_norm`` (P,): ``ln ||dL/dS_t||`` of
   the task loss on the whole probe batch (S_t the (B, n) states), subsampled to at most
   ``spectral.grad_flow_points`` evenly spaced steps (always the first and the last).
