@@ -11,7 +11,9 @@ spectrum at k = n = 256, and the training overhead of the spectral monitor.
    batch 64, the default 1000 steps): the cost of one measurement and of setting up the monitor
    (probe batch, trace, compile), against the train-step time, measured side by side; modelled
    for the whole run, and in full mode also measured end to end (two real runs, spectral on vs
-   off). Target: < 10%.
+   off). Target: < 10%. Beside it, one measurement of the exact monitor (SVD step norms, full
+   spectrum on every probe) against the default one (Lanczos step norms, full spectrum on the
+   first probe: above n = 96), tanh and LSTM at H = 128, alternated in one process.
 
     python -m benchmarks.run --only bench_jacobian [--quick]
     python -m benchmarks.bench_jacobian [--quick]
@@ -159,6 +161,7 @@ def bench_monitor(quick: bool) -> list[dict]:
                  "an upper bound: the run loop compiles the monitor while it trains",
          "target": f"< {TARGET_OVERHEAD:g}", "ok": bool(modelled < TARGET_OVERHEAD), **meta},
     ]
+    rows += _measurement_exact_vs_cheap(2 if quick else 5)
     for every in (25, 50, 100, 200):  # what other defaults would cost, from the same timings
         n_c = steps_default // every + 1
         rows.append({"name": f"monitor/overhead_modelled_every{every}",
@@ -188,6 +191,37 @@ def bench_monitor(quick: bool) -> list[dict]:
                                  f"{on:.1f}s vs {off:.1f}s (median of 5 each)",
                          "target": f"< {TARGET_OVERHEAD:g}", "ok": bool(measured < TARGET_OVERHEAD),
                          **meta})
+    return rows
+
+
+def _measurement_exact_vs_cheap(repeats: int) -> list[dict]:
+    """Seconds of one measurement at H = 128 (tanh: n = 128; LSTM: n = 256), T = 100, 4 probes:
+    the exact monitor (SVD step norms, full spectrum on every probe: every measurement before
+    issue #24) against the default one above ``EXACT_MAX``, alternated in one process."""
+    from rnn_spectra.spectral.monitor import SpectralMonitor
+    from rnn_spectra.train import build, init_state
+
+    rows = []
+    for cell in ("tanh_rnn", "lstm"):
+        c = _adding_config(200, 1000)
+        c.model.cell = cell
+        exp = build(config_lib.resolve(c))
+        params = init_state(exp, 0)["params"]
+        monitors = {"exact": SpectralMonitor(exp, exact=True), "default": SpectralMonitor(exp)}
+        times = {name: [] for name in monitors}
+        for m in monitors.values():
+            m.host_arrays(params)  # compile
+        for _ in range(repeats):
+            for name, m in monitors.items():
+                t0 = time.perf_counter()
+                m.host_arrays(params)
+                times[name].append(time.perf_counter() - t0)
+        ratios = [e / d for e, d in zip(times["exact"], times["default"])]
+        meta = {"cell": cell, "H": 128, "T": 100, "probes": 4}
+        rows += [{"name": f"monitor/{cell}/one_measurement_{name}", "value": statistics.median(t),
+                  "unit": "s", **meta} for name, t in times.items()]
+        rows.append({"name": f"monitor/{cell}/exact_over_default", "value": statistics.median(ratios),
+                     "unit": "x", "note": f"paired ratios {[round(r, 2) for r in ratios]}", **meta})
     return rows
 
 

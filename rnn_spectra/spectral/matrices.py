@@ -67,3 +67,43 @@ def singular_values(W: Array) -> Array:
     """Singular values of W, descending (jnp; jit/vmap-able)."""
     _check_square(W)
     return jnp.linalg.svd(W, compute_uv=False)
+
+
+def lanczos_top_singular_value(J: Array, v0: Array, steps: int) -> Array:
+    """sigma_max(J) of J (n, n) from ``steps`` Lanczos steps on ``J^T J`` started at v0 (n,).
+
+    A lower bound (the largest Ritz value of a Krylov subspace), never above the SVD's value, and
+    equal to it once ``steps`` reaches n. Each step is two matvecs and a full
+    re-orthogonalisation (classical Gram-Schmidt, twice), so it costs O(steps n^2) against the
+    SVD's O(n^3) Householder bidiagonalisation: at n = 128, 16 steps take about a tenth of the
+    SVD's time. How close it comes depends on the spectrum near the top, not on n; the monitor's
+    use is checked against the SVD in tests/test_spectral.py. A zero J (or a v0 in its null
+    space) gives 0: the basis stops where the residual falls to rounding level.
+    """
+    _check_square(J)
+    n = J.shape[0]
+    if v0.shape != (n,):
+        raise SpectralInputError(f"v0 must have shape ({n},) to start on J {tuple(J.shape)}, got {tuple(v0.shape)}")
+    m = min(int(steps), n)  # beyond n the Krylov space is all of R^n: more steps add nothing
+
+    def body(j, carry):
+        V, alpha, beta, v = carry
+        V = V.at[j].set(v)
+        w = J.T @ (J @ v)
+        alpha = alpha.at[j].set(v @ w)
+        scale = jnp.sqrt(jnp.sum(w * w))
+        w = w - V.T @ (V @ w)  # against every basis vector so far (rows not yet set are zero)
+        w = w - V.T @ (V @ w)  # twice: float32 loses orthogonality in one pass
+        b = jnp.sqrt(jnp.sum(w * w))
+        # A residual at rounding level means the Krylov space is invariant (exhausted): what is
+        # left of w is noise, not orthogonal to V, and would inflate the Ritz values. Stop there.
+        live = b > 1e-4 * scale
+        beta = beta.at[j].set(jnp.where(live, b, 0.0))
+        return V, alpha, beta, jnp.where(live, w / jnp.where(live, b, 1.0), 0.0)
+
+    dtype = J.dtype
+    v0 = v0.astype(dtype) / jnp.sqrt(jnp.sum(v0.astype(dtype) ** 2))
+    init = (jnp.zeros((m, n), dtype), jnp.zeros((m,), dtype), jnp.zeros((m,), dtype), v0)
+    _, alpha, beta, _ = jax.lax.fori_loop(0, m, body, init)
+    T = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)  # V^T (J^T J) V
+    return jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(T)[-1], 0.0))

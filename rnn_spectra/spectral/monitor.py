@@ -33,16 +33,23 @@ Row keys (natural logs throughout; "state" is the flattened carry, LSTM: c and h
   ``lyapunov/kaplan_yorke/per_probe`` (B,), ``/mean``: the Kaplan-Yorke dimension. Both from the
   full spectrum, all n exponents, computed by a second QR scan over the same window
   (``lyapunov/computed`` = n; for n > 1024 from the top k only, and then lower bounds).
+  ``lyapunov/full_probes``: how many probes that full spectrum covers: all of them up to
+  n = ``EXACT_MAX`` (96), above it the first probe only (its numbers exactly; the per_probe
+  arrays then have one entry and ``/mean`` is that probe's value).
 - ``step_norm/per_probe`` (B,), ``/mean``: the time-averaged spectral norm of the effective
   one-step state Jacobian ``||ds_{t+1}/ds_t||_2`` (the factor in Pascanu's bound, for every cell,
   gates included); ``step_norm/max``: its largest value over the window and the probes.
+  ``step_norm/method``: ``svd`` (exact) up to n = ``EXACT_MAX``; above it ``lanczos16``: 16
+  Lanczos steps on ``J^T J`` from a fixed random start, a lower bound on each step's norm,
+  within 3e-2 of the SVD at every step and 2e-3 for the window mean in the tests (on the
+  default tanh and LSTM runs at H = 128, init and trained, the window mean was within 1.2e-3).
 - ``dead_units/per_probe`` (B,), ``/mean``: the fraction of state components whose row of the
   step Jacobian is all zero (dead: no gradient passes through them), over the window;
   ``zero_steps/per_probe`` (B,), ``/mean``: the fraction of all T steps whose Jacobian is exactly
   zero (the dead prefix included).
-  Cost: the per-step norms (one SVD per step) and the full spectrum (one (n, n) QR per step)
-  dominate a measurement: on a 2-core CPU, 4 probes, T = 100, 0.55 s for tanh H = 128 (0.06 s
-  before them), 2.4 s for an LSTM H = 128 (0.3 s); 38 ms and 128 ms at H = 32.
+  Cost: exactly, the per-step SVDs (~57%) and the full spectrum's (n, n) QRs (~35%) dominate a
+  measurement (4 probes, T = 100, 2-core CPU: tanh H = 128 0.51 s, LSTM H = 128 3.4 s); the
+  approximations above ``EXACT_MAX`` cut it about 3.5x (README, "What the monitor costs").
 - ``grad_flow/t`` (P,): 1-based time steps t; ``grad_flow/log_norm`` (P,): ``ln ||dL/dS_t||`` of
   the task loss on the whole probe batch (S_t the (B, n) states), subsampled to at most
   ``spectral.grad_flow_points`` evenly spaced steps (always the first and the last).
@@ -74,6 +81,12 @@ from rnn_spectra.rng import PROBE_STREAM, stream_key
 FULL_SV_MAX = 1024  # up to this H every singular value is recorded; above, the 64 extremes
 SV_EXTREMES = 64
 FULL_LYAPUNOV_MAX = 1024  # up to this state size the whole Lyapunov spectrum is computed
+# Up to this state size n the step norms are SVDs and the full spectrum covers every probe; above
+# it, Lanczos step norms and the full spectrum of the first probe only (module docstring). 96
+# keeps every CPU study preset exact (H = 32, the LSTM's n = 64, the parameter-matched cells'
+# H ~ 66), where a measurement costs a few tens of ms anyway.
+EXACT_MAX = 96
+LANCZOS_STEPS = 16  # mean step norm within ~1e-3 of the SVD's on the default runs (README)
 
 
 def probe_batch(exp, batch_size: int | None = None):
@@ -96,16 +109,20 @@ def flow_points(T: int, points: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, T - 1, points)).astype(np.int64))
 
 
-def sequence_measurements(cs, xs, lags, discard: int, k: int, full_k: int | None = None) -> dict:
+def sequence_measurements(cs, xs, lags, discard: int, k: int, full_k: int | None = None,
+                          norm_steps: int | None = None) -> dict:
     """The monitor's per-sequence arrays for one input sequence ``xs`` (T, D) of the CellStep
     ``cs`` (see the module docstring): ``jac`` (L,) at ``lags``, ``lyap`` (k,), ``t0`` (dead
     prefix), ``start``, ``near_zero``, ``kaplan_yorke`` (from the top ``full_k`` exponents, default
-    all n) and ``window_summary``'s ``step_norm``, ``step_norm_max``, ``dead_units``,
-    ``zero_steps``. Pure and jittable; the monitor vmaps it over the probe batch."""
+    all n; ``full_k=0``: neither, see ``full_spectrum_summary``) and ``window_summary``'s
+    ``step_norm``, ``step_norm_max``, ``dead_units``, ``zero_steps`` (``norm_steps``: the step
+    norms by that many Lanczos steps, not SVDs). Pure and jittable; the monitor vmaps it over
+    the probe batch."""
     T, full_k = xs.shape[0], cs.state_size if full_k is None else full_k
     barrier = jax.lax.optimization_barrier
     states = trajectory(cs.step_fn, cs.s0, xs)  # shared by every measurement
-    stats = step_jacobian_stats(cs.step_fn, cs.s0, xs, states=states)  # T SVDs
+    stats = step_jacobian_stats(cs.step_fn, cs.s0, xs, states=states,
+                                norm_steps=norm_steps)  # T SVDs (or T small eigvalsh)
     t0, start = measurement_window(stats["zero"], discard)
     states, t0, start = barrier((states, t0, start, stats))[:3]
     jac = lag_log_norms(cs.step_fn, cs.s0, xs, lags, states=states,
@@ -116,14 +133,26 @@ def sequence_measurements(cs, xs, lags, discard: int, k: int, full_k: int | None
     states, key, start, _ = barrier((states, jax.random.PRNGKey(0), start, jac))
     lyap = lyapunov_spectrum(cs.step_fn, cs.s0, xs, k, method="jvp", states=states, key=key,
                              discard=start)
+    out = {"jac": jac, "lyap": lyap, "t0": t0, "start": start,
+           **window_summary(stats, start, cs.state_size)}
+    if full_k == 0:
+        return out
     full = lyap
     if full_k > k:
         states, key, start, _ = barrier((states, key, start, lyap))
         full = lyapunov_spectrum(cs.step_fn, cs.s0, xs, full_k, method="jacobian", states=states,
                                  key=key, discard=start)
-    return {"jac": jac, "lyap": lyap, "t0": t0, "start": start,
-            "near_zero": near_zero_count(full), "kaplan_yorke": kaplan_yorke_dimension(full),
-            **window_summary(stats, start, cs.state_size)}
+    return {**out, "near_zero": near_zero_count(full), "kaplan_yorke": kaplan_yorke_dimension(full)}
+
+
+def full_spectrum_summary(cs, xs, start, full_k: int) -> dict:
+    """``near_zero`` and ``kaplan_yorke`` of one sequence ``xs`` (T, D) from its top ``full_k``
+    exponents over steps ``start .. T-1``: ``sequence_measurements``' numbers for that sequence,
+    computed on their own (the monitor's one-probe full spectrum above ``EXACT_MAX``)."""
+    states = trajectory(cs.step_fn, cs.s0, xs)
+    full = lyapunov_spectrum(cs.step_fn, cs.s0, xs, full_k, method="jacobian", states=states,
+                             key=jax.random.PRNGKey(0), discard=start)
+    return {"near_zero": near_zero_count(full), "kaplan_yorke": kaplan_yorke_dimension(full)}
 
 
 class SpectralMonitor:
@@ -134,7 +163,9 @@ class SpectralMonitor:
     member's arrays into its row.
     """
 
-    def __init__(self, exp):
+    def __init__(self, exp, exact: bool | None = None):
+        """``exact``: SVD step norms and the full spectrum on every probe (None: for a state size
+        up to ``EXACT_MAX``)."""
         sp, model = exp.run.spectral, exp.model
         self.exp, self.model, self.task = exp, model, exp.task
         self.cell = model.config.cell
@@ -151,6 +182,9 @@ class SpectralMonitor:
         self.T = T
         self.discard = int(round(sp.lyapunov_discard * T))  # burn-in steps after the dead prefix
         self.full_k = self.state_size if self.state_size <= FULL_LYAPUNOV_MAX else self.k
+        self.exact = self.state_size <= EXACT_MAX if exact is None else bool(exact)
+        self.norm_steps = None if self.exact else LANCZOS_STEPS
+        self.full_probes = sp.probe_batch_size if self.exact or self.full_k <= self.k else 1
         self.lags = log_spaced_lags(T, sp.num_lags)
         self.flow_t = flow_points(T, sp.grad_flow_points)
         self.gates = get_cell_spec(self.cell).gates
@@ -184,7 +218,9 @@ class SpectralMonitor:
         return {"lags": self.lags.tolist(), "grad_flow/t": (self.flow_t + 1).tolist(),
                 "lyapunov_k": self.k, "probe_batch_size": self.exp.run.spectral.probe_batch_size,
                 "cell": self.cell, "lyapunov/discard": self.discard,
-                "lyapunov/near_zero_tol": NEAR_ZERO, "lyapunov/computed": self.full_k}
+                "lyapunov/near_zero_tol": NEAR_ZERO, "lyapunov/computed": self.full_k,
+                "lyapunov/full_probes": self.full_probes,
+                "step_norm/method": "svd" if self.exact else f"lanczos{self.norm_steps}"}
 
     def _arrays(self, params) -> dict:
         # One LAPACK kernel at a time (optimization barriers chain them): jaxlib's CPU SVD/QR
@@ -207,8 +243,14 @@ class SpectralMonitor:
         cell_params, _ = jax.lax.optimization_barrier((params["cell"], svs))
         cs = make_step_fn(self.model, cell_params)
 
+        one_probe = self.full_probes < self.exp.run.spectral.probe_batch_size
         per = jax.vmap(lambda xs: sequence_measurements(
-            cs, xs, self.lags, self.discard, self.k, self.full_k))(self.inputs)
+            cs, xs, self.lags, self.discard, self.k, 0 if one_probe else self.full_k,
+            self.norm_steps))(self.inputs)
+        if one_probe:  # after every LAPACK call above: the full spectrum of the first probe
+            xs0, start0, _ = jax.lax.optimization_barrier((self.inputs[0], per["start"][0], per))
+            per.update(jax.tree.map(lambda a: a[None], full_spectrum_summary(
+                cs, xs0, start0, self.full_k)))
         jac, lyap = per["jac"], per["lyap"]
         out["jac_log_norm/per_probe"], out["jac_log_norm/mean"] = jac, jnp.mean(jac, axis=0)
         out["lyapunov/per_probe"], out["lyapunov/mean"] = lyap, jnp.mean(lyap, axis=0)
