@@ -191,6 +191,13 @@ class LogConfig(_Section):
     _name: ClassVar[str] = "log"
     tensorboard: bool = _f(False, "also write TensorBoard event files to WORKDIR/tensorboard/ "
                            "(needs tensorboardX: pip install 'rnn_spectra[tensorboard]')")
+    wandb: bool = _f(False, "also log to Weights & Biases: the config as the run's config, metrics and "
+                     "spectra as scalars, singular values as histograms; files under WORKDIR/wandb/ "
+                     "(needs wandb: pip install 'rnn_spectra[wandb]')")
+    wandb_project: str = _f("rnn_spectra", "W&B project")
+    wandb_entity: str | None = _f(None, "W&B entity (user or team; None: your default)", kind=str)
+    wandb_mode: str = _f("online", "online (sync as it runs) | offline (write WORKDIR/wandb/ only; "
+                         "`wandb sync` later) | disabled", choices=("online", "offline", "disabled"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from rnn_spectra import config as config_lib
-from rnn_spectra import control, resume
+from rnn_spectra import control, resume, run_logs
 from rnn_spectra import summary as summary_lib
 from rnn_spectra import workdir as wd
 from rnn_spectra.cadence import Cadence
@@ -37,14 +37,20 @@ from rnn_spectra.errors import ConfigError, StorageError, WorkdirError
 from rnn_spectra.memory import check_fits
 from rnn_spectra.model import count_params
 from rnn_spectra.parallel import is_writer, to_host
+from rnn_spectra.progress import Progress, RunBar, as_progress
 from rnn_spectra.rng import EVAL_STREAM, TEST_STREAM
 from rnn_spectra.signals import SignalGuard
 from rnn_spectra.spectral.monitor import SpectralMonitor
 from rnn_spectra.sweep import Stacking, member, program_signature
 from rnn_spectra.tasks import Task
-from rnn_spectra.train import Experiment, build, evaluate, init_state, make_eval_fn, make_train_step
-
-Progress = Callable[[str, int, int, dict], None]  # (name, step, steps, info) at log steps
+from rnn_spectra.train import (
+    Experiment,
+    build,
+    evaluate,
+    init_state,
+    make_eval_fn,
+    make_train_step,
+)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -105,13 +111,11 @@ class Loop:
         # (Orbax writes the checkpoints collectively).
         self.writer = is_writer()
         self.loggers = []
-        if self.common.log.tensorboard:
-            from rnn_spectra.tensorboard import require_tensorboardx
-
-            require_tensorboardx()  # before anything is written
+        self.grouped = group_dir is not None
+        run_logs.require(self.common.log)  # before anything is written
 
     # ------------------------------------------------------------------ set-up
-    def run(self, progress: Progress | None = None) -> list[dict]:
+    def run(self, progress: Progress | Callable | None = None) -> list[dict]:
         home, lock = self.home, None
         new = not os.path.lexists(home.directory)
         try:
@@ -179,14 +183,18 @@ class Loop:
             return earlier
         self._claim(start)
         self._note_divergence(state)
-        if self.common.log.tensorboard and self.writer:
-            from rnn_spectra.tensorboard import TensorBoardLogger, hparams_of
-
-            self.loggers += [TensorBoardLogger(m.workdir, start_step=start, hparams=hparams_of(m.run))
-                             for m in self.members]
+        if self.writer:
+            for m in self.members:  # appended one by one: run() closes those already open
+                logger = run_logs.open_loggers(m.run, m.config.to_dict(), m.workdir, start_step=start,
+                                               group=self.name if self.grouped else None)
+                if logger is None:
+                    break
+                self.loggers.append(logger)
         train_step, eval_fn = self._compile()
         monitor = SpectralMonitor(self.exp) if self.common.spectral.every else None
-        progress = progress or self._default_progress(start)
+        progress = (as_progress(progress) or self._default_progress()) if self.writer else None
+        if progress:
+            progress.compiling(self.name, start, tr.steps)
         t0 = time.perf_counter() - elapsed
         if start == 0:
             if self.home.save_initial:
@@ -205,6 +213,8 @@ class Loop:
             poll()
             state, metrics = train_step(state)
             step += 1
+            if progress:
+                progress.tick(step)  # the host's counter: no device sync
             due = cadence.after(step)
             # Divergence is read before anything is written or saved, so no row and no
             # checkpoint of a member ever comes from a step at or past its divergence.
@@ -218,7 +228,7 @@ class Loop:
                 for i in running:
                     rows[i].append({"step": step, "split": "train",
                                     **{k: v[i] for k, v in host.items()}, "wall_time": now})
-                if progress and self.writer:
+                if progress:
                     progress(self.name, step, tr.steps, self._progress_info(host))
             if due.eval:
                 ev = self._host(eval_fn(state["params"], self.seeds, EVAL_STREAM, 0))
@@ -241,8 +251,8 @@ class Loop:
             if stop and not due.last:
                 interrupted = True
                 break
-        if hasattr(progress, "close"):
-            progress.close()
+        if progress:
+            progress.finish(step)
         self._note_divergence(state)
         return self._finish(ckpt, state, step, interrupted, last_eval, eval_fn, t0)
 
@@ -357,23 +367,7 @@ class Loop:
                 "best_loss": min(losses) if losses else math.nan,
                 "loss": float(host["loss"][0]), "grad_norm": float(host["grad_norm"][0])}
 
-    def _default_progress(self, start: int):
-        """Without a progress callback: a tqdm bar, if ``train.progress`` asks for one."""
-        return _Bar(self.common, start) if self.common.train.progress and self.writer else None
-
-
-class _Bar:
-    """A tqdm bar on stderr, updated at log steps (member 0's loss)."""
-
-    def __init__(self, run, start: int):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=run.train.steps, initial=start, file=sys.stderr, dynamic_ncols=True,
-                        desc=f"{run.model.cell}/{run.task.name}{run.task.seq_len}", leave=False)
-
-    def __call__(self, name, step, steps, info) -> None:
-        self.bar.update(step - self.bar.n)
-        self.bar.set_postfix(loss=f"{info['loss']:.4g}", grad_norm=f"{info['grad_norm']:.3g}")
-
-    def close(self) -> None:
-        self.bar.close()
+    def _default_progress(self) -> RunBar | None:
+        """Without a progress callback: a bar on stderr, if ``train.progress`` asks for one."""
+        run = self.common
+        return RunBar(f"{run.model.cell}/{run.task.name}{run.task.seq_len}") if run.train.progress else None

@@ -33,7 +33,8 @@ from rnn_spectra.sweep import member
 RESUMABLE_KEYS = ("train.steps", "train.progress", "train.log_every", "train.eval_every",
                   "spectral.every", "checkpoint.every_steps", "checkpoint.every_minutes",
                   "checkpoint.keep", "parallel.mode", "parallel.num_devices", "model.unroll",
-                  "log.tensorboard", "control.lyapunov.until")
+                  "log.tensorboard", "log.wandb", "log.wandb_project", "log.wandb_entity",
+                  "log.wandb_mode", "control.lyapunov.until")
 
 
 class WorkdirLock:

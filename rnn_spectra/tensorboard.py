@@ -24,20 +24,19 @@ the first one's file. A nanosecond clock and the pid in the name's suffix preven
 from __future__ import annotations
 
 import glob
-import math
 import os
 import struct
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
 from rnn_spectra.errors import ConfigError
+from rnn_spectra.run_logs import RowLogger
 
 TB_DIR = "tensorboard"
 INSTALL_HINT = ("log.tensorboard=true needs tensorboardX: "
                 "pip install 'rnn_spectra[tensorboard]' (or pip install tensorboardX)")
-NOT_METRICS = frozenset({"step", "split", "wall_time"})
 
 
 def require_tensorboardx():
@@ -49,34 +48,6 @@ def require_tensorboardx():
             raise ConfigError(INSTALL_HINT) from None
         raise ConfigError(f"tensorboardX is installed but fails to import ({e}); {INSTALL_HINT}") from None
     return tensorboardX
-
-
-def _finite(value) -> float | None:
-    """``value`` as a float if it is a finite real number; None for None, bools, strings
-    ("-inf", "nan": how some rows spell non-finite values), lists and non-finite numbers."""
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value.item()
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _seq(values) -> list:
-    """A row's list (or 1-D array) as a list; [] for a missing key or anything else."""
-    if isinstance(values, np.ndarray):
-        return values.reshape(-1).tolist()
-    return list(values) if isinstance(values, (list, tuple)) else []
-
-
-def _finite_array(values) -> np.ndarray:
-    """The finite entries of a list that may hold None, strings or non-finite floats."""
-    return np.asarray([v for v in map(_finite, _seq(values)) if v is not None], dtype=np.float64)
-
-
-# spectra.jsonl means logged as scalars "spectral/<key without /mean>" (monitor.py defines them).
-SUMMARY_KEYS = ("step_norm/mean", "lyapunov/near_zero/mean", "lyapunov/kaplan_yorke/mean",
-                "dead_units/mean", "zero_steps/mean")
 
 
 # The scalars TensorBoard's HParams dashboard shows per run (tags the loggers write).
@@ -117,11 +88,12 @@ def read_hparams(workdir) -> dict:
     return found
 
 
-class TensorBoardLogger:
+class TensorBoardLogger(RowLogger):
     """Writes metrics and spectra rows as TensorBoard scalars and histograms (see module doc).
 
-    Non-finite values are skipped (TensorBoard cannot plot them), missing keys are not logged and
-    unknown keys are ignored, so rows may gain keys later. Use as a context manager or ``close()``.
+    The tags are ``run_logs``' (shared with W&B): non-finite values are skipped (TensorBoard cannot
+    plot them), missing keys are not logged and unknown keys are ignored, so rows may gain keys
+    later. Use as a context manager or ``close()``.
     """
 
     def __init__(self, workdir, *, start_step: int = 0, flush_secs: int = 30,
@@ -146,47 +118,11 @@ class TensorBoardLogger:
         for summary in hparams_summary(clean, {tag: 0.0 for tag in HPARAM_METRICS}):
             writer.add_summary(summary)
 
-    def _scalar(self, tag: str, value, step: int) -> None:
-        value = _finite(value)
-        if value is not None:
+    def write(self, step: int, scalars, histograms) -> None:
+        for tag, value in scalars.items():
             self._writer.add_scalar(tag, value, global_step=step)
-
-    def log_metrics(self, rows: Iterable[Mapping] | Mapping) -> None:
-        """Scalars ``<split>/<key>`` for every numeric key of each metrics row but step/wall_time."""
-        for row in [rows] if isinstance(rows, Mapping) else rows:
-            if _finite(row.get("step")) is None:
-                continue
-            step, split = int(row["step"]), row.get("split")
-            for key, value in row.items():
-                if key not in NOT_METRICS:
-                    self._scalar(f"{split}/{key}" if split else str(key), value, step)
-
-    def log_spectra(self, row: Mapping) -> None:
-        """Scalars ``spectral/...`` and singular-value histograms of one spectra.jsonl row."""
-        if _finite(row.get("step")) is None:
-            return
-        step = int(row["step"])
-        matrices = {k.split("/", 1)[1] for k in row if k.startswith(("sv/", "sv_top/", "sv_bottom/"))}
-        for m in sorted(matrices):
-            # All singular values, or for H > FULL_SV_MAX only the recorded extremes.
-            full = _seq(row.get(f"sv/{m}"))
-            top = full or _seq(row.get(f"sv_top/{m}"))
-            if top:
-                self._scalar(f"spectral/sigma_max/{m}", top[0], step)  # descending: first = max
-            values = _finite_array(full or top + _seq(row.get(f"sv_bottom/{m}")))
-            if values.size:
-                self._writer.add_histogram(f"spectral/singular_values/{m}", values, global_step=step)
-        for key, value in row.items():
-            if key.startswith("spectral_radius/"):
-                self._scalar(f"spectral/{key}", value, step)
-        for i, value in enumerate(_seq(row.get("lyapunov/mean")), start=1):
-            self._scalar(f"spectral/lyapunov/{i}", value, step)
-        for lag, value in zip(_seq(row.get("lags")), _seq(row.get("jac_log_norm/mean"))):
-            self._scalar(f"spectral/jac_log_norm/lag_{int(lag):03d}", value, step)  # sorts by lag
-        self._scalar("spectral/probe_loss", row.get("probe_loss"), step)
-        for key in SUMMARY_KEYS:  # rows from before issue #14 lack them: nothing logged
-            if key in row:
-                self._scalar(f"spectral/{key[:-5]}", row[key], step)
+        for tag, values in histograms.items():
+            self._writer.add_histogram(tag, values, global_step=step)
 
     def flush(self) -> None:
         self._writer.flush()
@@ -194,12 +130,6 @@ class TensorBoardLogger:
     def close(self) -> None:
         """Write what is queued and close the file (safe to call twice)."""
         self._writer.close()
-
-    def __enter__(self) -> TensorBoardLogger:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _records(path: str):

@@ -8,14 +8,15 @@ import shutil
 import signal
 
 import pytest
+from test_study_workers import TWO, _content
 
 from rnn_spectra import cli
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
+from rnn_spectra.progress import StudyBar
 from rnn_spectra.runs import load_run
 from rnn_spectra.study import run as study_run
 from rnn_spectra.study.presets import PRESETS
-from test_study_workers import TWO, _content
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def _chosen(w: str) -> list[str]:
 @pytest.mark.slow
 def test_a_sigterm_at_a_groups_last_step_stops_the_study(two, reference, tmp_path, monkeypatch, capsys):
     w = str(tmp_path / "s")
-    real = study_run.Console.__call__
+    real = StudyBar.__call__
     sent = []
 
     def at_the_last_step(self, name, step, steps, info):
@@ -54,12 +55,12 @@ def test_a_sigterm_at_a_groups_last_step_stops_the_study(two, reference, tmp_pat
             sent.append(name)
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(study_run.Console, "__call__", at_the_last_step)
+    monkeypatch.setattr(StudyBar, "__call__", at_the_last_step)
     assert cli.main(["study", "--preset", two, "--workdir", w, "--workers", "1"]) == 75
     err = capsys.readouterr().err
     assert "SIGTERM" in err and err.count("members in one program") == 1  # no second group
     assert not os.path.exists(os.path.join(w, "report.md"))
-    monkeypatch.setattr(study_run.Console, "__call__", real)
+    monkeypatch.setattr(StudyBar, "__call__", real)
     assert cli.main(["study", "--preset", two, "--workdir", w, "--workers", "1"]) == 0
     assert "(done, skipped)" in capsys.readouterr().err  # the finished group was kept
     a, b = _content(reference), _content(w)

@@ -21,7 +21,7 @@ from rnn_spectra.errors import UserError
 
 # Keys that say only how a member runs, never what it trains: the study's command line may set
 # them (parallel.*, checkpoint.*), and they do not change a number.
-HOW_IT_RUNS = ("parallel.", "checkpoint.", "train.progress", "log.tensorboard")
+HOW_IT_RUNS = ("parallel.", "checkpoint.", "train.progress", "log.tensorboard", "log.wandb")
 FINISHED = ("completed", "diverged")
 
 

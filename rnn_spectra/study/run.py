@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import datetime
 import functools
-import math
 import os
 import platform
 import shutil
@@ -32,37 +31,15 @@ from rnn_spectra import workdir as wd
 from rnn_spectra.errors import ConfigError, Interrupted, WorkdirError
 from rnn_spectra.loop import Loop
 from rnn_spectra.parallel import is_writer
+from rnn_spectra.progress import StudyBar
 from rnn_spectra.signals import clear_stop, stop_requested
-from rnn_spectra.study.export import export_chosen_checkpoints  # noqa: F401 - cli, tests
 from rnn_spectra.study import members as member_lib
+from rnn_spectra.study.export import export_chosen_checkpoints
 from rnn_spectra.study.grid import Member, member_config
 from rnn_spectra.study.plan import PHASES, group_names, phase_members
 from rnn_spectra.study.presets import Preset, get_preset
 from rnn_spectra.sweep import group_by_program
 from rnn_spectra.tasks import get_task
-
-
-class Console:
-    """One status line per group on stderr: which programs, step, best loss, ETA."""
-
-    def __init__(self, total_groups: int):
-        self.total, self.index, self.t0 = total_groups, 0, time.perf_counter()
-        self.group_t0 = self.t0
-
-    def start(self, name: str, members: int) -> None:
-        self.index += 1
-        self.group_t0 = time.perf_counter()
-        if not is_writer():  # one console for a multi-process study
-            return
-        print(f"[{self.index}/{self.total}] {name}: {members} members in one program",
-              file=sys.stderr, flush=True)
-
-    def __call__(self, name, step, steps, info) -> None:
-        spent = time.perf_counter() - self.group_t0
-        eta = spent / step * (steps - step) if step else math.nan
-        print(f"\r  step {step}/{steps}  best loss {info['best_loss']:.4g}  "
-              f"running {info['running']}/{info['members']}  diverged {info['diverged']}  "
-              f"ETA {eta:.0f}s   ", end="" if step < steps else "\n", file=sys.stderr, flush=True)
 
 
 def run_study(preset_name: str, workdir: str, *, report: bool = True,
@@ -90,6 +67,7 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
     if jax.process_count() > 1:  # the others wait until process 0 has claimed the workdir
         multihost_utils.sync_global_devices("rnn_spectra study start")
     phase = _Phase(preset, workdir, record, overrides or {}, writer)
+    bar = StudyBar(quiet=not writer)  # one bar for the whole study, on the first process only
     if workers is None:  # auto: a worker per core where the pilot has more than one program
         from rnn_spectra.study.workers import default_workers
 
@@ -99,6 +77,7 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
         workers = 1
     record["workers"] = workers
     with contextlib.ExitStack() as stack:
+        stack.callback(bar.close)
         if workers > 1:
             from rnn_spectra.study.workers import WorkerPool
 
@@ -106,9 +85,9 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
         for name in PHASES:  # each phase's members follow from the finished phases before it
             members = phase_members(preset, workdir, seed_offset, name)
             if workers > 1:
-                pool.train_phase(phase, name, members, overrides, seed_offset)
+                pool.train_phase(phase, name, members, overrides, seed_offset, bar)
             else:
-                phase.train(PHASES[name], members)
+                phase.train(PHASES[name], members, bar)
     _stop_if_requested("after the last group")
     record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     record["wall_time_s"] = time.perf_counter() - t0
@@ -150,11 +129,12 @@ def study_plan(preset_name: str, workdir: str, *, overrides=None, seed_offset: i
 
 
 def train_one_group(preset_name: str | Preset, workdir: str, phase_name: str, k: int, *, overrides=None,
-                    seed_offset: int = 0, record: bool = True) -> bool:
+                    seed_offset: int = 0, record: bool = True, bar: bool = True) -> bool:
     """``study --phase P --group K``: train group K of phase P (skipped when done, resumed when
     preempted), recording its phase's members in study.json under a lock. The phases before P
-    must have finished. ``record=False``: a local worker, whose parent recorded them. False
-    when the group was already done."""
+    must have finished. ``record=False``: a local worker, whose parent recorded them; ``bar=False``:
+    its group's lines without a progress bar (the parent draws the study's). False when the
+    group was already done."""
     overrides, seed_offset = _settings(overrides or {}, seed_offset)
     # a local worker gets the Preset itself: one made in the parent (a test's) has no name here
     preset = preset_name if isinstance(preset_name, Preset) else get_preset(preset_name)
@@ -173,12 +153,17 @@ def train_one_group(preset_name: str | Preset, workdir: str, phase_name: str, k:
             out["members"] += [r for r in phase.recs if r["relpath"] not in known]
             return out
         wd.update_json(wd.path(workdir, "study.json"), merge)
-    phase.train_group(groups[k])
+    progress = StudyBar(quiet=not is_writer(), bar=bar)
+    progress.add_phase(f"{phase_name} group {k}", 1, groups[k].cost)
+    try:
+        phase.train_group(groups[k], progress=progress)
+    finally:
+        progress.close()
     return not phase.found_done
 
 
 # What a study's command line may change: where and how it runs, never what it trains.
-STUDY_OVERRIDABLE = ("parallel.", "checkpoint.", "log.tensorboard")
+STUDY_OVERRIDABLE = ("parallel.", "checkpoint.", "log.tensorboard", "log.wandb")
 
 
 def _settings(overrides: dict[str, str], seed_offset: int) -> tuple[dict[str, str], int]:
@@ -189,7 +174,8 @@ def _settings(overrides: dict[str, str], seed_offset: int) -> tuple[dict[str, st
     refused = [k for k in overrides if not k.startswith(STUDY_OVERRIDABLE)]
     if refused:
         raise ConfigError(f"study takes only --config.parallel.*, --config.checkpoint.*, "
-                          f"--config.log.tensorboard and --config.study.seed_offset overrides "
+                          f"--config.log.tensorboard, --config.log.wandb* and --config.study.seed_offset "
+                          f"overrides "
                           f"(the grid is the preset's), not --config.{refused[0]}")
     if offset is not None:
         try:
@@ -281,7 +267,7 @@ class _Phase:
                     test_chunks=self.preset.test_chunks,
                     task=task or get_task(self.runs[group.members[0]].task))
 
-    def train(self, label: str, members: list[Member]) -> None:
+    def train(self, label: str, members: list[Member], bar: StudyBar) -> None:
         if not members:
             return
         groups = self.prepare(members)
@@ -291,34 +277,34 @@ class _Phase:
         task_of = functools.lru_cache(maxsize=None)(get_task)
         loops = [self.loop(g, task_of(self.runs[g.members[0]].task)) for g in groups]
         self.record_members()
-        if self.writer:
-            print(f"{self.preset.name} {label}: {len(members)} members in {len(groups)} programs",
-                  file=sys.stderr, flush=True)
-        console = Console(len(groups))
+        bar.line(f"{self.preset.name} {label}: {len(members)} members in {len(groups)} programs")
+        bar.add_phase(label, len(groups), sum(g.cost for g in groups))
         for group, loop in zip(groups, loops):
-            self.train_group(group, loop, console)
+            self.train_group(group, loop, bar)
 
-    def train_group(self, group: Group, loop: Loop | None = None, console=None) -> list[dict]:
+    def train_group(self, group: Group, loop: Loop | None = None, progress: StudyBar | None = None
+                    ) -> list[dict]:
         """Train one group (skipped when done, resumed when preempted, re-trained from step 0
         when a member was changed); raises Interrupted when it was stopped."""
         idx, name = group.members, group.name
-        console = console or Console(1)
+        if progress is None:
+            progress = StudyBar(quiet=not self.writer)
+            progress.add_phase(name, 1, group.cost)
         group_dir = os.path.join(self.workdir, "groups", name)
         problems = {i: member_lib.problem(self.workdir, self.recs[i], self.preset.name) for i in idx}
         if not any(problems.values()):
-            console.start(name + " (done, skipped)", len(idx))
+            progress.skip(name, len(idx), group.cost)
             self.found_done += 1
             return []
         restart = _needs_restart(problems, group_dir)
         if restart is not None:
             i, why = restart
-            if self.writer:
-                print(f"{name}: study member {self.members[i].relpath} {why.text}; re-training the "
-                      f"group's {len(idx)} members from step 0", file=sys.stderr, flush=True)
+            progress.line(f"{name}: study member {self.members[i].relpath} {why.text}; re-training "
+                          f"the group's {len(idx)} members from step 0")
             _clear_group(group_dir, group.dirs, self.writer)
         _stop_if_requested(f"before group {name}")
-        console.start(name, len(idx))
-        summaries = (loop or self.loop(group)).run(progress=console)
+        progress.start(name, len(idx), group.cost)
+        summaries = (loop or self.loop(group)).run(progress=progress)
         # a signal at the group's last step or final eval lets the group finish: stop after it
         if any(s["status"] == "interrupted" for s in summaries) or stop_requested():
             raise Interrupted(f"interrupted in group {name} (checkpointed); run the same command "

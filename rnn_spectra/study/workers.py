@@ -17,7 +17,6 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import signal
-import sys
 
 from rnn_spectra.errors import Interrupted, UserError, WorkdirError
 
@@ -45,7 +44,7 @@ def _train_group(train_one_group, preset, workdir, overrides, seed_offset, phase
     it)."""
     try:
         trained = train_one_group(preset, workdir, phase_name, k, overrides=overrides,
-                                  seed_offset=seed_offset, record=False)
+                                  seed_offset=seed_offset, record=False, bar=False)
     except Interrupted:
         return "interrupted"
     except UserError as e:
@@ -78,24 +77,28 @@ class WorkerPool:
         self.pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
         return False
 
-    def train_phase(self, phase, name: str, members, overrides, seed_offset: int) -> None:
+    def train_phase(self, phase, name: str, members, overrides, seed_offset: int, bar) -> None:
         """One phase's groups, largest first; the parent records the members in study.json
-        first. Interrupted if a worker was stopped, WorkdirError on a worker's one-line error."""
+        first and moves the study's bar (``progress.StudyBar``) as groups finish. Interrupted if
+        a worker was stopped, WorkdirError on a worker's one-line error."""
         from rnn_spectra.study.plan import PHASES
 
         if not members:
             return
         groups = phase.prepare(members)
         phase.record_members()
-        print(f"{phase.preset.name} {PHASES[name]}: {len(members)} members in {len(groups)} "
-              f"programs on {min(self.workers, len(groups))} workers", file=sys.stderr, flush=True)
+        bar.line(f"{phase.preset.name} {PHASES[name]}: {len(members)} members in {len(groups)} "
+                 f"programs on {min(self.workers, len(groups))} workers")
+        bar.add_phase(PHASES[name], len(groups), sum(g.cost for g in groups))
         futures = {self.pool.submit(_train_group, self.train_one_group, phase.preset,
                                     phase.workdir, overrides, seed_offset, name, g.index): g
                    for g in sorted(groups, key=lambda g: -g.cost)}
         outcomes = {}
         for f in cf.as_completed(futures):
             outcomes[futures[f].name] = f.result()
-            print(f"  {futures[f].name}: {outcomes[futures[f].name]}", file=sys.stderr, flush=True)
+            # a group found done before leaves the bar's total; a trained one moves the bar
+            bar.done(futures[f].cost, trained=outcomes[futures[f].name] == "done")
+            bar.line(f"  {futures[f].name}: {outcomes[futures[f].name]}")
         phase.found_done += sum(o == "done before" for o in outcomes.values())
         errors = [f"{g}: {o[len('error: '):]}" for g, o in outcomes.items() if o.startswith("error")]
         if errors:
