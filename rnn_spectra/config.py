@@ -196,8 +196,9 @@ class LogConfig(_Section):
                      "(needs wandb: pip install 'rnn_spectra[wandb]')")
     wandb_project: str = _f("rnn_spectra", "W&B project")
     wandb_entity: str | None = _f(None, "W&B entity (user or team; None: your default)", kind=str)
-    wandb_mode: str = _f("online", "online (sync as it runs) | offline (write WORKDIR/wandb/ only; "
-                         "`wandb sync` later) | disabled", choices=("online", "offline", "disabled"))
+    wandb_mode: str | None = _f(None, "online (sync as it runs) | offline (write WORKDIR/wandb/ only; "
+                                "`wandb sync` later) | disabled; None: $WANDB_MODE, else online",
+                                kind=str, choices=("online", "offline", "disabled"))
 
 
 @dataclasses.dataclass(frozen=True)

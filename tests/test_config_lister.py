@@ -22,7 +22,7 @@ def test_every_default_key_is_listed_once_with_its_check_and_meaning(capsys):
     code, lines, err = config_cli(capsys)
     assert code == 0 and err == ""
     keys = flat_keys(default_config())
-    assert len(keys) == 56 and len(lines) == len(keys)
+    assert len(keys) == 60 and len(lines) == len(keys)
     assert sorted(line.split()[0] for line in lines) == sorted(keys)
     assert len({line.index(" = ") for line in lines}) == 1  # aligned
     [hidden] = [line for line in lines if line.startswith("model.hidden_size ")]

@@ -174,9 +174,9 @@ def _settings(overrides: dict[str, str], seed_offset: int) -> tuple[dict[str, st
     refused = [k for k in overrides if not k.startswith(STUDY_OVERRIDABLE)]
     if refused:
         raise ConfigError(f"study takes only --config.parallel.*, --config.checkpoint.*, "
-                          f"--config.log.tensorboard, --config.log.wandb* and --config.study.seed_offset "
-                          f"overrides "
-                          f"(the grid is the preset's), not --config.{refused[0]}")
+                          f"--config.log.tensorboard, --config.log.wandb* and "
+                          f"--config.study.seed_offset overrides (the grid is the preset's), not "
+                          f"--config.{refused[0]}")
     if offset is not None:
         try:
             offset = int(offset)
