@@ -161,7 +161,8 @@ def open_loggers(run, config: Mapping, workdir: str, *, start_step: int,
                  group: str | None = None) -> Fanout | None:
     """A member's loggers for the backends ``run.log`` turns on, or None when it turns on none.
     ``config``: the member's config as given (config.json), W&B's run config; ``group``: the
-    sweep group the member trains in (W&B groups its runs by it)."""
+    sweep group the member trains in (W&B groups its runs by it; the run is named after the
+    workdir's last folder, or last two in a group)."""
     loggers: list[RowLogger] = []
     try:
         if run.log.tensorboard:
@@ -171,8 +172,10 @@ def open_loggers(run, config: Mapping, workdir: str, *, start_step: int,
         if run.log.wandb:
             from rnn_spectra.wandb_log import WandbLogger
 
+            # a group's members: their row and setting (a study's workdirs end .../<row>/<setting>)
+            parts = os.path.normpath(workdir).split(os.sep)
             loggers.append(WandbLogger(workdir, run.log, config, group=group,
-                                       name=os.path.basename(os.path.normpath(workdir))))
+                                       name="/".join(parts[-2:] if group else parts[-1:])))
     except BaseException:
         Fanout(loggers).close()
         raise
