@@ -340,31 +340,6 @@ def config_to_json(cfg: ml_collections.ConfigDict) -> str:
     return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
 
 
-# Keys added after runs were recorded, whose absence from a stored config means the value the code
-# had then rather than today's default: AntisymmetricRNN's fixed eps 0.1 and gamma 0.01, the
-# Lyapunov exponents averaged from step 0 (issue #14).
-LEGACY_VALUES = {"model.epsilon": 0.1, "model.gamma": 0.01, "spectral.lyapunov_discard": 0.0}
-
-
-def config_from_dict(d: dict, where: str = "config") -> ml_collections.ConfigDict:
-    """A stored config dict on top of today's defaults (keys added since take their defaults,
-    except ``LEGACY_VALUES``: what a run recorded before that key existed used)."""
-    cfg = default_config()
-    try:
-        cfg.update_from_flattened_dict({**LEGACY_VALUES, **flatten_dict(d)})
-    except (KeyError, AttributeError, TypeError) as e:
-        raise ConfigError(f"{where} is not a valid run config: {e}") from None
-    return cfg
-
-
-def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
-    """The run config stored in ``workdir/config.json``, on top of today's defaults."""
-    from rnn_spectra import workdir as wd
-
-    path = wd.path(workdir, wd.CONFIG)
-    return config_from_dict(wd.read_json(path), path)
-
-
 def flatten_dict(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():

@@ -1,6 +1,7 @@
 """A user's config file: a Python file whose ``get_config()`` returns the ConfigDict a run starts
 from. Importing it, and the one-line errors that name the file (and an example that exists)
-when it is missing or broken; ``load_run_config``: the config a ``train`` command runs.
+when it is missing or broken; ``load_run_config``: the config a ``train`` command runs; a
+workdir's stored config.json read back (``config_from_workdir``, ``config_from_dict``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def load_run_config(config_path: str | None, workdir: str,
     if config_path is None:
         if not wd.is_run(workdir):
             raise ConfigError(f"--config is required: {workdir} is not an existing run to resume")
-        cfg = config_lib.config_from_workdir(workdir)
+        cfg = config_from_workdir(workdir)
     else:
         cfg = load_config_file(config_path)
     cfg.lock()
@@ -71,3 +72,26 @@ def _config_hint(path: str) -> str:
     if os.path.isdir(REPO_CONFIGS):
         return f" (the example configs are in {REPO_CONFIGS})"
     return " (give the path of a Python file that defines get_config())"
+
+
+# Keys added after runs were recorded, whose absence from a stored config means the value the code
+# had then rather than today's default: AntisymmetricRNN's fixed eps 0.1 and gamma 0.01, the
+# Lyapunov exponents averaged from step 0 (issue #14).
+LEGACY_VALUES = {"model.epsilon": 0.1, "model.gamma": 0.01, "spectral.lyapunov_discard": 0.0}
+
+
+def config_from_dict(d: dict, where: str = "config") -> ml_collections.ConfigDict:
+    """A stored config dict on top of today's defaults (keys added since take their defaults,
+    except ``LEGACY_VALUES``: what a run recorded before that key existed used)."""
+    cfg = config_lib.default_config()
+    try:
+        cfg.update_from_flattened_dict({**LEGACY_VALUES, **config_lib.flatten_dict(d)})
+    except (KeyError, AttributeError, TypeError) as e:
+        raise ConfigError(f"{where} is not a valid run config: {e}") from None
+    return cfg
+
+
+def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
+    """The run config stored in ``workdir/config.json``, on top of today's defaults."""
+    path = wd.path(workdir, wd.CONFIG)
+    return config_from_dict(wd.read_json(path), path)

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from rnn_spectra import config as config_lib
-from rnn_spectra import control, resume, run_logs
+from rnn_spectra import control, log_backends, resume
 from rnn_spectra import summary as summary_lib
 from rnn_spectra import workdir as wd
 from rnn_spectra.cadence import Cadence
@@ -112,7 +112,7 @@ class Loop:
         self.writer = is_writer()
         self.loggers = []
         self.grouped = group_dir is not None
-        run_logs.require(self.common.log)  # before anything is written
+        log_backends.require(self.common.log)  # before anything is written
 
     # ------------------------------------------------------------------ set-up
     def run(self, progress: Progress | Callable | None = None) -> list[dict]:
@@ -185,7 +185,7 @@ class Loop:
         self._note_divergence(state)
         if self.writer:
             for m in self.members:  # appended one by one: run() closes those already open
-                logger = run_logs.open_loggers(m.run, m.config.to_dict(), m.workdir, start_step=start,
+                logger = log_backends.open_loggers(m.run, m.config.to_dict(), m.workdir, start_step=start,
                                                group=self.name if self.grouped else None)
                 if logger is None:
                     break

@@ -2,15 +2,14 @@
 
 metrics.jsonl and spectra.jsonl stay the record. A ``RowLogger`` turns each row into named
 scalars and histograms at the row's step (``metric_scalars``, ``spectra_values``: the same tags
-for every backend) and hands them to its backend's ``write``. ``open_loggers`` gives the loop one
-logger per member that fans out to every backend its ``log`` section turns on; ``require``
-checks, before anything is written, that their packages import (one line naming the extra).
+for every backend) and hands them to its backend's ``write``; a ``Fanout`` writes to several.
+Which backends a run turns on, and opening them, is ``log_backends.py``'s: the backends import
+this interface, and this module imports none of them.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -143,40 +142,3 @@ class Fanout(RowLogger):
                 error = error or e
         if error is not None:
             raise error
-
-
-def require(log) -> None:
-    """One-line ConfigError when a backend the ``log`` section turns on cannot be imported."""
-    if log.tensorboard:
-        from rnn_spectra.tensorboard import require_tensorboardx
-
-        require_tensorboardx()
-    if log.wandb:
-        from rnn_spectra.wandb_log import require_wandb
-
-        require_wandb()
-
-
-def open_loggers(run, config: Mapping, workdir: str, *, start_step: int,
-                 group: str | None = None) -> Fanout | None:
-    """A member's loggers for the backends ``run.log`` turns on, or None when it turns on none.
-    ``config``: the member's config as given (config.json), W&B's run config; ``group``: the
-    sweep group the member trains in (W&B groups its runs by it; the run is named after the
-    workdir's last folder, or last two in a group)."""
-    loggers: list[RowLogger] = []
-    try:
-        if run.log.tensorboard:
-            from rnn_spectra.tensorboard import TensorBoardLogger, hparams_of
-
-            loggers.append(TensorBoardLogger(workdir, start_step=start_step, hparams=hparams_of(run)))
-        if run.log.wandb:
-            from rnn_spectra.wandb_log import WandbLogger
-
-            # a group's members: their row and setting (a study's workdirs end .../<row>/<setting>)
-            parts = os.path.normpath(workdir).split(os.sep)
-            loggers.append(WandbLogger(workdir, run.log, config, group=group,
-                                       name="/".join(parts[-2:] if group else parts[-1:])))
-    except BaseException:
-        Fanout(loggers).close()
-        raise
-    return Fanout(loggers) if loggers else None

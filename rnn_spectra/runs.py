@@ -20,6 +20,7 @@ import numpy as np
 
 from rnn_spectra import config as config_lib
 from rnn_spectra import workdir as wd
+from rnn_spectra.config_files import config_from_workdir
 from rnn_spectra.errors import WorkdirError
 
 
@@ -43,7 +44,7 @@ class Run:
 
     @functools.cached_property
     def config(self):
-        return config_lib.config_from_workdir(self.workdir)
+        return config_from_workdir(self.workdir)
 
     @functools.cached_property
     def run_config(self):

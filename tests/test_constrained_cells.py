@@ -14,6 +14,7 @@ from rnn_spectra import cells as cells_lib
 from rnn_spectra import config as config_lib
 from rnn_spectra.cells import indrnn_bound
 from rnn_spectra.config import ModelConfig
+from rnn_spectra.config_files import config_from_dict
 from rnn_spectra.model import SequenceModel
 from rnn_spectra.optim import learning_rate
 from rnn_spectra.spectral import make_step_fn
@@ -244,7 +245,7 @@ def test_antisymmetric_epsilon_and_gamma_are_checked_config_keys(tiny_config):
     m = np.asarray(cells_lib.recurrent_matrices("antisymmetric", p, exp.run.model)["W_s"], np.float64)
     np.testing.assert_allclose(m, w - w.T - 0.2 * np.eye(len(w)), atol=1e-6)
     # A run recorded before the keys existed is read back with the values it ran with.
-    old = config_lib.config_from_dict({"model": {"cell": "antisymmetric"}})
+    old = config_from_dict({"model": {"cell": "antisymmetric"}})
     assert (old.model.epsilon, old.model.gamma, old.spectral.lyapunov_discard) == (0.1, 0.01, 0.0)
 
 

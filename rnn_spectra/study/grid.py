@@ -15,6 +15,7 @@ import json
 import os
 
 from rnn_spectra import config as config_lib
+from rnn_spectra.config_files import config_from_dict
 from rnn_spectra.errors import ConfigError
 from rnn_spectra.study.presets import Preset, TaskEntry, Variant
 
@@ -128,7 +129,7 @@ def matched_hidden_size(c, reference_cell: str) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _matched(config_json: str, reference_cell: str) -> int:
-    c = config_lib.config_from_dict(json.loads(config_json))
+    c = config_from_dict(json.loads(config_json))
     target = _count(c, reference_cell=reference_cell)
     lo, hi = 1, 8 * c.model.hidden_size  # the count grows with H: bisect for the crossing
     while hi - lo > 1:
@@ -155,6 +156,6 @@ def _count(c, *, reference_cell: str | None = None, hidden_size: int | None = No
         d["model"]["hidden_size"] = hidden_size
     else:
         d["model"].update(cell=reference_cell, recurrent_init="orthogonal", init_scale=1.0)
-    c = config_lib.config_from_dict(d)
+    c = config_from_dict(d)
     exp = build(config_lib.resolve(c))
     return count_params(jax.eval_shape(exp.model.init, jax.random.PRNGKey(0)), c.model.cell)

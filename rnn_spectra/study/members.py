@@ -17,6 +17,7 @@ import os
 
 from rnn_spectra import config as config_lib
 from rnn_spectra import workdir as wd
+from rnn_spectra.config_files import config_from_dict
 from rnn_spectra.errors import UserError
 
 # Keys that say only how a member runs, never what it trains: the study's command line may set
@@ -31,7 +32,7 @@ def comparable(config) -> dict:
     the value that switches their feature off: a member recorded before they existed keeps its
     hash."""
     d = config.to_dict() if hasattr(config, "to_dict") else config
-    flat = config_lib.flatten_dict(config_lib.config_from_dict(d).to_dict())
+    flat = config_lib.flatten_dict(config_from_dict(d).to_dict())
     off = config_lib.OFF_BY_DEFAULT
     return {k: v for k, v in flat.items() if not k.startswith(HOW_IT_RUNS)
             and not (k in off and v == off[k])}
