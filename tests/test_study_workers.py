@@ -128,3 +128,22 @@ def test_a_study_logs_every_member_to_tensorboard_with_its_hparams(two, tmp_path
         lags = [t for t in tags if "/lag_" in t]
         assert lags and all(len(t.rsplit("_", 1)[1]) == 3 for t in lags)  # lag_001: sorts
     assert len(seen) == len(members) == 8
+
+
+def test_pin_plan_gives_each_worker_a_disjoint_share_of_the_cores():
+    from rnn_spectra.study.workers import pin_plan
+
+    assert pin_plan(2, [0, 1]) == [{0}, {1}]
+    assert pin_plan(2, [0, 1, 2, 3, 4]) == [{0, 2, 4}, {1, 3}]
+    assert pin_plan(3, [4, 5]) == [{4}, {5}, {4}]  # more workers than cores: one core each
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux CPU affinity and at least 2 cores")
+def test_each_worker_runs_on_its_own_share_of_the_cores():
+    from rnn_spectra.study.workers import WorkerPool, pin_plan
+
+    shares = pin_plan(2, sorted(os.sched_getaffinity(0)))
+    with WorkerPool(2, train_one_group=None) as pool:
+        seen = [pool.pool.submit(os.sched_getaffinity, 0).result() for _ in range(4)]
+    assert all(s in shares for s in seen), (seen, shares)

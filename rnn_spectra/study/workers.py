@@ -4,11 +4,12 @@ cluster's array task runs), and a phase's groups spread over N local worker proc
 
 Workers are long-lived processes (started with ``spawn``: JAX does not survive ``fork``) that
 take the largest groups first. A group's numbers depend only on its members' configs and seeds,
-so a study run by workers gives the same results as one process, bit for bit, on one condition:
-each worker keeps XLA:CPU's default thread pool. Pinning a worker to one core with
-single-threaded XLA (``--xla_cpu_multi_thread_eigen=false``) is faster per core but splits the
-GRU's and LSTM's matmuls differently, which moves their numbers at the float32 rounding level
-(tests/test_study_workers.py found it), so the workers are not pinned.
+so a study run by workers gives the same results as one process, bit for bit
+(tests/test_study_workers.py), on one condition: XLA's own settings stay as they are. Each worker
+is pinned to its share of the cores by CPU affinity only (``pin_plan``): unpinned, every
+worker's XLA thread pool spins on every core and the workers slow each other down; with
+single-threaded XLA (``--xla_cpu_multi_thread_eigen=false``) instead, the GRU's and LSTM's
+matmuls split differently and their numbers move at the float32 rounding level.
 """
 
 from __future__ import annotations
@@ -29,8 +30,18 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _worker_init(cache: bool) -> None:
+def pin_plan(workers: int, cores: list[int]) -> list[set[int]]:
+    """Each worker's cores: the cores split into ``workers`` disjoint, nearly equal shares, or
+    (more workers than cores) one core each, in turn."""
+    if workers >= len(cores):
+        return [{cores[i % len(cores)]} for i in range(workers)]
+    return [set(cores[i::workers]) for i in range(workers)]
+
+
+def _worker_init(cache: bool, shares) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it forwards a SIGTERM
+    if shares is not None:  # before JAX starts its thread pool, which sizes itself by affinity
+        os.sched_setaffinity(0, shares.get())
     if cache:  # the parent's persistent compilation cache: a program compiles once per machine
         from rnn_spectra.backend import enable_compilation_cache
 
@@ -61,8 +72,14 @@ class WorkerPool:
         import jax
 
         cache = bool(jax.config.jax_compilation_cache_dir)
-        self.pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=_worker_init, initargs=(cache,))
+        ctx = multiprocessing.get_context("spawn")
+        shares = None
+        if hasattr(os, "sched_setaffinity"):  # Linux: one share of this process's cores each
+            shares = ctx.SimpleQueue()
+            for share in pin_plan(workers, sorted(os.sched_getaffinity(0))):
+                shares.put(share)
+        self.pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                           initargs=(cache, shares))
 
     def __enter__(self):
         return self
