@@ -9,15 +9,28 @@ this interface, and this module imports none of them.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from rnn_spectra.errors import ConfigError
+
 NOT_METRICS = frozenset({"step", "split", "wall_time"})
 # spectra.jsonl means logged as scalars "spectral/<key without /mean>" (monitor.py defines them).
 SUMMARY_KEYS = ("step_norm/mean", "lyapunov/near_zero/mean", "lyapunov/kaplan_yorke/mean",
                 "dead_units/mean", "zero_steps/mean")
+
+
+def import_backend(module: str, hint: str):
+    """The backend's module, or a one-line ConfigError with the install ``hint``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        if e.name == module:
+            raise ConfigError(hint) from None
+        raise ConfigError(f"{module} is installed but fails to import ({e}); {hint}") from None
 
 
 def finite(value) -> float | None:

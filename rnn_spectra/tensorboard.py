@@ -31,8 +31,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from rnn_spectra.errors import ConfigError
-from rnn_spectra.run_logs import RowLogger
+from rnn_spectra.run_logs import RowLogger, import_backend
 
 TB_DIR = "tensorboard"
 INSTALL_HINT = ("log.tensorboard=true needs tensorboardX: "
@@ -41,13 +40,7 @@ INSTALL_HINT = ("log.tensorboard=true needs tensorboardX: "
 
 def require_tensorboardx():
     """The tensorboardX module, or a one-line ConfigError with the install hint."""
-    try:
-        import tensorboardX
-    except ImportError as e:
-        if e.name == "tensorboardX":
-            raise ConfigError(INSTALL_HINT) from None
-        raise ConfigError(f"tensorboardX is installed but fails to import ({e}); {INSTALL_HINT}") from None
-    return tensorboardX
+    return import_backend("tensorboardX", INSTALL_HINT)
 
 
 # The scalars TensorBoard's HParams dashboard shows per run (tags the loggers write).

@@ -28,7 +28,7 @@ import struct
 from collections.abc import Mapping
 
 from rnn_spectra.errors import ConfigError
-from rnn_spectra.run_logs import RowLogger
+from rnn_spectra.run_logs import RowLogger, import_backend
 
 WANDB_DIR = "wandb"  # what wandb itself makes under the dir it is given
 RUN_ID = os.path.join(WANDB_DIR, "run_id")
@@ -37,13 +37,7 @@ INSTALL_HINT = "log.wandb=true needs wandb: pip install 'rnn_spectra[wandb]' (or
 
 def require_wandb():
     """The wandb module, or a one-line ConfigError with the install hint."""
-    try:
-        import wandb
-    except ImportError as e:
-        if e.name == "wandb":
-            raise ConfigError(INSTALL_HINT) from None
-        raise ConfigError(f"wandb is installed but fails to import ({e}); {INSTALL_HINT}") from None
-    return wandb
+    return import_backend("wandb", INSTALL_HINT)
 
 
 def run_id(workdir: str) -> str:
