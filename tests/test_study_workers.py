@@ -147,3 +147,23 @@ def test_each_worker_runs_on_its_own_share_of_the_cores():
     with WorkerPool(2, train_one_group=None) as pool:
         seen = [pool.pool.submit(os.sched_getaffinity, 0).result() for _ in range(4)]
     assert all(s in shares for s in seen), (seen, shares)
+
+
+def _die(*args, **kwargs):
+    os._exit(9)  # as a worker killed for memory: no exception, no clean-up
+
+
+def test_a_worker_that_dies_stops_the_study_in_one_line_to_resume():
+    from types import SimpleNamespace
+
+    from rnn_spectra.errors import Interrupted
+    from rnn_spectra.study.workers import WorkerPool
+
+    group = SimpleNamespace(name="pilot/adding_T8/relu", cost=1.0, index=0)
+    phase = SimpleNamespace(prepare=lambda members: [group], record_members=lambda: None,
+                            preset=SimpleNamespace(name="smoke"), workdir="unused", found_done=0)
+    bar = SimpleNamespace(line=lambda text: None, add_phase=lambda *a: None, done=lambda *a, **k: None)
+    with pytest.raises(Interrupted, match="worker process died while training group "
+                                          "pilot/adding_T8/relu.*run the same command to resume"):
+        with WorkerPool(1, train_one_group=_die) as pool:
+            pool.train_phase(phase, "pilot", ["m"], {}, 0, bar)

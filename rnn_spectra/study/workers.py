@@ -97,7 +97,7 @@ class WorkerPool:
     def train_phase(self, phase, name: str, members, overrides, seed_offset: int, bar) -> None:
         """One phase's groups, largest first; the parent records the members in study.json
         first and moves the study's bar (``progress.StudyBar``) as groups finish. Interrupted if
-        a worker was stopped, WorkdirError on a worker's one-line error."""
+        a worker was stopped or died, WorkdirError on a worker's one-line error."""
         from rnn_spectra.study.plan import PHASES
 
         if not members:
@@ -112,7 +112,13 @@ class WorkerPool:
                    for g in sorted(groups, key=lambda g: -g.cost)}
         outcomes = {}
         for f in cf.as_completed(futures):
-            outcomes[futures[f].name] = f.result()
+            try:
+                outcomes[futures[f].name] = f.result()
+            except cf.process.BrokenProcessPool:  # a worker died: killed for memory, a crash
+                raise Interrupted(
+                    f"a worker process died while training group {futures[f].name} (killed for "
+                    f"memory? try fewer --workers); finished groups and checkpoints are kept: "
+                    "run the same command to resume") from None
             # a group found done before leaves the bar's total; a trained one moves the bar
             bar.done(futures[f].cost, trained=outcomes[futures[f].name] == "done")
             bar.line(f"  {futures[f].name}: {outcomes[futures[f].name]}")
