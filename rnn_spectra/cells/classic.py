@@ -25,7 +25,11 @@ ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 class ElmanCell(ZeroCarry, nn.Module):
     """h' = phi(W_s h + W_x x + b). Params: W_x (D, H), W_s (H, H) math orientation, b (H,)."""
 
-    tags_preactivation = True  # see PREACTIVATION (a plain class attribute, not a field)
+    # Tags its pre-activation (checkpoint_name below) but asks for no residual policy: for a
+    # one-matmul step the policy's recomputation costs more than the memory it saves (the
+    # vmapped pilot group of benchmarks/bench_study.py, measured without and with it), while
+    # the gated cells' steps gain from it. Same numbers either way.
+    tags_preactivation = False
     hidden_size: int
     activation: str = "tanh"
     recurrent_init: Initializer = orthogonal_init(1.0)
