@@ -26,9 +26,9 @@ class ElmanCell(ZeroCarry, nn.Module):
     """h' = phi(W_s h + W_x x + b). Params: W_x (D, H), W_s (H, H) math orientation, b (H,)."""
 
     # Tags its pre-activation (checkpoint_name below) but asks for no residual policy: for a
-    # one-matmul step the policy's recomputation costs more than the memory it saves (the
-    # vmapped pilot group of benchmarks/bench_study.py, measured without and with it), while
-    # the gated cells' steps gain from it. Same numbers either way.
+    # one-matmul step the policy's recomputation costs more than the memory it saves (the jitted
+    # step of bench_study.py's vmapped pilot group, timed with and without it in one process),
+    # while the gated cells' steps gain from it. Same numbers either way.
     tags_preactivation = False
     hidden_size: int
     activation: str = "tanh"
