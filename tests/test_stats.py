@@ -70,6 +70,20 @@ def test_still_learning_needs_a_one_percent_gain_in_the_last_quarter():
     assert still_learning(falling[:2], 100)  # no eval in the last quarter: unknown, never "fails"
 
 
+def test_still_learning_needs_an_absolute_gain_too_when_the_baseline_is_known():
+    from rnn_spectra.study.criteria import still_learning
+
+    # 5e-4 -> 4.9e-4: 2% relative, but 1e-5 is 0.006% of the 0.167 baseline: done, not learning
+    tiny = [{"step": s, "loss": v} for s, v in [(25, 1e-3), (50, 5e-4), (75, 5e-4), (100, 4.9e-4)]]
+    assert still_learning(tiny, 100) and not still_learning(tiny, 100, 0.167)
+    # 0.1 -> 0.05 drops 30% of the baseline: still learning either way
+    falling = [{"step": s, "loss": v} for s, v in [(25, 0.5), (50, 0.2), (75, 0.1), (100, 0.05)]]
+    assert still_learning(falling, 100, 0.167)
+    # an absolute drop without a relative one is not learning either (a loss far above baseline)
+    big = [{"step": s, "loss": v} for s, v in [(25, 50.0), (50, 40.0), (75, 40.0), (100, 39.7)]]
+    assert not still_learning(big, 100, 0.167)
+
+
 def test_instability_events_count_spikes_against_the_running_median():
     from rnn_spectra.study.criteria import instability_events
 

@@ -10,23 +10,29 @@ import numpy as np
 
 PLATEAU_FRACTION = 0.25  # the last quarter of the training steps ...
 PLATEAU_GAIN = 0.01  # ... must improve the best validation loss by at least 1% to count as learning
+# ... and by at least 1% of the task's trivial baseline: a row at 5e-4 (a tenth of a percent of
+# the baseline) whose loss moves by 1% is done for every purpose of a table, not still learning.
+PLATEAU_ABSOLUTE = 0.01
 LOSS_SPIKE = 10.0  # an instability event: a logged loss above 10x the running median so far
 GRAD_SPIKE = 100.0  # ... or a pre-clip gradient norm above 100x its running median
 
 
-def still_learning(eval_rows: list[dict], steps: int, *, fraction: float = PLATEAU_FRACTION,
-                   gain: float = PLATEAU_GAIN) -> bool:
+def still_learning(eval_rows: list[dict], steps: int, baseline: float | None = None, *,
+                   fraction: float = PLATEAU_FRACTION, gain: float = PLATEAU_GAIN,
+                   absolute: float = PLATEAU_ABSOLUTE) -> bool:
     """True when the best validation loss of the last ``fraction`` of ``steps`` improved on the
-    best before it by more than ``gain`` (relative): a run that stopped then was still learning,
-    and its result is a property of the budget. Needs an eval in each part, else True (unknown
-    counts as still learning: never call such a run a failure)."""
+    best before it by more than ``gain`` (relative) and, given the task's trivial ``baseline``,
+    by more than ``absolute`` x ``baseline``: a run that stopped then was still learning, and its
+    result is a property of the budget. Needs an eval in each part, else True (unknown counts as
+    still learning: never call such a run a failure)."""
     cut = steps * (1.0 - fraction)
     before = [r["loss"] for r in eval_rows if r["step"] <= cut and _finite(r.get("loss"))]
     after = [r["loss"] for r in eval_rows if r["step"] > cut and _finite(r.get("loss"))]
     if not before or not after:
         return True
-    best_before = min(before)
-    return min(after) < best_before * (1.0 - gain)
+    best_before, drop = min(before), min(before) - min(after)
+    relative = drop > gain * best_before
+    return relative and (baseline is None or drop > absolute * baseline)
 
 
 def instability_events(train_rows: list[dict], *, loss_spike: float = LOSS_SPIKE,

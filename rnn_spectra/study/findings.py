@@ -32,8 +32,9 @@ from rnn_spectra.study.stats import (FDR, LEVEL, Interval, adjusted_level, undec
                                      benjamini_hochberg, difference_ci, one_sample_ci,
                                      share_difference)
 
-FAMILIES = {"irnn": "ReLU", "relu_rnn": "ReLU", "tanh_rnn": "tanh", "lstm": "LSTM", "gru": "GRU"}
-FAMILY_ORDER = ("GRU", "LSTM", "ReLU", "tanh")
+FAMILIES = {"irnn": "ReLU", "relu_rnn": "ReLU", "tanh_rnn": "tanh", "lstm": "LSTM", "gru": "GRU",
+            "indrnn": "IndRNN", "antisymmetric": "AntisymmetricRNN", "exprnn": "expRNN"}
+FAMILY_ORDER = ("GRU", "LSTM", "ReLU", "tanh", "IndRNN", "AntisymmetricRNN", "expRNN")
 LOSS, EVENTS, LYAPUNOV = "test loss", "instability events per run", "λ₁ at the end"
 RATIO = "test-loss ratio"  # an interaction: one ratio of test losses against another
 DIVERGED = "share of seeds diverged"
@@ -196,7 +197,8 @@ def _interactions(by_table: dict[str, list[dict]]) -> list[Pending]:
     the log ratio best A / best B between the lengths, over the seeds of each length."""
     tasks = defaultdict(list)
     for table, rows in by_table.items():
-        if "_T" in table and rows[0].get("task"):
+        # a ladder's budgets are not lengths: its tables (tuned_on another) stay out
+        if "_T" in table and rows[0].get("task") and not rows[0].get("tuned_on"):
             tasks[rows[0]["task"]].append(table)
     out = []
     for task, tables in tasks.items():

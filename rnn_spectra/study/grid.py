@@ -1,10 +1,12 @@
 """What a preset expands to: one ``Member`` per (phase, table, variant, clipping, learning rate,
-clip threshold, seed), and the config each member trains with. Plain functions of the preset,
+clip threshold, init gain, seed), and the config each member trains with. Plain functions of the preset,
 shared by the study's run (what to train) and its member checks (what each member must be).
 
 The pilot expands the whole grid on the pilot seeds; ``beyond_edge`` adds one learning rate past
 the grid where a row's best one sits on its edge; ``confirmation`` trains a chosen setting on the
 confirmation seeds. ``seed_offset`` shifts every seed (a replication on disjoint seeds).
+A preset with a ``Search`` expands its ``trials`` points instead of the grid (``trials``), and a
+table ``tuned_on`` another has no pilot: it confirms the other's chosen settings (a ladder).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 from rnn_spectra import config as config_lib
 from rnn_spectra.config_files import config_from_dict
 from rnn_spectra.errors import ConfigError
-from rnn_spectra.study.presets import Preset, TaskEntry, Variant
+from rnn_spectra.study.presets import GAINLESS_INITS, Preset, Search, TaskEntry, Variant
 
 PHASES = ("pilot", "extend", "confirm")  # the first two choose, the last is reported
 MATCH_TOLERANCE = 0.05  # matched parameter counts: within 5%
@@ -32,6 +34,7 @@ class Member:
     learning_rate: float
     seed: int
     phase: str = "pilot"
+    init_gain: float = 1.0  # times the variant's model.init_scale (a search's third axis)
 
     @property
     def task(self) -> str:
@@ -49,7 +52,8 @@ class Member:
     @property
     def setting(self) -> str:
         cv = f"_c{self.clip_value:g}" if self.clip != "none" else ""
-        return f"lr{self.learning_rate:g}{cv}"
+        gain = f"_g{self.init_gain:g}" if self.init_gain != 1.0 else ""
+        return f"lr{self.learning_rate:g}{cv}{gain}"
 
     @property
     def relpath(self) -> str:
@@ -57,18 +61,58 @@ class Member:
                             f"{self.setting}_s{self.seed}")
 
 
+def _3g(x: float) -> float:
+    return float(f"{x:.3g}")  # short setting names, equal on every machine
+
+
+@functools.lru_cache(maxsize=16)
+def trials(search: Search) -> tuple[tuple[float, float, float], ...]:
+    """The search's points as (learning rate, clip threshold, init gain), 3 significant digits:
+    the first ``trials`` points of a scrambled Sobol sequence (``scipy.stats.qmc``; seeded, so
+    the same on every run), mapped log-uniformly onto the ranges. Quasi-random rather than
+    random: 8 points cover 3 axes more evenly than 8 independent draws."""
+    import warnings
+
+    import numpy as np
+    from scipy.stats import qmc
+
+    with warnings.catch_warnings():  # a count that is no power of 2 loses balance, not validity
+        warnings.simplefilter("ignore", UserWarning)
+        u = qmc.Sobol(d=3, scramble=True, seed=search.seed).random(search.trials)
+    ranges = (search.learning_rate, search.clip_value, search.init_gain)
+    logs = [(np.log(lo), np.log(hi)) for lo, hi in ranges]
+    return tuple(tuple(_3g(float(np.exp(a + x * (b - a)))) for x, (a, b) in zip(p, logs))
+                 for p in u)
+
+
+def search_of(preset: Preset, v: Variant) -> Search | None:
+    return v.search or preset.search
+
+
 def _settings(preset: Preset, v: Variant):
+    """(clip, clip threshold, learning rate, init gain) of each of the row's pilot settings."""
+    search = search_of(preset, v)
+    if search is not None:
+        gained = dict(v.config).get("model.recurrent_init") not in GAINLESS_INITS
+        for clip in v.clips or preset.clips:
+            fixed = v.clip_values[0] if v.clip_values else None  # a paper's own threshold
+            for lr, cv, gain in trials(search):
+                yield (clip, 0.0 if clip == "none" else fixed or cv, lr,
+                       gain if gained else 1.0)
+        return
     for clip in v.clips or preset.clips:
         for lr in v.learning_rates or preset.learning_rates:
             for cv in ((v.clip_values or preset.clip_values) if clip != "none" else (0.0,)):
-                yield clip, cv, lr
+                yield clip, cv, lr, 1.0
 
 
 def expand(preset: Preset, seed_offset: int = 0) -> list[Member]:
-    """The pilot: every setting of every row on the pilot seeds."""
-    return [Member(task, v, clip, cv, lr, seed + seed_offset)
-            for task in preset.tasks for v in preset.variants if v.on(task)
-            for clip, cv, lr in _settings(preset, v) for seed in preset.pilot_seeds]
+    """The pilot: every setting of every row on the pilot seeds (tables ``tuned_on`` another
+    have none)."""
+    return [Member(task, v, clip, cv, lr, seed + seed_offset, init_gain=gain)
+            for task in preset.tasks if task.tuned_on is None
+            for v in preset.variants if v.on(task)
+            for clip, cv, lr, gain in _settings(preset, v) for seed in preset.pilot_seeds]
 
 
 def lr_grid(preset: Preset, v: Variant) -> tuple[float, ...]:
@@ -95,8 +139,12 @@ def extension(preset: Preset, best: Member, seed_offset: int = 0) -> list[Member
 
 
 def confirmation(preset: Preset, chosen: Member, seed_offset: int = 0) -> list[Member]:
-    return [dataclasses.replace(chosen, seed=s + seed_offset, phase="confirm")
-            for s in preset.confirm_seeds]
+    """The chosen setting on the confirmation seeds: in its own table and in every table
+    ``tuned_on`` it (where the variant runs there too)."""
+    entries = [chosen.entry] + [t for t in preset.tasks if t.tuned_on == chosen.table
+                                and chosen.variant.on(t)]
+    return [dataclasses.replace(chosen, entry=e, seed=s + seed_offset, phase="confirm")
+            for e in entries for s in preset.confirm_seeds]
 
 
 def find(preset: Preset, table: str, variant: str) -> tuple[TaskEntry, Variant]:
@@ -116,6 +164,8 @@ def member_config(preset: Preset, m: Member):
     if m.variant.match_params_of:  # before the axes, so the search runs once per variant
         h = matched_hidden_size(c, m.variant.match_params_of)
         config_lib.apply_overrides(c, {"model.hidden_size": h})
+    if m.init_gain != 1.0:
+        axes += (("model.init_scale", c.model.init_scale * m.init_gain),)
     for key, value in axes:
         config_lib.apply_overrides(c, {key: value})
     return c

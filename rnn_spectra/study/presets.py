@@ -6,6 +6,10 @@ A study runs in two phases (``run.py``): the *pilot* trains every setting of the
 ``pilot_seeds`` and chooses each row's setting by validation loss (extending the learning-rate
 grid once where the best point is at its edge); the *confirmation* trains the chosen setting on
 fresh ``confirm_seeds``, whose test losses are the numbers the report quotes.
+
+A preset with a ``Search`` gives every row the same tuning budget instead of a grid: the same
+``trials`` quasi-random points (learning rate, clip threshold, recurrent init gain) for every
+cell (Melis et al. 2018: only an equal budget compares architectures, not their tuning).
 """
 
 from __future__ import annotations
@@ -16,6 +20,25 @@ import math
 from rnn_spectra.errors import unknown_name
 
 Settings = tuple[tuple[str, object], ...]  # (dotted config key, value), applied in order
+
+
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """An equal tuning budget: ``trials`` points of a scrambled Sobol sequence (``grid.trials``)
+    over log-uniform ranges of the learning rate, the global-norm clip threshold (used by the
+    rows that clip) and a gain multiplying the variant's ``model.init_scale`` (used where the
+    init has a gain: not ``GAINLESS_INITS``). Every row of a preset draws the same points."""
+
+    trials: int
+    learning_rate: tuple[float, float]
+    clip_value: tuple[float, float] = (0.1, 10.0)
+    init_gain: tuple[float, float] = (0.5, 1.5)
+    seed: int = 0  # the Sobol scrambling: part of the design, never a run's seed
+
+
+# Inits whose scale is not a gain: IndRNN's is the bound MAG of u's range, which its cell's
+# projection enforces; expRNN's Henaff init scales rotation angles.
+GAINLESS_INITS = ("indrnn", "henaff")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +54,7 @@ class Variant:
     # A cell name: this row's hidden size is chosen so its free parameters match that cell's at
     # the preset's hidden size (within 5%, grid.matched_hidden_size); None: the preset's size.
     match_params_of: str | None = None
+    search: Search | None = None  # None: the preset's (its grid when it has no search)
 
     @property
     def cell(self) -> str:
@@ -57,11 +81,16 @@ class TaskEntry:
     name: str
     seq_len: int
     config: Settings = ()
+    # The table whose pilot chose this one's settings (a budget ladder: the settings chosen at
+    # the first budget, confirmed at each); None: its own pilot chooses.
+    tuned_on: str | None = None
 
     @property
     def table(self) -> str:
         perm = "_perm" if dict(self.config).get("task.permuted") else ""
-        return f"{self.name}{perm}_T{self.seq_len}"
+        steps = dict(self.config).get("train.steps")
+        budget = f"_S{steps}" if self.tuned_on is not None and steps else ""
+        return f"{self.name}{perm}_T{self.seq_len}{budget}"
 
     @property
     def settings(self) -> Settings:
@@ -134,6 +163,7 @@ class Preset:
     target_fraction: float = 0.5  # time-to-target: first eval below this x baseline
     extend_grid: bool = True  # best learning rate at the grid's edge: one more point beyond it
     pilot_config: Settings = ()  # only the pilot's members (e.g. no spectra: they choose, not explain)
+    search: Search | None = None  # an equal tuning budget instead of the learning-rate grid
 
 
 def log_grid(lo: float, hi: float, points: int) -> tuple[float, ...]:
@@ -161,6 +191,11 @@ MATCHED_PARAMS = tuple(dataclasses.replace(v, name=f"{v.name}/params=lstm", matc
                                            tasks=("adding_T100",))
                        for v in BASE_VARIANTS if v.name in ("tanh_rnn/orthogonal",
                                                             "relu_rnn/orthogonal", "irnn/identity"))
+# ... and with the GRU's (H = 57 at H = 32): both gated cells are a fair size to match.
+MATCHED_BOTH = MATCHED_PARAMS + tuple(
+    dataclasses.replace(v, name=v.name.replace("params=lstm", "params=gru"), match_params_of="gru")
+    for v in MATCHED_PARAMS)
+MATCHED_BOTH = tuple(dataclasses.replace(v, clips=("none",)) for v in MATCHED_BOTH)  # for time
 ADDING = (TaskEntry("adding", 50), TaskEntry("adding", 100), TaskEntry("adding", 200))
 CPU_BASE = base(hidden_size=32, steps=600, batch_size=32, eval_every=50, eval_batches=2,
                 eval_batch_size=128, log_every=50, spectral_every=300)
@@ -170,6 +205,37 @@ NO_PILOT_SPECTRA = (("spectral.every", 0),)  # the pilot chooses; the confirmati
 SELECT_THEN_CONFIRM = dict(clips=("none",), learning_rates=ADAM_LRS, clip_values=(1.0,),
                            pilot_seeds=(0, 1), confirm_seeds=(100, 101, 102, 103, 104),
                            pilot_config=NO_PILOT_SPECTRA)
+
+# The equal tuning budget (issue #27): 8 Sobol points per row over 3 decades of Adam's learning
+# rate (the old grid's 2 decades plus the one the LSTM's extension reached), 2 of the global-norm
+# threshold and a recurrent init gain x0.5..x1.5; SGD over its own learning-rate range. Every
+# cell runs without and with clipping (the question's own remedy for ReLU), each row with the
+# same points.
+ADAM_SEARCH = Search(trials=8, learning_rate=(1e-4, 1e-1))
+SGD_SEARCH = Search(trials=8, learning_rate=(1e-3, 0.3))
+CLIP_ROWS = ("none", "global_norm")
+COPYING = (TaskEntry("copying", 50), TaskEntry("copying", 100))
+SEARCHED_SGD_ARM = tuple(dataclasses.replace(v, learning_rates=None, clip_values=None,
+                                             search=SGD_SEARCH) for v in SGD_ARM)
+# The constrained cells on copying (memory without decay is what they were built for); IndRNN
+# keeps its paper's element-wise clip at 10 as its only clipping row.
+CONSTRAINED_ON_COPYING = tuple(dataclasses.replace(v, tasks=("copying",)) for v in CONSTRAINED_VARIANTS)
+# Equal budget on one pilot seed per point (8 points rather than 4 on 2 seeds: for the same
+# compute a search covers its space better than it averages noise), then 10 fresh seeds
+# (tests/test_calibration.py: what 10 paired seeds detect).
+SEARCH_THEN_CONFIRM = dict(clips=CLIP_ROWS, learning_rates=(), clip_values=(),
+                           search=ADAM_SEARCH, pilot_seeds=(0,),
+                           confirm_seeds=tuple(range(100, 110)), extend_grid=False,
+                           pilot_config=NO_PILOT_SPECTRA)
+# The budget ladder: settings chosen at the first budget (the pilot at 600 steps) carried over
+# to 4x and 16x the steps, the main families only.
+LADDER_STEPS = (600, 2400, 9600)
+LADDER_TASKS = tuple(TaskEntry("adding", 100, (("train.steps", n),),
+                               tuned_on=None if n == LADDER_STEPS[0] else "adding_T100")
+                     for n in LADDER_STEPS)
+LADDER_VARIANTS = tuple(v for v in BASE_VARIANTS if v.name in (
+    "tanh_rnn/orthogonal", "relu_rnn/orthogonal", "irnn/identity", "lstm/orthogonal",
+    "gru/orthogonal"))
 
 # Steering the spectrum (control.py): a tanh and two ReLU RNNs, plain and with each intervention.
 # The regulariser pulls the top Lyapunov exponent to 0 (weight 1, k = 1, a 50-step window); the
@@ -196,11 +262,29 @@ PRESETS: dict[str, Preset] = {
         pilot_seeds=(0, 1), confirm_seeds=(2, 3), test_chunks=2, extend_grid=False,
     ),
     "cpu": Preset(
-        name="cpu", description="adding at T = 50, 100, 200: Adam for every variant, the SGD arm "
-                                "and matched parameter counts at T = 100; H = 32, 600 steps, "
-                                "sized for a 2-core CPU",
+        name="cpu", description="adding at T = 100 and copying at T = 50, 100 (with expRNN, "
+                                "IndRNN, AntisymmetricRNN): every row the same 8-point search, "
+                                "without and with clipping, then 10 fresh seeds; the SGD arm and "
+                                "parameter counts matched to the LSTM and the GRU at adding T = "
+                                "100; H = 32, 600 steps, sized for a 2-core CPU",
+        base=CPU_BASE, tasks=(TaskEntry("adding", 100),) + COPYING,
+        variants=BASE_VARIANTS + CONSTRAINED_ON_COPYING + SEARCHED_SGD_ARM + MATCHED_BOTH,
+        **SEARCH_THEN_CONFIRM,
+    ),
+    "cpu-grid": Preset(
+        name="cpu-grid", description="the previous cpu design (docs/ before issue #27): adding at "
+                                     "T = 50, 100, 200, a learning-rate grid for Adam without "
+                                     "clipping, the SGD arm and LSTM-matched sizes at T = 100; "
+                                     "H = 32, 600 steps",
         base=CPU_BASE, tasks=ADDING, variants=BASE_VARIANTS + SGD_ARM + MATCHED_PARAMS,
         **SELECT_THEN_CONFIRM,
+    ),
+    "ladder": Preset(
+        name="ladder", description="adding T = 100, the main families, the cpu search at 600 "
+                                   "steps, its chosen settings confirmed at 600, 2,400 and 9,600 "
+                                   "steps on 10 seeds: does the ranking survive the budget?",
+        base=CPU_BASE, tasks=LADDER_TASKS, variants=LADDER_VARIANTS,
+        **SEARCH_THEN_CONFIRM,
     ),
     "cpu-full": Preset(
         name="cpu-full", description="the cpu preset plus copying (T = 20, 50) and the 8x8 digits "

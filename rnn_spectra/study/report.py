@@ -13,6 +13,7 @@ from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
 from rnn_spectra.study.claims import CLAIMS, write_claims
 from rnn_spectra.study.findings import build_claims
+from rnn_spectra.study.ladder import ladder_figures, ladder_lines
 from rnn_spectra.study.sentences import findings, fmt, lyap_text
 from rnn_spectra.study.predictors import predictors_figure, render_predictors
 from rnn_spectra.study.results import build_results
@@ -147,11 +148,16 @@ def render_markdown(results: dict, figures: list[str], claims: list[dict] | None
               f"time {fmt(results['wall_time_s'], 4)} s" + _throughput(results) + ".", ""]
     rows = results["rows"]
     steps = sorted({r.get("steps") for r in rows if r.get("steps")})
+    searched = max((r.get("pilot_settings", 0) for r in rows if r.get("searched")), default=0)
     lines += [
         "**Design.** Each row is a variant at its own setting (learning rate; clip threshold where "
-        "clipping is on), chosen on the *pilot* seeds by mean validation loss (fewer diverged seeds "
-        "first) over a log grid that is extended once where its best point lay on the edge "
-        "(*(edge)*: still on it after that). The numbers are those of fresh *confirmation* seeds "
+        "clipping is on" + ("; recurrent init gain *g* where its init has one" if searched else "")
+        + "), chosen on the *pilot* seeds by mean validation loss (fewer diverged seeds first) "
+        + (f"among the same {searched} quasi-random points (a scrambled Sobol sequence over "
+           "log-uniform ranges) for every row: an equal tuning budget per cell"
+           if searched else "over a log grid that is extended once where its best point lay on "
+           "the edge (*(edge)*: still on it after that)")
+        + ". The numbers are those of fresh *confirmation* seeds "
         "at the chosen setting, on a separate test set: no number in a table is one that chose "
         "it" + (" († marks a row without confirmation seeds: chosen and quoted on the same seeds)"
                 if any(not r.get("confirmed", True) for r in rows) else "") + ". A row's test "
@@ -168,7 +174,7 @@ def render_markdown(results: dict, figures: list[str], claims: list[dict] | None
         "checks against another run." + (f" Training stops at a step cap ({', '.join(map(str, steps))} "
                                          "steps)." if steps else ""), "",
         "*Still learning*: seeds whose best validation loss over the last 25% of the steps was "
-        "more than 1% below the best before (a row with such seeds is a property of its budget, "
+        "more than 1% below the best before and by more than 1% of the baseline (a row with such seeds is a property of its budget, "
         "never a failure). *Instability events* (SGD rows): logged training steps whose loss "
         "exceeded 10× the running median of the losses logged before, or whose pre-clip gradient "
         "norm exceeded 100× its running median, plus 1 for a divergence. *Solved*: adding — no "
@@ -182,6 +188,7 @@ def render_markdown(results: dict, figures: list[str], claims: list[dict] | None
         "is averaged over seeds on a fixed probe batch; the table under each task's defines it and "
         "adds the other spectral quantities.", ""]
     lines += ["## Findings", ""] + [f"- {s}" for s in findings(results, claims)] + [""]
+    lines += ladder_lines(results)
     by_table = defaultdict(list)
     for r in results["rows"]:
         by_table[r["table"]].append(r)
@@ -233,6 +240,8 @@ def write_report(workdir: str) -> str:
     write_claims(workdir, claims, {k: results.get(k) for k in ("preset", "design", "seed_offset",
                                                                 "machine", "finished")})
     figures = make_figures(workdir, results)
+    figures += [os.path.relpath(p, workdir)
+                for p in ladder_figures(results, os.path.join(workdir, "figures"))]
     if results.get("predictors"):
         figures.append(os.path.relpath(predictors_figure(
             results["predictors"], os.path.join(workdir, "figures", "predictors.png")), workdir))

@@ -157,8 +157,8 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
     loss_mean, loss_sd = _stat(test_losses)
     acc_mean, acc_sd = _stat(test_acc)
     steps = [m["summary"].get("steps_completed") for m in seeds]
-    learning = [m["summary"]["status"] == "completed" and still_learning(_eval_rows(m), int(n))
-                for m, n in zip(seeds, steps) if n]
+    learning = [m["summary"]["status"] == "completed"
+                and still_learning(_eval_rows(m), int(n), baseline) for m, n in zip(seeds, steps) if n]
     events = [instability_events([r for r in m["metrics"] if r.get("split") == "train"])
               + (m["summary"]["status"] == "diverged") for m in seeds]
     reached = [t for t in target if t[0] is not None]
@@ -251,41 +251,58 @@ def seed_baselines(members: list[dict], test_chunks: int) -> dict[tuple[str, int
     return {k: v for k, v in out.items() if v is not None}
 
 
+def _row(t: str, r: str, seeds: list[dict], reported: list[dict], choosing: list[dict],
+         baselines: dict, frac: float, chose: str) -> dict:
+    """Table ``t``'s row ``r``: its confirmation seeds (``reported``; the pilot's ``seeds`` where
+    there are none) at the setting the pilot of table ``chose`` picked."""
+    row = summarise(t, r, reported or seeds, frac)
+    row["test_baselines"] = {str(m["seed"]): baselines[(t, m["seed"])]
+                             for m in (reported or seeds) if (t, m["seed"]) in baselines}
+    tried = [m for m in choosing if (m["table"], m["row"]) == (chose, r)]
+    grid = sorted({m["learning_rate"] for m in tried})
+    searched = any(m.get("searched") for m in tried)
+    row.update({
+        "confirmed": bool(reported),  # False: the numbers are the pilot's (a study from before
+        # the confirmation phase, or one interrupted before it): chosen and quoted on one set
+        "tuned_on": chose if chose != t else None,  # a ladder: the table whose pilot chose
+        "init_gain": seeds[0].get("init_gain", 1.0),
+        "searched": searched,  # the pilot's settings were a search's points, not a grid
+        "pilot_seeds": len(seeds),
+        "pilot_settings": len({m["setting"] for m in tried}),  # the tuning budget spent
+        "pilot_val_loss_mean": _stat([_val_loss(m) for m in seeds])[0],
+        "learning_rates_tried": grid,
+        # a search's points are not a grid: no edge to extend
+        "lr_at_grid_edge": not searched and len(grid) > 1
+        and seeds[0]["learning_rate"] in (grid[0], grid[-1]),
+        "extended": any(m.get("phase") == "extend" for m in tried),
+    })
+    return row
+
+
 def build_results(workdir: str) -> dict:
     study, members = load_members(workdir)
     frac = study.get("preset_fields", {}).get("target_fraction", 0.5)
     reported = [m for m in members if m.get("phase") == "confirm"] or members
     baselines = seed_baselines(reported, study.get("preset_fields", {}).get("test_chunks", 4))
     choosing = [m for m in members if m.get("phase") != "confirm"]
-    confirming = defaultdict(list)
+    # (table that chose, row, setting) -> table -> its confirmation seeds: a ladder's tables
+    # confirm the settings chosen on another (its record's "tuned_on")
+    confirming = defaultdict(lambda: defaultdict(list))
     for m in members:
         if m.get("phase") == "confirm":
-            confirming[(m["table"], m["row"], m["setting"])].append(m)
+            chose = m.get("tuned_on") or m["table"]
+            confirming[(chose, m["row"], m["setting"])][m["table"]].append(m)
     rows = []
-    for (t, r), seeds in choose_best(choosing).items():
-        reported = confirming.get((t, r, seeds[0]["setting"]))
-        row = summarise(t, r, reported or seeds, frac)
-        row["test_baselines"] = {str(m["seed"]): baselines[(t, m["seed"])]
-                                 for m in (reported or seeds) if (t, m["seed"]) in baselines}
-        grid = sorted({m["learning_rate"] for m in choosing if (m["table"], m["row"]) == (t, r)})
-        row.update({
-            "confirmed": bool(reported),  # False: the numbers are the pilot's (a study from before
-            # the confirmation phase, or one interrupted before it): chosen and quoted on one set
-            "pilot_seeds": len(seeds),
-            "pilot_val_loss_mean": _stat([_val_loss(m) for m in seeds])[0],
-            "learning_rates_tried": grid,
-            "lr_at_grid_edge": len(grid) > 1 and seeds[0]["learning_rate"] in (grid[0], grid[-1]),
-            "extended": any(m.get("phase") == "extend" for m in choosing
-                            if (m["table"], m["row"]) == (t, r)),
-        })
-        rows.append(row)
+    for (tc, r), seeds in choose_best(choosing).items():
+        for t, reported in (confirming.get((tc, r, seeds[0]["setting"])) or {tc: []}).items():
+            rows.append(_row(t, r, seeds, reported, choosing, baselines, frac, tc))
     # Divergence over the whole grid of a row, not only at its chosen setting: an unclipped
     # variant can look fine at its best learning rate and still blow up at the other ones.
     runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for m in choosing:  # the pilot's grid (and its extension): every setting, the same seeds
         runs[(m["table"], m["row"])].append(m)
     for r in rows:
-        every = runs[(r["table"], r["variant"])]
+        every = runs[(r["tuned_on"] or r["table"], r["variant"])]
         r["runs_all_settings"] = len(every)
         r["runs_diverged_all_settings"] = sum(m["summary"]["status"] == "diverged" for m in every)
     order = {name: i for i, name in enumerate(dict.fromkeys(m["table"] for m in study["members"]))}

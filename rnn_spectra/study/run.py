@@ -35,7 +35,7 @@ from rnn_spectra.progress import StudyBar
 from rnn_spectra.signals import clear_stop, stop_requested
 from rnn_spectra.study import members as member_lib
 from rnn_spectra.study.export import export_chosen_checkpoints
-from rnn_spectra.study.grid import Member, member_config
+from rnn_spectra.study.grid import Member, member_config, search_of
 from rnn_spectra.study.plan import PHASES, group_names, phase_members
 from rnn_spectra.study.presets import Preset, get_preset
 from rnn_spectra.sweep import group_by_program
@@ -246,7 +246,9 @@ class _Phase:
         group_of = {i: name for idx, name in zip(idx_groups, names) for i in idx}
         self.recs = [dict(relpath=m.relpath, phase=m.phase, table=m.table, task=m.task, row=m.row,
                           setting=m.setting, seed=m.seed, learning_rate=m.learning_rate,
-                          clip=m.clip, clip_value=m.clip_value, group=group_of[i],
+                          clip=m.clip, clip_value=m.clip_value, init_gain=m.init_gain,
+                          tuned_on=m.entry.tuned_on, group=group_of[i],
+                          searched=search_of(self.preset, m.variant) is not None,
                           match_params_of=m.variant.match_params_of,
                           **member_lib.record(self.configs[i])) for i, m in enumerate(members)]
         return [Group(k, idx, name, [os.path.join(self.workdir, members[i].relpath) for i in idx],

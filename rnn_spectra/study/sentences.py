@@ -46,7 +46,7 @@ def findings(results: dict, claims: list[dict] | None = None) -> list[str]:
                 f"{len(rows) - len(below) - len(above)} not distinguishable from it at this budget")
         if learning:
             text += ("; still learning at the step cap (best validation loss of the last 25% of "
-                     "the steps > 1% below the best before): " + ", ".join(
+                     "the steps > 1% below the best before, and by > 1% of the baseline): " + ", ".join(
                          f"{r['variant']} ({r['seeds_still_learning']}/{r['seeds']})" for r in learning)
                      + ": their numbers are a property of the budget")
         out.append(text + ".")
