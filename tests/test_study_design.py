@@ -128,7 +128,7 @@ def test_matched_parameter_count_is_within_five_percent():
 
 
 def test_learning_rate_grid_extends_past_its_edge_only():
-    cpu = PRESETS["cpu"]
+    cpu = PRESETS["cpu-grid"]
     members = expand(cpu)
     lrs = sorted({m.learning_rate for m in members if m.variant.name == "lstm/orthogonal"})
     assert len(lrs) >= 5 and lrs[-1] / lrs[0] >= 100  # >= 5 points over >= 2 decades
@@ -143,23 +143,22 @@ def test_learning_rate_grid_extends_past_its_edge_only():
 @pytest.mark.slow  # ~2 min: 8 programs x 2 phases to compile
 def test_gpu_preset_runs_at_toy_size(monkeypatch, tmp_path):
     """The gpu preset's variants, arms and design, shrunk to seconds: one table (adding T=100,
-    where the SGD arm and the matched sizes live), H=8, 4 steps, one pilot seed."""
+    where the SGD arm and the matched sizes live), H=8, 4 steps, one search point, one pilot seed."""
     gpu = PRESETS["gpu"]
     toy = dataclasses.replace(
         gpu, name="gpu_toy", base=base(hidden_size=8, steps=4, batch_size=4, eval_every=2,
                                        eval_batches=1, eval_batch_size=8, log_every=2,
                                        spectral_every=4),
         tasks=(TaskEntry("adding", 100),), pilot_seeds=(0,), confirm_seeds=(1, 2), test_chunks=1,
-        learning_rates=gpu.learning_rates[:2], extend_grid=False,
-        variants=tuple(dataclasses.replace(v, learning_rates=v.learning_rates[:2] if v.learning_rates
-                                           else None, clip_values=(1.0,) if v.clip_values else None)
+        search=dataclasses.replace(gpu.search, trials=1), extend_grid=False,
+        variants=tuple(dataclasses.replace(v, search=v.search and dataclasses.replace(v.search, trials=1))
                        for v in gpu.variants))
     monkeypatch.setitem(PRESETS, toy.name, toy)
     w = str(tmp_path / "g")
     run_study(toy.name, w)
     rows = build_results(w)["rows"]
     assert {r["variant"] for r in rows} == {f"{v.name}/clip={c}" for v in gpu.variants
-                                            for c in (v.clips or gpu.clips)}
+                                            if v.on(toy.tasks[0]) for c in (v.clips or gpu.clips)}
     assert any(r["optimizer"] == "sgd" for r in rows) and any(r["hidden_size"] != 8 for r in rows)
 
 
@@ -273,7 +272,7 @@ def test_diverged_seeds_are_compared_where_sgd_explodes():
     assert claims[f"t|{clipped}|{sgd}|test loss"]["sign"] == -1
 
 
-@pytest.mark.parametrize("name", ["control", "cpu", "gpu"])
+@pytest.mark.parametrize("name", ["control", "cpu", "cpu-grid", "ladder", "gpu"])
 def test_every_program_of_a_phase_gets_its_own_group_folder(name):
     """The control preset's four interventions of one cell are four programs; they once shared
     one folder name (cell, optimizer, clip), so each group overwrote the one before."""
