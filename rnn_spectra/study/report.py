@@ -14,6 +14,7 @@ from rnn_spectra.errors import WorkdirError
 from rnn_spectra.study.claims import CLAIMS, write_claims
 from rnn_spectra.study.findings import build_claims
 from rnn_spectra.study.ladder import ladder_figures, ladder_lines
+from rnn_spectra.study.tradeoffs import cost_figures, cost_lines
 from rnn_spectra.study.sentences import findings, fmt, lyap_text
 from rnn_spectra.study.predictors import predictors_figure, render_predictors
 from rnn_spectra.study.results import build_results
@@ -189,6 +190,7 @@ def render_markdown(results: dict, figures: list[str], claims: list[dict] | None
         "adds the other spectral quantities.", ""]
     lines += ["## Findings", ""] + [f"- {s}" for s in findings(results, claims)] + [""]
     lines += ladder_lines(results)
+    lines += cost_lines(results)
     by_table = defaultdict(list)
     for r in results["rows"]:
         by_table[r["table"]].append(r)
@@ -240,8 +242,9 @@ def write_report(workdir: str) -> str:
     write_claims(workdir, claims, {k: results.get(k) for k in ("preset", "design", "seed_offset",
                                                                 "machine", "finished")})
     figures = make_figures(workdir, results)
+    out = os.path.join(workdir, "figures")
     figures += [os.path.relpath(p, workdir)
-                for p in ladder_figures(results, os.path.join(workdir, "figures"))]
+                for p in ladder_figures(results, out) + cost_figures(results, out)]
     if results.get("predictors"):
         figures.append(os.path.relpath(predictors_figure(
             results["predictors"], os.path.join(workdir, "figures", "predictors.png")), workdir))
