@@ -20,12 +20,25 @@ def fmt(x, digits=3) -> str:
     return f"{x:.{digits}g}"
 
 
+def _budget_sentence(rows: list[dict]) -> list[str]:
+    """Is the budget enough? The share of confirmed rows that are done at the step cap (at most
+    half their seeds still learning): a table of rows still learning compares budgets."""
+    rows = [r for r in rows if r.get("confirmed", True) and r.get("seeds")]
+    if not rows:
+        return []
+    done = [r for r in rows if 2 * r.get("seeds_still_learning", 0) <= r["seeds"]]
+    return [f"*Budget*: {len(done)} of {len(rows)} confirmed rows ({100 * len(done) / len(rows):.0f}%) "
+            "are done at the step cap (at most half their seeds still learning); the rest say more "
+            "about the budget than about the cell."]
+
+
 def findings(results: dict, claims: list[dict] | None = None) -> list[str]:
     """Sentences generated from the rows and their claims (``findings.py``; built from the rows
     when not given); no hand-written conclusions, no comparison without its interval, each
     sentence with the id of the claim in claims.json it rests on."""
     claims = build_claims(results) if claims is None else claims
-    out = [_multiplicity_sentence(claims), *_detectable_sentence(claims)]
+    out = [_multiplicity_sentence(claims), *_detectable_sentence(claims),
+           *_budget_sentence(results["rows"])]
     by_table = defaultdict(list)
     for r in results["rows"]:
         by_table[r["table"]].append(r)
