@@ -102,7 +102,9 @@ def time_rows(workdir: str, rows: dict[str, object], *, say=None) -> dict:
             continue
         if say and len(programs) == len(old.get("programs") or {}):
             say(f"timing one model of each confirmed row alone ({len(rows)} rows)")
-        task = tasks.setdefault(repr(run.task), get_task(run.task))
+        if repr(run.task) not in tasks:  # one dataset per task (an image task loads its own)
+            tasks[repr(run.task)] = get_task(run.task)
+        task = tasks[repr(run.task)]
         programs[prog] = {"first_row": key, **seconds_per_step(run, task), "machine": _machine(),
                           "measured": datetime.datetime.now().isoformat(timespec="seconds")}
         record["machine"] = programs[prog]["machine"]  # the last measurement's
