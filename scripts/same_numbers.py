@@ -15,7 +15,9 @@ import os
 import sys
 
 CLOCKS = {"wall_time", "wall_time_s", "started", "finished", "group_wall_time_s", "machine",
-          "seconds_to_target", "seconds_per_1000_steps", "checkpoint_steps"}
+          "seconds_per_1000_steps", "checkpoint_steps", "timing_wall_time_s",
+          # one model timed alone (study/timing.py): time to a target in seconds
+          "seconds_per_step", "seconds_per_step_alone", "median_seconds", "median_seconds_ci"}
 RUNS = {  # name -> config overrides (on configs/adding.py)
     "tanh": {"model.cell": "tanh_rnn", "model.hidden_size": 16, "task.seq_len": 20},
     "lstm_clipvalue": {"model.cell": "lstm", "model.hidden_size": 8, "task.seq_len": 12,

@@ -48,10 +48,25 @@ def test_smoke_study_end_to_end(smoke_study):
     assert "## Findings" in report and "| variant |" in report
     for fig in glob.glob(os.path.join(smoke_study, "figures", "*.png")):
         assert os.path.relpath(fig, smoke_study) in report
-    assert len(glob.glob(os.path.join(smoke_study, "figures", "*.png"))) == 5 * len(preset.tasks) + 1  # + predictors.png
+    assert len(glob.glob(os.path.join(smoke_study, "figures", "*.png"))) == 6 * len(preset.tasks) + 1  # + predictors.png
     claims = json.load(open(os.path.join(smoke_study, "claims.json")))["claims"]
     assert {c["id"] for c in claims} >= {f"adding_T8|{r['variant']}|baseline|test loss"
                                          for r in results["rows"]}
+    # time to a target: the families' representatives pairwise, a family per target
+    for f in preset.target_fractions:
+        assert sum(c["family"] == f"adding_T8|steps to {f:g}× baseline" for c in claims) == 6
+    # ... each seed counted, in steps and in seconds of one model timed alone (timing.json);
+    # rows that share a program (tanh, ReLU, LSTM, GRU) share its measurement
+    timing = json.load(open(os.path.join(smoke_study, "timing.json")))
+    assert "cpu" in timing["machine"] and len(timing["programs"]) == 4
+    for r in results["rows"]:
+        program = timing["programs"][timing["rows"][f"adding_T8|{r['variant']}"]["program"]]
+        assert r["seconds_per_step_alone"] == program["seconds_per_step"] > 0
+        assert [t["fraction"] for t in r["time_to_target"]] == list(preset.target_fractions)
+        for t in r["time_to_target"]:
+            assert len(t["steps_by_seed"]) == t["seeds"] == len(preset.confirm_seeds)
+            if t["median_steps"] is not None:
+                assert t["median_seconds"] == pytest.approx(t["median_steps"] * program["seconds_per_step"])
     # Every member has spectra from init to the end, and the report's rows have checkpoints.
     for r in results["rows"]:
         first = os.path.join(smoke_study, r["member_dirs"][0])
@@ -62,8 +77,11 @@ def test_smoke_study_end_to_end(smoke_study):
 
 def test_rerunning_a_finished_study_skips_its_groups(smoke_study, capsys):
     before = os.path.getmtime(os.path.join(smoke_study, "runs"))
+    timed = os.path.getmtime(os.path.join(smoke_study, "timing.json"))
     record = run_study("smoke", smoke_study, report=False)
-    assert "(done, skipped)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "(done, skipped)" in err and "timing one model" not in err  # measured once
+    assert os.path.getmtime(os.path.join(smoke_study, "timing.json")) == timed
     assert record["groups_found_done"] == 8  # the pilot's 4 and the confirmation's 4
     assert os.path.getmtime(os.path.join(smoke_study, "runs")) == before
     with pytest.raises(WorkdirError, match="preset 'smoke'"):
@@ -146,13 +164,14 @@ def test_report_from_a_fixture_workdir(tmp_path):
     assert good["variant"] == "good/clip=global_norm" and good["setting"] == "lr0.01_c1"
     assert good["test_loss_mean"] == pytest.approx(0.005) and good["test_loss_sd"] == pytest.approx(0.001 * 2 ** 0.5)  # sample sd (ddof=1)
     assert (good["seeds_solved"], good["seeds_diverged"], good["steps_to_solve"]) == (1, 0, 20)
-    assert good["steps_to_target"] == 20  # first eval below 0.5 x 1/6 in both seeds
+    t, = good["time_to_target"]  # a study.json from before two targets: its one target_fraction
+    assert (t["fraction"], t["median_steps"], t["reached"]) == (0.5, 20, 2)  # below 0.5 x 1/6 at 20
     assert good["beats_baseline"] and not bad["beats_baseline"]
     assert bad["seeds_diverged"] == 1 and bad["diverged_steps"] == [7]
     assert bad["sigma_max_init"] == pytest.approx(2.5) and bad["lyapunov_top_init"] == pytest.approx(0.3)
     assert not good["confirmed"]  # no confirmation members: the report must say so (†)
     text = findings(results, build_claims(results))
-    assert text[0].startswith("**Comparisons made: 3** in 2 families")
+    assert text[0].startswith("**Comparisons made: 4** in 3 families")  # + steps to 0.5x
     # 2 seeds: a 3x lower loss than the baseline is not decided; a diverged seed is counted
     assert text[1].startswith("**adding_T8** (baseline 0.1667, decided within the family "
                               "`adding_T8|vs baseline`): 0 of 2 rows have a test loss below the "

@@ -43,7 +43,9 @@ def _content(w: str) -> dict:
     for root, _, files in os.walk(w):
         for f in files:
             rel = os.path.relpath(os.path.join(root, f), w)
-            if rel.startswith(("groups", "figures")) or "checkpoints" in rel or f.endswith(".md"):
+            # timing.json: one model's clock (study/timing.py), nothing the workers computed
+            if rel.startswith(("groups", "figures")) or "checkpoints" in rel or f.endswith(".md") \
+                    or f == "timing.json":
                 continue
             path = os.path.join(root, f)
             if f.endswith(".jsonl"):

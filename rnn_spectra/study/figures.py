@@ -122,7 +122,8 @@ def make_figures(workdir: str, results: dict) -> list[str]:
     written = []
     for table, rows in by_table.items():
         data = {r["variant"]: _load(workdir, r["member_dirs"]) for r in rows}
-        for fn in (_test_loss_figure, _loss_figure, _sigma_figure, _jacobian_figure, _flow_figure):
+        for fn in (_test_loss_figure, _loss_figure, _time_to_target_figure, _sigma_figure,
+                   _jacobian_figure, _flow_figure):
             path = fn(table, rows, data, out_dir)
             if path:
                 written.append(os.path.relpath(path, workdir))
@@ -155,6 +156,45 @@ def _loss_figure(table, rows, data, out_dir):
     return _finish(fig, ax, f"{table}: which variants learn? (validation loss: mean over the "
                             "reported seeds, band lowest to highest)",
                    os.path.join(out_dir, f"{table}_loss.png"))
+
+
+def _time_to_target_figure(table, rows, data, out_dir):
+    """One panel per target: the Kaplan–Meier share of seeds that have reached it by each step,
+    with its 95% band (time_to_target.py); seeds that never did keep a curve below 1."""
+    rows = [r for r in rows if r.get("time_to_target")]
+    if not rows:
+        return None
+    fracs = [t["fraction"] for t in rows[0]["time_to_target"]]
+    fig, axes = plt.subplots(1, len(fracs), figsize=(max(9.0, 6.5 * len(fracs)), 6.5), sharey=True,
+                             squeeze=False)
+    colours = {}
+    for ax, f in zip(axes[0], fracs):
+        for r in rows:
+            t = next((t for t in r["time_to_target"] if t["fraction"] == f), None)
+            if t is None:
+                continue
+            km, style = t["km"], _style(r["variant"], colours)
+            end = max(km["steps"] + [t["last_step"]])  # flat to the last evaluation
+            x = [0.0] + km["steps"] + [end]
+            ax.step(x, [0.0] + km["fraction"] + km["fraction"][-1:], where="post",
+                    label=f"{r['variant']} ({t['reached']}/{t['seeds']})" if ax is axes[0][0] else None,
+                    **style)
+            ax.fill_between(x, [0.0] + km["lo"] + km["lo"][-1:], [0.0] + km["hi"] + km["hi"][-1:],
+                            step="post", color=style["color"], alpha=0.08, linewidth=0)
+        ax.axhline(0.5, color="black", linestyle=":", linewidth=1.0)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("training step (at the evaluations)")
+        ax.set_title(f"validation loss below {f:g}× the baseline ({f * rows[0]['baseline']:.3g})",
+                     fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("share of seeds that reached it (Kaplan–Meier, 95% band)")
+    fig.suptitle(f"{table}: how soon does each row reach the target? (not reached: censored at "
+                 "the step cap; dotted: the median)", fontsize=10)
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.88, wspace=0.08)
+    _legend_below(fig, axes[0][0])
+    path = os.path.join(out_dir, f"{table}_time_to_target.png")
+    save(fig, path, dpi=90)
+    return path
 
 
 def _test_loss_figure(table, rows, data, out_dir):

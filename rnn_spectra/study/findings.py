@@ -14,9 +14,12 @@ intervention) the families' representatives pairwise, the inits within the ReLU 
 family pairwise, and the λ₁ of rows regularised towards a target pairwise; clipping against
 none within an arm (SGD: also instability events and the share of seeds diverged); each arm's
 row against the same cell and init in the main arm (SGD: also the share diverged); a
-matched-size row against the cell whose parameter count it matches. Per task with several
-lengths: whether the ratio between two families' representatives changes with the length (the
-difference of the per-seed log ratios: an effect that "depends on T" needs its own interval).
+matched-size row against the cell whose parameter count it matches; per target of the time to
+a target (``time_to_target.py``), a family of its own: the main arm's representatives pairwise
+on the steps their seeds took to reach it, a seed that never did counted as the worst. Per task
+with several lengths: whether the ratio between two families' representatives changes with the
+length (the difference of the per-seed log ratios: an effect that "depends on T" needs its own
+interval).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 
+from rnn_spectra.study import time_to_target as ttt
 from rnn_spectra.study.claims import claim
 from rnn_spectra.study.stats import (FDR, LEVEL, Interval, adjusted_level, undecided_level,
                                      benjamini_hochberg, difference_ci, one_sample_ci,
@@ -38,6 +42,7 @@ FAMILY_ORDER = ("GRU", "LSTM", "ReLU", "tanh", "IndRNN", "AntisymmetricRNN", "ex
 LOSS, EVENTS, LYAPUNOV = "test loss", "instability events per run", "λ₁ at the end"
 RATIO = "test-loss ratio"  # an interaction: one ratio of test losses against another
 DIVERGED = "share of seeds diverged"
+STEPS_TO = "steps to"  # "steps to 0.5× baseline": time to a target (time_to_target.py)
 SHORT = {EVENTS: "events", DIVERGED: "diverged", LOSS: "loss", LYAPUNOV: "λ₁", RATIO: "ratio"}
 
 
@@ -86,13 +91,17 @@ def difference(a: dict, b: dict, key: str = "test_losses", level: float = LEVEL)
         xa, xb = a.get(key) or {}, b.get(key) or {}
         return share_difference(int(sum(xa.values())), len(xa), int(sum(xb.values())), len(xb),
                                 level=level)
-    xa, xb = outcomes(a, key), outcomes(b, key)
+    return _by_seed(outcomes(a, key), outcomes(b, key), level, _scale(key))
+
+
+def _by_seed(xa: dict, xb: dict, level: float, scale: str) -> Interval:
+    """Seed -> outcome of A and of B, paired when both ran the same seeds."""
     if xa and set(xa) == set(xb):
         seeds = sorted(xa)
         return difference_ci([xa[s] for s in seeds], [xb[s] for s in seeds], paired=True,
-                             level=level, scale=_scale(key))
+                             level=level, scale=scale)
     return difference_ci(list(xa.values()), list(xb.values()), paired=False, level=level,
-                         scale=_scale(key))
+                         scale=scale)
 
 
 # ----------------------------------------------------------------------------- pending claims
@@ -192,6 +201,34 @@ def _families(table: str, rows: list[dict]) -> list[Pending]:
     return out
 
 
+def steps_to(fraction: float) -> str:
+    """The quantity of a time-to-target claim."""
+    return f"{STEPS_TO} {fraction:g}× baseline"
+
+
+def _sooner(table: str, rows: list[dict]) -> list[Pending]:
+    """Per target, a family of its own: the families' representatives (the loss comparisons'
+    rows) pairwise on their seeds' steps to the target, ratio A/B; a seed that never reached it
+    is ``inf`` (the worst: a row that missed it more often is never called sooner)."""
+    reps, out = representatives(rows), []
+    fracs = [t["fraction"] for t in (rows[0].get("time_to_target") or [])] if rows else []
+    for f in fracs:
+        quantity = steps_to(f)
+        times = {name: next((t for t in r.get("time_to_target") or [] if t["fraction"] == f), None)
+                 for name, r in reps.items()}
+        for fa, fb in itertools.combinations([x for x in _ordered(reps) if times[x]], 2):
+            ta, tb = times[fa], times[fb]
+            out.append(Pending(
+                f"{table}|family {fa}|family {fb}|{quantity}",
+                f"{table}: best {fa} ({reps[fa]['variant']}) vs best {fb} ({reps[fb]['variant']}), "
+                f"chosen on validation, {quantity}", quantity, f"best {fa}", f"best {fb}",
+                f"{table}|{quantity}",
+                lambda level, ta=ta, tb=tb: _by_seed(ttt.outcomes(ta), ttt.outcomes(tb), level, "log"),
+                {"not_reached": {reps[x]["variant"]: [t["seeds"] - t["reached"], t["seeds"]]
+                                 for x, t in ((fa, ta), (fb, tb))}}))
+    return out
+
+
 def _interactions(by_table: dict[str, list[dict]]) -> list[Pending]:
     """Per task, for each pair of lengths and each pair of families (main arm): the change of
     the log ratio best A / best B between the lengths, over the seeds of each length."""
@@ -259,6 +296,7 @@ def _pending(results: dict) -> list[Pending]:
             out += [_vs(table, "λ₁ pairwise", a, b, LYAPUNOV, "lyapunov_top_end_by_seed")
                     for a, b in itertools.combinations(aimed, 2)]
         main = arms.get("", [])
+        out += _sooner(table, main)
         by_name = {r["variant"]: r for r in rows}
         for r in rows:
             if not arm(r):

@@ -160,7 +160,8 @@ class Preset:
     pilot_seeds: tuple[int, ...]  # every setting of the grid: these choose each row's setting
     confirm_seeds: tuple[int, ...]  # the chosen setting only: these are reported
     test_chunks: int = 4  # test set: test_chunks x eval_batches x eval_batch_size samples
-    target_fraction: float = 0.5  # time-to-target: first eval below this x baseline
+    # time to a target: first eval below each of these x baseline (time_to_target.py)
+    target_fractions: tuple[float, ...] = (0.5, 0.1)
     extend_grid: bool = True  # best learning rate at the grid's edge: one more point beyond it
     pilot_config: Settings = ()  # only the pilot's members (e.g. no spectra: they choose, not explain)
     search: Search | None = None  # an equal tuning budget instead of the learning-rate grid

@@ -24,6 +24,7 @@ from rnn_spectra.study.claims import design_hash
 from rnn_spectra.study.criteria import instability_events, still_learning
 from rnn_spectra.study.predictors import predictor_table
 from rnn_spectra.study.stats import mean_ci, sample_sd
+from rnn_spectra.study import time_to_target, timing
 from rnn_spectra.tasks import solved_rule
 
 # ----------------------------------------------------------------------------- loading
@@ -139,7 +140,9 @@ def _stat(values: list[float]) -> tuple[float | None, float | None]:
     return float(np.mean(vals)), sample_sd(vals)  # ddof=1: few seeds
 
 
-def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -> dict:
+def summarise(table: str, row: str, seeds: list[dict], target_fractions: tuple[float, ...],
+              seconds_per_step: float | None = None) -> dict:
+    """One row over its seeds; ``seconds_per_step``: one model's, measured alone (timing.py)."""
     task = seeds[0].get("task") or table.split("_T")[0]  # study.json records before "task" existed
     s0 = seeds[0]["summary"]
     baseline = s0["baseline"]
@@ -148,8 +151,6 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
     solved_pred = lambda r: solved_rule(task)(r, baseline)  # noqa: E731 - the task's own rule
     # Over the seeds that pass the test-set criterion: their first validation eval that passes it.
     solve_steps = [_first_step(m, solved_pred)[0] for m in seeds if m["summary"].get("solved")]
-    target = [_first_step(m, lambda r: r.get("loss", math.inf) < target_fraction * baseline)
-              for m in seeds]
     sig0 = [sigma_max(m["spectra"][0]) if m["spectra"] else None for m in seeds]
     sig1 = [sigma_max(m["spectra"][-1]) if m["spectra"] else None for m in seeds]
     lam0 = [lyapunov_top(m["spectra"][0]) if m["spectra"] else None for m in seeds]
@@ -161,7 +162,6 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
                 and still_learning(_eval_rows(m), int(n), baseline) for m, n in zip(seeds, steps) if n]
     events = [instability_events([r for r in m["metrics"] if r.get("split") == "train"])
               + (m["summary"]["status"] == "diverged") for m in seeds]
-    reached = [t for t in target if t[0] is not None]
     return {
         "table": table,
         "task": task,
@@ -203,9 +203,10 @@ def summarise(table: str, row: str, seeds: list[dict], target_fraction: float) -
                            if m["summary"]["status"] == "diverged"],
         "steps_to_solve": (float(np.median([s for s in solve_steps if s is not None]))
                            if any(s is not None for s in solve_steps) else None),
-        "target_fraction": target_fraction,
-        "steps_to_target": float(np.median([t[0] for t in reached])) if reached else None,
-        "seconds_to_target": float(np.median([t[1] for t in reached])) if reached else None,
+        # per target: each seed's steps (censored where not reached), Kaplan–Meier, median
+        "time_to_target": time_to_target.row_times(seeds, _eval_rows, baseline, seeds[0].get("steps"),
+                                                   target_fractions, seconds_per_step),
+        "seconds_per_step_alone": seconds_per_step,  # one model by itself (timing.json)
         "sigma_max_init": _stat(sig0)[0],
         "sigma_max_end": _stat(sig1)[0],
         "lyapunov_top_init": _stat(lam0)[0],
@@ -252,10 +253,11 @@ def seed_baselines(members: list[dict], test_chunks: int) -> dict[tuple[str, int
 
 
 def _row(t: str, r: str, seeds: list[dict], reported: list[dict], choosing: list[dict],
-         baselines: dict, frac: float, chose: str) -> dict:
+         baselines: dict, fracs, chose: str, seconds: float | None) -> dict:
     """Table ``t``'s row ``r``: its confirmation seeds (``reported``; the pilot's ``seeds`` where
-    there are none) at the setting the pilot of table ``chose`` picked."""
-    row = summarise(t, r, reported or seeds, frac)
+    there are none) at the setting the pilot of table ``chose`` picked; ``seconds``: one model's
+    step, timed alone."""
+    row = summarise(t, r, reported or seeds, fracs, seconds)
     row["test_baselines"] = {str(m["seed"]): baselines[(t, m["seed"])]
                              for m in (reported or seeds) if (t, m["seed"]) in baselines}
     tried = [m for m in choosing if (m["table"], m["row"]) == (chose, r)]
@@ -281,7 +283,8 @@ def _row(t: str, r: str, seeds: list[dict], reported: list[dict], choosing: list
 
 def build_results(workdir: str) -> dict:
     study, members = load_members(workdir)
-    frac = study.get("preset_fields", {}).get("target_fraction", 0.5)
+    fracs = time_to_target.fractions(study.get("preset_fields") or {})
+    measured = timing.read_timing(workdir)
     reported = [m for m in members if m.get("phase") == "confirm"] or members
     baselines = seed_baselines(reported, study.get("preset_fields", {}).get("test_chunks", 4))
     choosing = [m for m in members if m.get("phase") != "confirm"]
@@ -295,7 +298,8 @@ def build_results(workdir: str) -> dict:
     rows = []
     for (tc, r), seeds in choose_best(choosing).items():
         for t, reported in (confirming.get((tc, r, seeds[0]["setting"])) or {tc: []}).items():
-            rows.append(_row(t, r, seeds, reported, choosing, baselines, frac, tc))
+            seconds = timing.row_seconds(measured, f"{t}|{r}") if reported else None
+            rows.append(_row(t, r, seeds, reported, choosing, baselines, fracs, tc, seconds))
     # Divergence over the whole grid of a row, not only at its chosen setting: an unclipped
     # variant can look fine at its best learning rate and still blow up at the other ones.
     runs: dict[tuple[str, str], list[dict]] = defaultdict(list)

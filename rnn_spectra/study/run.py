@@ -94,6 +94,8 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
     record["groups_found_done"] = phase.found_done
     if not writer:
         return record
+    if jax.process_count() == 1:  # after the wall time: the study's throughput is training's
+        record["timing_wall_time_s"] = _time_confirmed_rows(preset, workdir, seed_offset)
     wd.write_json(wd.path(workdir, "study.json"), record)
     from rnn_spectra.study.report import write_report
 
@@ -106,6 +108,21 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
     if report:
         write_report(workdir)
     return record
+
+
+def _time_confirmed_rows(preset: Preset, workdir: str, seed_offset: int) -> float:
+    """One model of each confirmed row's chosen config, timed alone in this process while no
+    worker trains (``timing.py``); W/timing.json. Its wall time (0 when every program was
+    measured before)."""
+    from rnn_spectra.study.timing import time_rows
+
+    t0 = time.perf_counter()
+    chosen = {}
+    for m in phase_members(preset, workdir, seed_offset, "confirm"):
+        chosen.setdefault(f"{m.table}|{m.row}", m)  # the row's first confirmation seed
+    time_rows(workdir, {k: member_config(preset, m) for k, m in chosen.items()},
+              say=lambda text: print(f"{preset.name}: {text}", file=sys.stderr))
+    return time.perf_counter() - t0
 
 
 def _new_record(preset: Preset, seed_offset: int) -> dict:

@@ -10,7 +10,8 @@ from collections import defaultdict
 import numpy as np
 from scipy import stats as sps
 
-from rnn_spectra.study.findings import DIVERGED, EVENTS, SHORT, build_claims, multiplicity
+from rnn_spectra.study.findings import (DIVERGED, EVENTS, SHORT, STEPS_TO, build_claims,
+                                        multiplicity)
 from rnn_spectra.study.stats import LEVEL, UNDECIDED, Interval, detectable_shift
 
 
@@ -130,7 +131,8 @@ def _detectable_sentence(claims: list[dict]) -> list[str]:
     spreads, ns = [], []
     for c in claims:
         ci = Interval.from_dict(c["difference"])
-        if ci.method == "t" and ci.scale == "log" and c["b"] != "baseline" and ci.n >= 2:
+        if ci.method == "t" and ci.scale == "log" and c["b"] != "baseline" and ci.n >= 2 \
+                and not c["quantity"].startswith(STEPS_TO):  # log loss only, not steps
             half = (ci.hi - ci.lo) / 2
             spreads.append(half / float(sps.t.ppf(0.5 + ci.level / 2, ci.n - 1)) * ci.n ** 0.5)
             ns.append(ci.n)
@@ -162,6 +164,11 @@ def sentence(c: dict) -> str:
     measure = "ratio A/B" if ci.scale == "log" else "difference A − B"
     if c["sign"] == 0:
         body = f"{c['a']} vs {c['b']} ({what}): {UNDECIDED}; {measure} {ci.text()}"
+    elif c["quantity"].startswith(STEPS_TO):
+        body = (f"{c['a']} reaches {c['quantity'][len(STEPS_TO) + 1:]} "
+                f"{'sooner' if c['sign'] < 0 else 'later'} than {c['b']}: ratio of steps A/B "
+                f"{ci.text()} ({100 * ci.level:.3g}% interval"
+                f"{_method(ci).replace('diverged seeds', 'seeds not reached')})")
     else:
         body = (f"{c['a']} has {'lower' if c['sign'] < 0 else 'higher'} {what} than {c['b']}: "
                 f"{measure} {ci.text()} ({100 * ci.level:.3g}% interval{_method(ci)})")
@@ -171,6 +178,9 @@ def sentence(c: dict) -> str:
     diverged = [f"{v} {k}/{n}" for v, (k, n) in c.get("diverged", {}).items() if k]
     if diverged and c["quantity"] != DIVERGED:
         body += " (diverged, counted as the worst outcome: " + ", ".join(diverged) + " seeds)"
+    missed = [f"{v} {k}/{n}" for v, (k, n) in c.get("not_reached", {}).items() if k]
+    if missed:
+        body += " (not reached by the step cap, counted as the slowest: " + ", ".join(missed) + " seeds)"
     return body + f" [`{c['id']}`]."
 
 
