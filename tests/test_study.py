@@ -48,7 +48,9 @@ def test_smoke_study_end_to_end(smoke_study):
     assert "## Findings" in report and "| variant |" in report
     for fig in glob.glob(os.path.join(smoke_study, "figures", "*.png")):
         assert os.path.relpath(fig, smoke_study) in report
-    assert len(glob.glob(os.path.join(smoke_study, "figures", "*.png"))) == 6 * len(preset.tasks) + 1  # + predictors.png
+    # per table: 6 (loss, test loss, sigma, jacobian, flow, time to target) + loss vs cost
+    assert len(glob.glob(os.path.join(smoke_study, "figures", "*.png"))) == 7 * len(preset.tasks) + 1  # + predictors.png
+    assert "## Loss against size and time" in report  # the smoke study times its rows
     claims = json.load(open(os.path.join(smoke_study, "claims.json")))["claims"]
     assert {c["id"] for c in claims} >= {f"adding_T8|{r['variant']}|baseline|test loss"
                                          for r in results["rows"]}
