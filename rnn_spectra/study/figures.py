@@ -129,6 +129,19 @@ def make_figures(workdir: str, results: dict) -> list[str]:
     return written
 
 
+def subset_figures(workdir: str, name: str, rows: list[dict]) -> list[str]:
+    """The trajectories (sigma_max, step norm, lambda_1), the lag profiles and the loss curves of
+    some rows of one table (the control report's matched pairs), named ``name``; paths relative
+    to ``workdir``."""
+    if not rows:
+        return []
+    out_dir = wd.path(workdir, "figures")
+    os.makedirs(out_dir, exist_ok=True)
+    data = {r["variant"]: _load(workdir, r["member_dirs"]) for r in rows}
+    paths = (fn(name, rows, data, out_dir) for fn in (_sigma_figure, _jacobian_figure, _loss_figure))
+    return [os.path.relpath(p, workdir) for p in paths if p]
+
+
 def _load(workdir: str, member_dirs: list[str]) -> list[dict]:
     return [{"metrics": wd.read_jsonl(os.path.join(workdir, d, wd.METRICS)),
              "spectra": wd.read_jsonl(os.path.join(workdir, d, wd.SPECTRA))} for d in member_dirs]

@@ -12,6 +12,7 @@ from collections import defaultdict
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
 from rnn_spectra.study.claims import CLAIMS, write_claims
+from rnn_spectra.study.control_report import match_section, matched_figures
 from rnn_spectra.study.findings import build_claims
 from rnn_spectra.study.sentences import findings, fmt, lyap_text
 from rnn_spectra.study.predictors import predictors_figure, render_predictors
@@ -181,6 +182,7 @@ def render_markdown(results: dict, figures: list[str], claims: list[dict] | None
         "members and steps. *params*: free parameters. λ₁ (top Lyapunov exponent, nats per step) "
         "is averaged over seeds on a fixed probe batch; the table under each task's defines it and "
         "adds the other spectral quantities.", ""]
+    lines += match_section(results, claims)  # the control design's match table comes first
     lines += ["## Findings", ""] + [f"- {s}" for s in findings(results, claims)] + [""]
     by_table = defaultdict(list)
     for r in results["rows"]:
@@ -232,7 +234,7 @@ def write_report(workdir: str) -> str:
     wd.write_json(wd.path(workdir, "results.json"), results)
     write_claims(workdir, claims, {k: results.get(k) for k in ("preset", "design", "seed_offset",
                                                                 "machine", "finished")})
-    figures = make_figures(workdir, results)
+    figures = make_figures(workdir, results) + matched_figures(workdir, results)
     if results.get("predictors"):
         figures.append(os.path.relpath(predictors_figure(
             results["predictors"], os.path.join(workdir, "figures", "predictors.png")), workdir))
