@@ -54,6 +54,16 @@ def _loss_cell(p: gate.Pair, claims: dict, floor: bool) -> str:
     return f"{ci.text()}{level}: {verdict} [`{c['id']}`]"
 
 
+def _shown(rows: list[dict], quantity: str) -> list[gate.Pair]:
+    """Per target: its matched pairs (the tightest ``SHOWN``), else its closest pair."""
+    every = gate.pairs(rows, quantity)
+    out = []
+    for t in gate.targets(rows):
+        mine = [p for p in every if p.target == t]
+        out += [p for p in mine if p.matched][:SHOWN] or mine[:1]
+    return out
+
+
 def _match_table(rows: list[dict], quantity: str, claims: dict, floor: bool) -> list[str]:
     key = gate.QUANTITIES[quantity]
     every = gate.pairs(rows, quantity)
@@ -62,20 +72,20 @@ def _match_table(rows: list[dict], quantity: str, claims: dict, floor: bool) -> 
              f"| target λ₁ | ReLU row | tanh row | {quantity} ReLU / tanh | ReLU − tanh [95% CI] | "
              "matched | dead units ReLU (init → end) | dead units tanh | test loss ReLU / tanh |",
              "|---|---|---|---|---|---|---|---|---|"]
+    shown = _shown(rows, quantity)  # no match: the closest pair, to say how far it was
     for t in gate.targets(rows):
         mine = [p for p in every if p.target == t]
         if not mine:
             continue
         matched = [p for p in mine if p.matched]
-        shown = matched[:SHOWN] or mine[:1]  # no match: the closest pair, to say how far it was
-        for p in shown:
+        for p in (p for p in shown if p.target == t):
             loss = (_loss_cell(p, claims, floor) if p.claim_id in chosen else
                     "– (another pair is compared)" if p.matched else "– (not matched)")
             lines.append(
                 f"| {_aim(t)} | {_short(p.relu)} | {_short(p.tanh)} | {_mean(p.relu, key)} / "
                 f"{_mean(p.tanh, key)} | {p.ci.text()} | {'**yes**' if p.matched else 'no'} | "
                 f"{_dead(p.relu)} | {_dead(p.tanh)} | {loss} |")
-        rest = len(matched) - len(shown) if matched else 0
+        rest = max(0, len(matched) - SHOWN)
         lines.append(f"| {_aim(t)} | {len(matched)} of {len(mine)} pairs matched"
                      + (f" ({rest} more not listed)" if rest > 0 else "") + " | | | | | | | | |")
     return lines
@@ -185,14 +195,16 @@ def match_section(results: dict, claims: list[dict]) -> list[str]:
 
 
 def matched_figures(workdir: str, results: dict) -> list[str]:
-    """The trajectories (sigma_max, step norm, lambda_1) and lag profiles of each control
-    table's chosen pairs and plain rows, as ``figures.py`` draws a table (paths relative to
+    """The trajectories (sigma_max, step norm, lambda_1), lag profiles and loss curves of each
+    control table's plain rows and the pairs its match table lists for lambda_1 (and the pairs
+    compared on the lag slope), as ``figures.py`` draws a table (paths relative to
     ``workdir``)."""
     from rnn_spectra.study.figures import subset_figures
 
     out = []
     for table, rows in _by_table(results).items():
-        keep = {r["variant"] for p in gate.chosen(rows) for r in (p.relu, p.tanh)}
+        keep = {r["variant"] for p in _shown(rows, "λ₁") for r in (p.relu, p.tanh)}
+        keep |= {r["variant"] for p in gate.chosen(rows) for r in (p.relu, p.tanh)}
         keep |= {r["variant"] for r in rows if not gate.regulariser(r) and gate.nonlinearity(r)}
         picked = [r for r in rows if r["variant"] in keep]
         out += subset_figures(workdir, f"{table}_matched", picked)

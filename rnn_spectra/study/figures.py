@@ -29,6 +29,10 @@ from rnn_spectra.spectral.rows import (  # noqa: E402
 )
 
 LN10 = math.log(10.0)
+# A table of more rows than this gets only its test-loss figure (which grows with its rows): the
+# others' legends would cover their axes. The control study's 63 rows do; its report draws its
+# matched pairs instead (``subset_figures``). Every other preset's tables have at most 23.
+LEGEND_ROWS = 30
 
 
 def _style(variant: str, colours: dict) -> dict:
@@ -122,7 +126,8 @@ def make_figures(workdir: str, results: dict) -> list[str]:
     written = []
     for table, rows in by_table.items():
         data = {r["variant"]: _load(workdir, r["member_dirs"]) for r in rows}
-        for fn in (_test_loss_figure, _loss_figure, _sigma_figure, _jacobian_figure, _flow_figure):
+        drawn = (_test_loss_figure, _loss_figure, _sigma_figure, _jacobian_figure, _flow_figure)
+        for fn in drawn[:1] if len(rows) > LEGEND_ROWS else drawn:
             path = fn(table, rows, data, out_dir)
             if path:
                 written.append(os.path.relpath(path, workdir))
