@@ -65,6 +65,8 @@ def _check(key: str, value, f: dataclasses.Field) -> None:
         raise ConfigError(f"{key} must be a fraction in [0, 1), got {value!r}")
     if check == "int>=2" and not value >= 2:
         raise ConfigError(f"{key} must be an integer >= 2, got {value!r}")
+    if check == "0|int>=2" and not (value == 0 or value >= 2):
+        raise ConfigError(f"{key} must be 0 or an integer >= 2, got {value!r}")
     if choices is not None and value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
 
@@ -208,10 +210,17 @@ class LyapunovControlConfig(_Section):
                        "exponents of the current params on the batch (0: off)", "nonnegative")
     target: float = _f(0.0, "target exponent, nats per step", "finite")
     k: int = _f(1, "top exponents penalised (<= the state size: H, 2H for the LSTM)", "positive")
-    seq_len: int = _f(50, "probe window: the first min(this, sequence length) steps", "int>=2")
+    seq_len: int = _f(50, "probe window: the first min(this, sequence length) steps; 0: the whole "
+                      "sequence, the window the monitor's lambda_1 is measured on", "0|int>=2")
     probes: int = _f(4, "batch sequences the exponents are averaged over (<= the batch)", "positive")
     discard: float = _f(0.25, "burn-in, a fraction of the window (as spectral.lyapunov_discard)",
                         "fraction")
+
+    def window(self, length: int) -> tuple[int, int]:
+        """(T, discard): the regulariser's window on sequences of ``length`` steps and its burn-in
+        steps, both static: the exponents average steps discard .. T-1."""
+        T = length if self.seq_len == 0 else min(self.seq_len, length)
+        return T, min(int(round(self.discard * T)), T - 1)
     every: int = _f(1, "apply at the steps divisible by this", "positive")
     until: int = _f(0, "apply only before this step (0: always); may change on resume", "nonnegative")
 

@@ -4,8 +4,10 @@ Three interventions, each off by default (``config.ControlConfig`` and ``model.r
 
 - ``control.lyapunov``: ``loss += weight * mean_i (lambda_i - target)^2``, lambda_1 >= ... >=
   lambda_k the top Lyapunov exponents of the *current* params along the first ``seq_len`` steps
-  of the first ``probes`` sequences of the training batch (averaged over them), by the QR method
-  and differentiated through ``jnp.linalg.qr`` (as "gradient flossing", Engelken 2023).
+  (0: the whole sequence, so that the window the regulariser steers is the one the monitor
+  measures lambda_1 on, with the same burn-in fraction ``discard``) of the first ``probes``
+  sequences of the training batch (averaged over them), by the QR method and differentiated
+  through ``jnp.linalg.qr`` (as "gradient flossing", Engelken 2023).
 - ``model.recurrent_param = svd_margin``: ``cells.MarginElmanCell`` (a parametrisation, nothing
   here).
 - ``control.max_singular_value``: W_s's singular values clipped after every update, an Optax stage
@@ -92,8 +94,7 @@ def initial_state(run: RunConfig) -> dict:
 
 def window(lc: LyapunovControlConfig, seq_len: int) -> tuple[int, int]:
     """(T, discard): the probe window's length and its burn-in steps, both static."""
-    T = min(lc.seq_len, seq_len)
-    return T, min(int(round(lc.discard * T)), T - 1)
+    return lc.window(seq_len)
 
 
 def exponents(model, cell_params, xs_TxD: Array, k: int, discard: int) -> Array:

@@ -12,6 +12,7 @@ dead (h_j = 0 on every step of 256 probe sequences) in both: tests/test_control.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from rnn_spectra.loop import train_and_evaluate
 from rnn_spectra.runs import load_run
 from rnn_spectra.study.grid import Member, find, member_config
-from rnn_spectra.study.presets import get_preset
+from rnn_spectra.study.presets import ADDING, CONTROLLED, PRESETS
 
 ROWS = ("irnn/identity", "irnn/identity/lyapunov")
 
@@ -29,7 +30,8 @@ def main() -> None:
     ap.add_argument("seed", nargs="?", type=int, default=100)
     ap.add_argument("--workdir", default=os.path.join("runs", "dead_columns"))
     args = ap.parse_args()
-    preset, runs = get_preset("control"), []
+    # the first control study's design (docs/control): the cpu study's budget, these rows
+    preset, runs = dataclasses.replace(PRESETS["cpu"], tasks=ADDING[1:], variants=CONTROLLED), []
     for name in ROWS:
         entry, variant = find(preset, "adding_T200", name)
         member = Member(entry, variant, "none", 0.0, 10 ** -3.5, args.seed, phase="confirm")

@@ -23,7 +23,7 @@ from rnn_spectra.errors import ConfigError
 from rnn_spectra.loop import Loop, train_and_evaluate
 from rnn_spectra.model import count_params
 from rnn_spectra.spectral import lyapunov_spectrum, make_step_fn
-from rnn_spectra.spectral.monitor import SpectralMonitor
+from rnn_spectra.spectral.monitor import SpectralMonitor, regularised_window
 from rnn_spectra.sweep import program_signature, stack
 from rnn_spectra.train import build, init_state, make_train_step
 
@@ -100,6 +100,26 @@ def test_exponents_match_the_monitors_lyapunov_function(tiny_config):
     want = lyapunov_spectrum(cs.step_fn, cs.s0, xs, k=3, discard=2)
     got = control.exponents(exp.model, params, xs, 3, 2)
     np.testing.assert_allclose(got, want, atol=2e-4)  # the frame shift: ~1e-4 per step at most
+
+
+def test_the_monitor_reads_lambda_on_the_regularised_window_where_it_is_not_its_own(tiny_config):
+    """A regulariser on the first 6 of T = 10 steps: the spectra row also holds lambda over
+    steps 2 .. 5 of each probe (burn-in 25% of 6), the QR method's numbers there; on the whole
+    sequence with the monitor's burn-in (seq_len=0) the two windows are one and it is absent."""
+    exp = experiment(tiny_config, **{"control.lyapunov.weight": 1.0, "control.lyapunov.seq_len": 6,
+                                     "spectral.lyapunov_k": 2})
+    params = init_state(exp, 0)["params"]
+    monitor = SpectralMonitor(exp)
+    row = monitor.measure(params, 0)
+    assert row["lyapunov_window/steps"] == [2, 6]
+    cs = make_step_fn(exp.model, params["cell"])
+    want = jax.jit(jax.vmap(lambda x: lyapunov_spectrum(cs.step_fn, cs.s0, x[:6], k=2, discard=2)))
+    np.testing.assert_allclose(row["lyapunov_window/mean"], want(monitor.inputs).mean(0), atol=1e-5)
+    assert not np.allclose(row["lyapunov_window/mean"], row["lyapunov/mean"])  # another window
+    whole = experiment(tiny_config, **{"control.lyapunov.seq_len": 0}).run
+    assert control.window(whole.control.lyapunov, 10) == (10, 2) == (10, monitor.discard)
+    assert regularised_window(whole, 10, monitor.discard) is None
+    assert regularised_window(exp.run, 10, monitor.discard) == (6, 2)
 
 
 @pytest.mark.parametrize("cell", ["tanh_rnn", "relu_rnn", "lstm"])
@@ -380,11 +400,11 @@ def test_cli_refuses_svd_margin_on_lstm_in_one_line(capsys, tmp_path):
 
 DEADLOCK_SCRIPT = """
 import dataclasses, sys
-from rnn_spectra.study.presets import PRESETS, base
-c = PRESETS["control"]
+from rnn_spectra.study.presets import ADDING, CONTROLLED, PRESETS, base
+c = PRESETS["cpu"]  # the first control study's design (docs/control)
 PRESETS["deadlock"] = dataclasses.replace(
-    c, name="deadlock", tasks=c.tasks[:1], confirm_seeds=(100, 101), extend_grid=False,
-    variants=tuple(v for v in c.variants if v.name == "tanh_rnn/orthogonal/margin"),
+    c, name="deadlock", tasks=ADDING[1:2], confirm_seeds=(100, 101), extend_grid=False,
+    variants=tuple(v for v in CONTROLLED if v.name == "tanh_rnn/orthogonal/margin"),
     base=base(hidden_size=32, steps=4, batch_size=32, eval_every=2, eval_batches=1,
               eval_batch_size=32, log_every=2, spectral_every=2))
 from rnn_spectra.study.run import run_study
@@ -394,7 +414,7 @@ print("finished")
 
 
 def test_svd_margin_sweep_of_the_control_preset_does_not_hang(tmp_path):
-    """The control preset's svd_margin group (10 members, H = 32) once hung on its first step on a
+    """The first control study's svd_margin group (10 members, H = 32) once hung on its first step on a
     2-core CPU, and its confirmation (spectra measured) at the monitor: batched LAPACK calls of
     expm (LU, triangular solves) run at once, each waiting in jaxlib's ParallelBatchMap for the
     pool threads the other held. The pilot (10 members) and a 2-member confirmation with the

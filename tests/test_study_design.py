@@ -274,8 +274,9 @@ def test_diverged_seeds_are_compared_where_sgd_explodes():
 
 @pytest.mark.parametrize("name", ["control", "cpu", "cpu-grid", "ladder", "gpu"])
 def test_every_program_of_a_phase_gets_its_own_group_folder(name):
-    """The control preset's four interventions of one cell are four programs; they once shared
-    one folder name (cell, optimizer, clip), so each group overwrote the one before."""
+    """The control preset's arms of one cell (k, flossing) are programs of their own; the first
+    control study's four interventions once shared one folder name (cell, optimizer, clip), so
+    each group overwrote the one before."""
     from rnn_spectra import config as config_lib
     from rnn_spectra.study.plan import group_names as _group_names
     from rnn_spectra.sweep import group_by_program
@@ -287,5 +288,5 @@ def test_every_program_of_a_phase_gets_its_own_group_folder(name):
     names = _group_names(members, configs, groups)
     assert len(set(names)) == len(groups)
     if name == "control":
-        assert "pilot/adding_T100/tanh_rnn_lyapunov_adam_global_norm" in names
+        assert "pilot/adding_T20/tanh_rnn_lyapunov_k1_adam_global_norm" in names
         assert not any(n.endswith("_2") for n in names)  # told apart by their tags, not by count

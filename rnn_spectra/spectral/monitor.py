@@ -28,6 +28,11 @@ Row keys (natural logs throughout; "state" is the flattened carry, LSTM: c and h
 - ``lyapunov/per_probe`` (B, k) and ``lyapunov/mean`` (k,): the top k Lyapunov exponents, nats per
   step (``spectral.lyapunov_discard=0`` and no dead prefix: from step 0, the numbers of before
   issue #14).
+- ``lyapunov_window/per_probe`` (B, k), ``/mean`` (k,), ``lyapunov_window/steps`` [discard_w, T_w]:
+  only in a run with the Lyapunov regulariser on (``control.lyapunov.weight > 0``) whose window
+  is not the one above (``control.lyapunov.seq_len`` < T, or another burn-in): the top k
+  exponents over steps discard_w .. T_w - 1 of each probe, the window the regulariser steers
+  (``regularised_window``).
 - ``lyapunov/near_zero/per_probe`` (B,), ``/mean``: how many exponents lie within
   ``lyapunov/near_zero_tol`` (0.01) of zero: directions that carry gradient over long lags;
   ``lyapunov/kaplan_yorke/per_probe`` (B,), ``/mean``: the Kaplan-Yorke dimension. Both from the
@@ -155,6 +160,19 @@ def full_spectrum_summary(cs, xs, start, full_k: int) -> dict:
     return {"near_zero": near_zero_count(full), "kaplan_yorke": kaplan_yorke_dimension(full)}
 
 
+def regularised_window(run, T: int, discard: int) -> tuple[int, int] | None:
+    """(T_w, discard_w) of the Lyapunov regulariser's window (``control.lyapunov``) where the run
+    regularises and that window is not the monitor's own (T steps after ``discard``), else None.
+    There the monitor also records lambda on that window (``lyapunov_window/*``), from the zero
+    state of each probe without the dead-prefix skip, as the regulariser counts it: a regulariser
+    that steers the first 50 steps of a T = 200 sequence is then read on what it steered too."""
+    lc = run.control.lyapunov
+    if lc.weight <= 0:
+        return None
+    window = lc.window(T)
+    return None if window == (T, discard) else window
+
+
 class SpectralMonitor:
     """``measure(params, step) -> row`` (a JSON-able dict); ``measure_arrays(params) -> arrays``.
 
@@ -181,6 +199,7 @@ class SpectralMonitor:
         self.k = sp.lyapunov_k
         self.T = T
         self.discard = int(round(sp.lyapunov_discard * T))  # burn-in steps after the dead prefix
+        self.control_window = regularised_window(exp.run, T, self.discard)
         self.full_k = self.state_size if self.state_size <= FULL_LYAPUNOV_MAX else self.k
         self.exact = self.state_size <= EXACT_MAX if exact is None else bool(exact)
         self.norm_steps = None if self.exact else LANCZOS_STEPS
@@ -220,7 +239,9 @@ class SpectralMonitor:
                 "cell": self.cell, "lyapunov/discard": self.discard,
                 "lyapunov/near_zero_tol": NEAR_ZERO, "lyapunov/computed": self.full_k,
                 "lyapunov/full_probes": self.full_probes,
-                "step_norm/method": "svd" if self.exact else f"lanczos{self.norm_steps}"}
+                "step_norm/method": "svd" if self.exact else f"lanczos{self.norm_steps}",
+                **({"lyapunov_window/steps": [self.control_window[1], self.control_window[0]]}
+                   if self.control_window is not None else {})}
 
     def _arrays(self, params) -> dict:
         # One LAPACK kernel at a time (optimization barriers chain them): jaxlib's CPU SVD/QR
@@ -251,6 +272,13 @@ class SpectralMonitor:
             xs0, start0, _ = jax.lax.optimization_barrier((self.inputs[0], per["start"][0], per))
             per.update(jax.tree.map(lambda a: a[None], full_spectrum_summary(
                 cs, xs0, start0, self.full_k)))
+        if self.control_window is not None:  # after every LAPACK call above, as the full spectrum
+            Tw, dw = self.control_window
+            xs_w, _ = jax.lax.optimization_barrier((self.inputs[:, :Tw], per))
+            lam_w = jax.vmap(lambda xs: lyapunov_spectrum(
+                cs.step_fn, cs.s0, xs, self.k, method="jvp", key=jax.random.PRNGKey(0),
+                discard=dw))(xs_w)
+            out["lyapunov_window/per_probe"], out["lyapunov_window/mean"] = lam_w, jnp.mean(lam_w, 0)
         jac, lyap = per["jac"], per["lyap"]
         out["jac_log_norm/per_probe"], out["jac_log_norm/mean"] = jac, jnp.mean(jac, axis=0)
         out["lyapunov/per_probe"], out["lyapunov/mean"] = lyap, jnp.mean(lyap, axis=0)

@@ -23,6 +23,32 @@ def lyapunov_top(row: dict) -> float | None:
     return _finite(lam[0]) if lam else None
 
 
+def lyapunov_top_window(row: dict) -> float | None:
+    """Top Lyapunov exponent on the Lyapunov regulariser's window where it is not the monitor's
+    (``lyapunov_window/mean``, mean over the probes); None where the row has none."""
+    lam = row.get("lyapunov_window/mean")
+    return _finite(lam[0]) if lam else None
+
+
+def lag_slope(row: dict) -> float | None:
+    """The gradient norm's slope against the lag: the least-squares slope of
+    ``ln ||ds_T/ds_{T-k}||_2`` (mean over the probes) on k over the recorded lags, nats per step;
+    on long lags it tends to lambda_1, on short ones it carries the transient that lambda_1's
+    burn-in leaves out. -inf where a product is exactly zero (the gradient vanishes at that lag
+    and beyond), None with fewer than two lags."""
+    lags, vals = jacobian_by_lag(row)
+    pts = [(k, v) for k, v in zip(lags, vals) if v is not None]
+    if any(v == -math.inf for _, v in pts):
+        return -math.inf
+    pts = [(k, v) for k, v in pts if math.isfinite(v)]
+    if len(pts) < 2:
+        return None
+    mk = sum(k for k, _ in pts) / len(pts)
+    mv = sum(v for _, v in pts) / len(pts)
+    sxx = sum((k - mk) ** 2 for k, _ in pts)
+    return sum((k - mk) * (v - mv) for k, v in pts) / sxx if sxx > 0 else None
+
+
 def step_norm(row: dict) -> float | None:
     """Time-averaged ``||ds_{t+1}/ds_t||_2`` on the probe trajectories (every cell, gates included)."""
     return _finite(row.get("step_norm/mean"))

@@ -29,6 +29,10 @@ from rnn_spectra.spectral.rows import (  # noqa: E402
 )
 
 LN10 = math.log(10.0)
+# A table of more rows than this gets only its test-loss figure (which grows with its rows): the
+# others' legends would cover their axes. The control study's 63 rows do; its report draws its
+# matched pairs instead (``subset_figures``). Every other preset's tables have at most 23.
+LEGEND_ROWS = 30
 
 
 def _style(variant: str, colours: dict) -> dict:
@@ -122,12 +126,26 @@ def make_figures(workdir: str, results: dict) -> list[str]:
     written = []
     for table, rows in by_table.items():
         data = {r["variant"]: _load(workdir, r["member_dirs"]) for r in rows}
-        for fn in (_test_loss_figure, _loss_figure, _time_to_target_figure, _sigma_figure,
-                   _jacobian_figure, _flow_figure):
+        drawn = (_test_loss_figure, _loss_figure, _time_to_target_figure, _sigma_figure,
+                 _jacobian_figure, _flow_figure)
+        for fn in drawn[:1] if len(rows) > LEGEND_ROWS else drawn:
             path = fn(table, rows, data, out_dir)
             if path:
                 written.append(os.path.relpath(path, workdir))
     return written
+
+
+def subset_figures(workdir: str, name: str, rows: list[dict]) -> list[str]:
+    """The trajectories (sigma_max, step norm, lambda_1), the lag profiles and the loss curves of
+    some rows of one table (the control report's matched pairs), named ``name``; paths relative
+    to ``workdir``."""
+    if not rows:
+        return []
+    out_dir = wd.path(workdir, "figures")
+    os.makedirs(out_dir, exist_ok=True)
+    data = {r["variant"]: _load(workdir, r["member_dirs"]) for r in rows}
+    paths = (fn(name, rows, data, out_dir) for fn in (_sigma_figure, _jacobian_figure, _loss_figure))
+    return [os.path.relpath(p, workdir) for p in paths if p]
 
 
 def _load(workdir: str, member_dirs: list[str]) -> list[dict]:

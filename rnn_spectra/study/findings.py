@@ -19,7 +19,9 @@ a target (``time_to_target.py``), a family of its own: the main arm's representa
 on the steps their seeds took to reach it, a seed that never did counted as the worst. Per task
 with several lengths: whether the ratio between two families' representatives changes with the
 length (the difference of the per-seed log ratios: an effect that "depends on T" needs its own
-interval).
+interval). In a table of the control design (``match_gate.applies``) tanh and ReLU are compared
+on loss only where the match gate pairs them (``match_gate.chosen``), and a table at the floor
+keeps no loss comparison but those against the baseline.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from rnn_spectra.study import time_to_target as ttt
+from rnn_spectra.study import match_gate
 from rnn_spectra.study.claims import claim
 from rnn_spectra.study.stats import (FDR, LEVEL, Interval, adjusted_level, undecided_level,
                                      benjamini_hochberg, difference_ci, one_sample_ci,
@@ -182,12 +185,15 @@ def _ordered(reps: dict) -> list[str]:
     return [f for f in FAMILY_ORDER if f in reps] + sorted(set(reps) - set(FAMILY_ORDER))
 
 
-def _families(table: str, rows: list[dict]) -> list[Pending]:
+def _families(table: str, rows: list[dict], gated: bool = False) -> list[Pending]:
     """The families' representatives pairwise, then the inits within the ReLU and the tanh
-    family pairwise (by name: the same id in every run)."""
+    family pairwise (by name: the same id in every run). ``gated``: not tanh against ReLU (the
+    match gate compares them, ``_matched``)."""
     reps, out = representatives(rows), []
     tag = arm(rows[0])
     for fa, fb in itertools.combinations(_ordered(reps), 2):
+        if gated and {fa, fb} == {"ReLU", "tanh"}:
+            continue
         p = _vs(table, "families", reps[fa], reps[fb])
         a, b = (f"best {fa}" + (f" ({tag})" if tag else ""), f"best {fb}" + (f" ({tag})" if tag else ""))
         p.cid = f"{table}|family {fa}{'/' + tag if tag else ''}|family {fb}|{LOSS}"
@@ -277,19 +283,34 @@ def _contrast(a: dict, b: dict) -> list[float]:
     return out
 
 
+def _matched(table: str, rows: list[dict]) -> list[Pending]:
+    """The loss comparisons between tanh and ReLU that the match gate admits (``match_gate``):
+    per matched quantity and target, the tightest matched pair."""
+    out = []
+    for m in match_gate.chosen(rows):
+        p = _vs(table, f"matched {m.quantity}", m.relu, m.tanh)
+        aim = "no regulariser" if m.target is None else f"target λ₁ {m.target:g}"
+        p.cid = m.claim_id
+        p.text = (f"{table}: {m.relu['variant']} vs {m.tanh['variant']} ({aim}), {LOSS}, their "
+                  f"{m.quantity} matched within ±{match_gate.TOLERANCE:g} ({m.ci.text()})")
+        out.append(p)
+    return out
+
+
 def _pending(results: dict) -> list[Pending]:
     by_table = defaultdict(list)
     for r in results["rows"]:
         by_table[r["table"]].append(r)
-    out = []
+    out, gated = [], {t for t, rows in by_table.items() if match_gate.applies(rows)}
     for table, rows in by_table.items():
+        start = len(out)
         out += [_vs_baseline(table, r) for r in rows]
         out += [p for p in (_vs_target(table, r) for r in rows) if p]
         arms = defaultdict(list)
         for r in rows:
             arms[arm(r)].append(r)
         for tag in sorted(arms):
-            out += _families(table, arms[tag])
+            out += _families(table, arms[tag], table in gated)
             # regularised towards the same λ₁: did the cells end equally close to it?
             aimed = sorted((r for r in arms[tag] if r.get("lyapunov_target") is not None
                             and r.get("lyapunov_top_end_by_seed")), key=lambda r: r["variant"])
@@ -321,7 +342,11 @@ def _pending(results: dict) -> list[Pending]:
                 ref = next((x for x in main if x["variant"].split("/")[0] == r["match_params_of"]), None)
                 if ref is not None:
                     out.append(_vs(table, "matched size", r, ref))
-    out += _interactions(by_table)
+        if table in gated:  # the control design: tanh vs ReLU only where matched, off the floor
+            out += _matched(table, rows)
+            if match_gate.at_floor(rows):
+                out[start:] = [p for p in out[start:] if p.quantity != LOSS or p.b == "baseline"]
+    out += _interactions({t: rows for t, rows in by_table.items() if t not in gated})
     return list({p.cid: p for p in out}.values())  # a pair reached twice is one claim
 
 

@@ -12,6 +12,7 @@ from collections import defaultdict
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
 from rnn_spectra.study.claims import CLAIMS, write_claims
+from rnn_spectra.study.control_report import match_section, matched_figures
 from rnn_spectra.study.findings import build_claims
 from rnn_spectra.study.ladder import ladder_figures, ladder_lines
 from rnn_spectra.study.tradeoffs import cost_figures, cost_lines
@@ -210,6 +211,7 @@ def render_markdown(results: dict, figures: list[str], claims: list[dict] | None
         "members and steps. *params*: free parameters. λ₁ (top Lyapunov exponent, nats per step) "
         "is averaged over seeds on a fixed probe batch; the table under each task's defines it and "
         "adds the other spectral quantities.", ""]
+    lines += match_section(results, claims)  # the control design's match table comes first
     lines += ["## Findings", ""] + [f"- {s}" for s in findings(results, claims)] + [""]
     lines += ladder_lines(results)
     lines += cost_lines(results)
@@ -264,7 +266,7 @@ def write_report(workdir: str) -> str:
     wd.write_json(wd.path(workdir, "results.json"), results)
     write_claims(workdir, claims, {k: results.get(k) for k in ("preset", "design", "seed_offset",
                                                                 "machine", "finished")})
-    figures = make_figures(workdir, results)
+    figures = make_figures(workdir, results) + matched_figures(workdir, results)
     out = os.path.join(workdir, "figures")
     figures += [os.path.relpath(p, workdir)
                 for p in ladder_figures(results, out) + cost_figures(results, out)]

@@ -22,6 +22,7 @@ from rnn_spectra.study import members as member_lib
 from rnn_spectra.spectral.rows import init_end_summary, lyapunov_top, sigma_max
 from rnn_spectra.study.claims import design_hash
 from rnn_spectra.study.criteria import instability_events, still_learning
+from rnn_spectra.study.match_gate import row_columns
 from rnn_spectra.study.predictors import predictor_table
 from rnn_spectra.study.stats import mean_ci, sample_sd
 from rnn_spectra.study import time_to_target, timing
@@ -61,7 +62,9 @@ def load_members(workdir: str) -> tuple[dict, list[dict]]:
         members.append({**rec, "dir": d, "summary": run.summary, "metrics": run.metrics,
                         "spectra": run.spectra, "optimizer": cfg.optim.name,
                         "hidden_size": cfg.model.hidden_size,
-                        "lyapunov_target": lyap.target if lyap is not None and lyap.weight > 0 else None})
+                        "lyapunov_target": lyap.target if lyap is not None and lyap.weight > 0 else None,
+                        "lyapunov_control": lyap.to_dict() if lyap is not None and lyap.weight > 0
+                        else None})
     if bad:
         (rel, p), more = bad[0], len(bad) - 1
         raise WorkdirError(
@@ -213,6 +216,8 @@ def summarise(table: str, row: str, seeds: list[dict], target_fractions: tuple[f
         "lyapunov_top_end": _stat(lam1)[0],
         # step_norm, near_zero, kaplan_yorke, dead_units, sigma_by_matrix: each _init and _end
         **init_end_summary([m["spectra"] for m in seeds]),
+        # the regulariser's settings, lambda_1 on its window, the lag slope (the control study)
+        **row_columns(seeds),
         "group_wall_time_s": s0["wall_time_s"],
         "group_members": s0.get("sweep", {}).get("members", 1),
         "seconds_per_1000_steps": _seconds_per_1000_steps(seeds),
