@@ -69,7 +69,7 @@ def _strip(x):
 
 def _report_numbers(text: str) -> list[str]:
     """The report without its clocks: the Machine line (dates, wall time, throughput) and the
-    tables' seconds-per-1000-steps and seconds-to-target columns."""
+    tables' one-model step times and seconds-to-target columns."""
     out, clock_cols = [], []
     for line in text.splitlines():
         if line.startswith("Machine:"):
@@ -77,7 +77,8 @@ def _report_numbers(text: str) -> list[str]:
         if line.startswith("|"):
             cells = line.split("|")
             if not clock_cols and not set(line) <= set("|-: "):  # a header
-                clock_cols = [i for i, c in enumerate(cells) if "s / 1000 steps" in c or "seconds" in c]
+                clock_cols = [i for i, c in enumerate(cells)
+                              if any(k in c for k in ("ms / step", "seconds", "s for the budget"))]
             line = "|".join(c for i, c in enumerate(cells) if i not in clock_cols)
         else:
             clock_cols = []

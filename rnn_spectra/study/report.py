@@ -39,7 +39,8 @@ COLUMNS = [
     ("events", "instability events / run, mean [95% CI]", None),
     ("target", "", None),  # one column per target (_columns)
     ("lyap", "λ₁ init → end", None),
-    ("seconds_per_1000_steps", "s / 1000 steps / model", lambda x: fmt(x, 2)),
+    ("seconds_per_step_alone", "ms / step, one model alone",
+     lambda x: fmt(1000 * x, 2) if x else "–"),
 ]
 # The spectra table under each task's table: one row per variant, init → end, seed means.
 SPECTRAL_COLUMNS = [
@@ -139,7 +140,7 @@ def _cell(r: dict, key: str, show) -> str:
         return seconds_text(r.get("time_to_target") or [])
     if key in ("lyap", "near_zero"):
         return _spectral_cell(r, key)
-    return show(r[key])
+    return show(r.get(key))
 
 
 def _throughput(results: dict) -> str:
@@ -207,8 +208,8 @@ def render_markdown(results: dict, figures: list[str], claims: list[dict] | None
         "train step, no vmap, compile excluded), and how many seeds reached it. *Findings* compare "
         "the families' representatives on these steps per seed (ratio A/B, paired by seed, a seed "
         "not reached counted as the slowest), one family per table and target. "
-        "*s / 1000 steps / model*: the vmapped group's wall time (compiles included) divided by its "
-        "members and steps. *params*: free parameters. λ₁ (top Lyapunov exponent, nats per step) "
+        "*ms / step, one model alone*: a training step of the row's model timed by itself "
+        "(`timing.json`; a vmapped group's time divided by its size is not one model's). *params*: free parameters. λ₁ (top Lyapunov exponent, nats per step) "
         "is averaged over seeds on a fixed probe batch; the table under each task's defines it and "
         "adds the other spectral quantities.", ""]
     lines += match_section(results, claims)  # the control design's match table comes first
