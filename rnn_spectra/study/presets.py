@@ -265,7 +265,7 @@ CONTROLLED = tuple(
 # has no task loss). Weight and target are state (one program per cell, k and arm); k is static.
 # Adding at T = 20: of adding T = 20, 30 and copying T = 10, 20, the one where the plain tanh and
 # ReLU RNNs both learned at this budget (a pilot on 2 seeds; at T >= 50 the tanh rows sit at the
-# baseline, docs/results.md).
+# baseline, docs/grid/results.md).
 LYAPUNOV_WEIGHTS = (0.1, 1.0, 10.0)
 LYAPUNOV_KS = (1, 8)
 LYAPUNOV_TARGETS = (-0.1, -0.03, 0.0)
