@@ -92,14 +92,15 @@ LANCZOS_STEPS = 16  # mean step norm within ~1e-3 of the SVD's on the default ru
 def probe_batch(exp, batch_size: int | None = None):
     """The run's fixed probe batch (inputs_BxTxD, targets), from its own PRNG stream.
 
-    Drawn by one jitted program from the seed, bit for bit the numbers of drawing it eagerly
-    (tests/test_spectral.py): eagerly every random primitive compiles on its own (~1.3 s on 2
-    cores at every start, each too small for the persistent compilation cache). The key is
-    derived inside the program too, and the program compiled with XLA's default options: it
-    then takes long enough to compile (~0.9 s) for the persistent cache to keep it, and later
-    processes load it in a few ms (compiled without backend optimizations it took 0.5 s, just
-    under the cache's threshold, at every start). Ahead-of-time compiled, it runs on concrete
-    arrays even when called inside a trace (a monitor first used under ``jax.vmap``)."""
+    Drawn by one jitted program that derives the key from the seed itself, bit for bit the
+    numbers of drawing it eagerly (tests/test_spectral.py): eagerly, every random primitive
+    compiles on its own at every start, each too small for the persistent compilation cache.
+    Compiled with XLA's default options it takes long enough to compile for that cache to keep
+    it (without backend optimizations it fell just under the cache's threshold and compiled at
+    every start). Compiled ahead of time, it runs on concrete arrays even when first called
+    inside a trace (a monitor used under jit or vmap), so nothing is evaluated at compile time
+    around it (under ``jax.ensure_compile_time_eval`` its lowering ran every constant op
+    eagerly, each compiled on its own). README, "What the monitor costs", has the timings."""
     size = batch_size or exp.run.spectral.probe_batch_size
     # PRNGKey turns a Python int into jnp.asarray(np.int64(seed)): the same array, made on the host.
     seed = np.asarray(np.int64(exp.run.seed)).astype(jax.dtypes.canonicalize_dtype(np.int64))
