@@ -44,6 +44,7 @@ def main(argv=None) -> int:
             print(f"unknown benchmark(s) {sorted(unknown)}; valid: {names}", file=sys.stderr)
             return 2
         names = [n for n in names if n in args.only]
+    load_before = os.getloadavg()  # a shared machine's timings mean little without it
     rows = []
     for name in names:
         t0 = time.perf_counter()
@@ -62,6 +63,8 @@ def main(argv=None) -> int:
         "jax": jax.__version__,
         "cpu_count": os.cpu_count(),
         "quick": args.quick,
+        "load_average": {"before": [round(x, 2) for x in load_before],
+                         "after": [round(x, 2) for x in os.getloadavg()]},
         "rows": rows,
     }
     with open(out, "w") as f:

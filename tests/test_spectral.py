@@ -576,20 +576,25 @@ def test_monitor_row_is_consistent_and_vmaps(tiny_config):
     assert member_row.keys() == monitor.measure(other, 7).keys()
 
 
-@pytest.mark.parametrize("task_name", ["adding", "copying"])
-def test_probe_batch_is_the_eager_draw_bit_for_bit(tiny_config, task_name):
-    """The probe batch comes from one jitted program compiled without backend optimizations;
-    its numbers must be exactly those of drawing it op by op, as runs recorded before did."""
-    from rnn_spectra.spectral.monitor import probe_batch
+@pytest.mark.parametrize("task_name,seed", [("adding", 0), ("copying", 0), ("adding", 2**31 - 1)])
+def test_probe_batch_is_the_eager_draw_bit_for_bit(tiny_config, task_name, seed):
+    """The probe batch comes from one jitted program that derives the key from the seed itself;
+    its numbers must be exactly those of drawing it op by op, as runs recorded before did. Drawn
+    first inside a trace (a monitor used under jit or vmap), it is still a concrete array."""
+    from rnn_spectra.spectral.monitor import SpectralMonitor, probe_batch
     from rnn_spectra.train import build
     from rnn_spectra.rng import PROBE_STREAM, stream_key
 
-    tiny_config.task.name = task_name
+    tiny_config.task.name, tiny_config.seed = task_name, seed
     exp = build(config_lib.resolve(tiny_config))
-    eager = exp.task.batch(stream_key(tiny_config.seed, PROBE_STREAM), tiny_config.spectral.probe_batch_size)
+    eager = exp.task.batch(stream_key(seed, PROBE_STREAM), tiny_config.spectral.probe_batch_size)
     for got, want in zip(probe_batch(exp), eager, strict=True):
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    monitor = SpectralMonitor(exp)
+    jax.jit(lambda: monitor.inputs.sum())()
+    assert not isinstance(monitor.inputs, jax.core.Tracer)
+    np.testing.assert_array_equal(np.asarray(monitor.inputs), np.asarray(eager[0]))
 
 
 def test_monitor_refuses_params_of_another_size(tiny_config):

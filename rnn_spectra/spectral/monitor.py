@@ -97,14 +97,20 @@ LANCZOS_STEPS = 16  # mean step norm within ~1e-3 of the SVD's on the default ru
 def probe_batch(exp, batch_size: int | None = None):
     """The run's fixed probe batch (inputs_BxTxD, targets), from its own PRNG stream.
 
-    Drawn by one jitted program, bit for bit the numbers of drawing it eagerly: eagerly every
-    random primitive compiles on its own (~1.3 s on 2 cores at every start, each too small for
-    the persistent compilation cache); jitted it is one program the cache keeps. It runs once,
-    so it is compiled without XLA's backend optimizations (0.5 s instead of 0.9 s)."""
-    key = stream_key(exp.run.seed, PROBE_STREAM)
-    lowered = jax.jit(exp.task.batch, static_argnums=1).lower(
-        key, batch_size or exp.run.spectral.probe_batch_size)
-    return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})(key)
+    Drawn by one jitted program that derives the key from the seed itself, bit for bit the
+    numbers of drawing it eagerly (tests/test_spectral.py): eagerly, every random primitive
+    compiles on its own at every start, each too small for the persistent compilation cache.
+    Compiled with XLA's default options it takes long enough to compile for that cache to keep
+    it (without backend optimizations it fell just under the cache's threshold and compiled at
+    every start). Compiled ahead of time, it runs on concrete arrays even when first called
+    inside a trace (a monitor used under jit or vmap), so nothing is evaluated at compile time
+    around it (under ``jax.ensure_compile_time_eval`` its lowering ran every constant op
+    eagerly, each compiled on its own). README, "What the monitor costs", has the timings."""
+    size = batch_size or exp.run.spectral.probe_batch_size
+    # PRNGKey turns a Python int into jnp.asarray(np.int64(seed)): the same array, made on the host.
+    seed = np.asarray(np.int64(exp.run.seed)).astype(jax.dtypes.canonicalize_dtype(np.int64))
+    draw = jax.jit(lambda s: exp.task.batch(stream_key(s, PROBE_STREAM), size))
+    return draw.lower(seed).compile()(seed)
 
 
 def flow_points(T: int, points: int) -> np.ndarray:
@@ -214,8 +220,7 @@ class SpectralMonitor:
     def probe(self):
         """The probe batch (inputs, targets), drawn on first use."""
         if self._probe is None:
-            with jax.ensure_compile_time_eval():  # concrete arrays even when first used in a trace
-                self._probe = probe_batch(self.exp)
+            self._probe = probe_batch(self.exp)
         return self._probe
 
     inputs = property(lambda self: self.probe[0])
