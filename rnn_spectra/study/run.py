@@ -94,7 +94,9 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
     record["groups_found_done"] = phase.found_done
     if not writer:
         return record
-    if jax.process_count() == 1:  # after the wall time: the study's throughput is training's
+    # after the wall time (the study's throughput is training's); only once there is a
+    # confirmation to time (a run of some phases only has none)
+    if jax.process_count() == 1 and "confirm" in PHASES:
         record["timing_wall_time_s"] = _time_confirmed_rows(preset, workdir, seed_offset)
     wd.write_json(wd.path(workdir, "study.json"), record)
     from rnn_spectra.study.report import write_report
