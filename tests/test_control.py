@@ -401,7 +401,7 @@ def test_cli_refuses_svd_margin_on_lstm_in_one_line(capsys, tmp_path):
 DEADLOCK_SCRIPT = """
 import dataclasses, sys
 from rnn_spectra.study.presets import ADDING, CONTROLLED, PRESETS, base
-c = PRESETS["cpu"]  # the first control study's design (docs/control)
+c = PRESETS["cpu-grid"]  # the first control study's design (docs/control)
 PRESETS["deadlock"] = dataclasses.replace(
     c, name="deadlock", tasks=ADDING[1:2], confirm_seeds=(100, 101), extend_grid=False,
     variants=tuple(v for v in CONTROLLED if v.name == "tanh_rnn/orthogonal/margin"),

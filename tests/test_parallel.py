@@ -96,6 +96,7 @@ def get_config():
 """
 
 
+@pytest.mark.slow  # two JAX processes through a coordinator: ~25 s idle, ~50 s loaded
 def test_two_processes_on_localhost_agree_with_one(tmp_path):
     config = tmp_path / "tiny.py"
     config.write_text(CONFIG)

@@ -92,6 +92,7 @@ def test_a_sigterm_while_copying_checkpoints_is_75_and_the_copy_is_redone(
         run.state()  # the newest is the end
 
 
+@pytest.mark.slow  # a smoke study, then its export redone: ~20 s idle, ~45 s loaded
 def test_an_unfinished_copy_is_refused_by_load_run_and_redone_by_report(
         two, tmp_path, capsys):
     w = str(tmp_path / "s")

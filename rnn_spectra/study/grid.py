@@ -93,7 +93,10 @@ def _settings(preset: Preset, v: Variant):
     """(clip, clip threshold, learning rate, init gain) of each of the row's pilot settings."""
     search = search_of(preset, v)
     if search is not None:
-        gained = dict(v.config).get("model.recurrent_init") not in GAINLESS_INITS
+        # svd_margin keeps W_s's singular values within 1 +- margin: a gain would leave them
+        own = dict(v.config)
+        gained = (own.get("model.recurrent_init") not in GAINLESS_INITS
+                  and own.get("model.recurrent_param", "free") == "free")
         for clip in v.clips or preset.clips:
             fixed = v.clip_values[0] if v.clip_values else None  # a paper's own threshold
             for lr, cv, gain in trials(search):
