@@ -42,7 +42,7 @@ def _null_pair(dist: str, n: int, shared: bool):
     return make
 
 
-@pytest.mark.parametrize("n", [5, 3])
+@pytest.mark.parametrize("n", [10, 5, 3])  # 10: the cpu and ladder presets' confirmation
 @pytest.mark.parametrize("dist", ["normal", "lognormal", "heavy"])
 def test_null_is_decided_at_most_six_percent(dist, n):
     paired = _decided_rate(_null_pair(dist, n, shared=True), lambda a, b: difference_ci(a, b))

@@ -17,12 +17,10 @@ def _row(variant, loss, params, per_step):
 
 
 def test_the_figure_places_each_row_at_its_params_and_one_models_seconds(tmp_path, monkeypatch):
-    import matplotlib.pyplot as plt
-
     rows = [_row("gru/orthogonal/clip=none", 1e-3, 3425, 0.004),
             _row("tanh_rnn/orthogonal/clip=none", 0.16, 1153, None)]
     saved = []
-    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, path, **kw: saved.append(fig))
+    monkeypatch.setattr("rnn_spectra.plots.save", lambda fig, path, **kw: saved.append(fig) or path)
     paths = cost_figures({"rows": rows}, str(tmp_path))
     assert [p.rsplit("/", 1)[1] for p in paths] == ["adding_T100_loss_vs_cost.png"]
     left, right = saved[0].axes[:2]

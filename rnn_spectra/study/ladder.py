@@ -98,7 +98,7 @@ def ladder_figures(results: dict, out_dir: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rnn_spectra.plots import STYLE
+    from rnn_spectra.plots import STYLE, save
 
     paths = []
     for src, budgets in ladders(results["rows"]).items():
@@ -131,7 +131,6 @@ def ladder_figures(results: dict, out_dir: str) -> list[str]:
             ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
             os.makedirs(out_dir, exist_ok=True)
             path = os.path.join(out_dir, f"{src}_ladder.png")
-            fig.savefig(path, dpi=110, bbox_inches="tight")
-            plt.close(fig)
+            save(fig, path)  # atomic; a full disk is one line, never a truncated PNG
         paths.append(path)
     return paths

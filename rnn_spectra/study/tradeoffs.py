@@ -41,7 +41,7 @@ def cost_figures(results: dict, out_dir: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rnn_spectra.plots import STYLE
+    from rnn_spectra.plots import STYLE, save
 
     by_table = defaultdict(list)
     for r in results["rows"]:
@@ -81,8 +81,7 @@ def cost_figures(results: dict, out_dir: str) -> list[str]:
                        bbox_to_anchor=(0.5, 0.0), ncol=3)
             os.makedirs(out_dir, exist_ok=True)
             path = os.path.join(out_dir, f"{table}_loss_vs_cost.png")
-            fig.savefig(path, dpi=110, bbox_inches="tight")
-            plt.close(fig)
+            save(fig, path)  # atomic; a full disk is one line, never a truncated PNG
         paths.append(path)
     return paths
 
