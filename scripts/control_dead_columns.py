@@ -1,5 +1,5 @@
 """Why the control study's IRNN rows at adding T = 200 end at the same loss with and without the
-Lyapunov regulariser, yet with different sigma_max(W_s) (docs/control/results.md).
+Lyapunov regulariser, yet with different sigma_max(W_s) (docs/control/first/results.md).
 
     python scripts/control_dead_columns.py [SEED] [--workdir DIR]   # default seed 100, runs/dead_columns
 
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("seed", nargs="?", type=int, default=100)
     ap.add_argument("--workdir", default=os.path.join("runs", "dead_columns"))
     args = ap.parse_args()
-    # the first control study's design (docs/control): the cpu study's budget, these rows
+    # the first control study's design (docs/control/first): the cpu study's budget, these rows
     preset, runs = dataclasses.replace(PRESETS["cpu"], tasks=ADDING[1:], variants=CONTROLLED), []
     for name in ROWS:
         entry, variant = find(preset, "adding_T200", name)

@@ -162,7 +162,7 @@ def test_regulariser_steers_lambda_1_to_the_target(tiny_config):
 
 def test_the_regulariser_reaches_dead_units_outgoing_weights_which_adam_moves_at_full_step(
         tiny_config):
-    """The control study's IRNN anomaly (docs/control/results.md, adding T = 200: the IRNN with
+    """The control study's IRNN anomaly (docs/control/first/results.md, adding T = 200: the IRNN with
     and without the regulariser end at the same loss, to 3e-6, but sigma_max(W_s) 1.47 vs 1.01).
     An identity-init ReLU net whose input weights drive some units below zero keeps them dead
     (h_j = 0 on every step). Their outgoing weights W_s[:, dead] multiply zeros: the task loss's
@@ -401,7 +401,7 @@ def test_cli_refuses_svd_margin_on_lstm_in_one_line(capsys, tmp_path):
 DEADLOCK_SCRIPT = """
 import dataclasses, sys
 from rnn_spectra.study.presets import ADDING, CONTROLLED, PRESETS, base
-c = PRESETS["cpu-grid"]  # the first control study's design (docs/control)
+c = PRESETS["cpu-grid"]  # the first control study's design (docs/control/first)
 PRESETS["deadlock"] = dataclasses.replace(
     c, name="deadlock", tasks=ADDING[1:2], confirm_seeds=(100, 101), extend_grid=False,
     variants=tuple(v for v in CONTROLLED if v.name == "tanh_rnn/orthogonal/margin"),

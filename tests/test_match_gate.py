@@ -139,6 +139,8 @@ def test_the_report_shows_the_match_table_first_with_dead_units_beside_it():
     assert "50% → 60%" in section and "0% → 0%" in section  # dead units of the ReLU and tanh rows
     assert "**yes**" in section and "adding_T20|matched λ₁|" in section
     assert "steps 5 to 19" in section  # the window the regulariser steered is the monitor's
+    # a design without clipped rows counts only its unclipped runs (no "0 of 0 ... with clipping")
+    assert "runs without clipping diverged" in text and "with clipping diverged" not in text
     assert match_section({"rows": [r for r in rows if "tanh" not in r["variant"]]}, []) == []
 
 

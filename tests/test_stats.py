@@ -93,3 +93,22 @@ def test_instability_events_count_spikes_against_the_running_median():
                     {"loss": float("nan"), "grad_norm": 1.0}, {"loss": 9.0, "grad_norm": 99.0}]
     assert instability_events(spiky) == 3
     assert instability_events([{"loss": 100.0, "grad_norm": 1e6}]) == 0  # no history yet
+
+
+def test_a_gated_claim_the_replica_did_not_make_says_its_pair_was_not_matched_again(tmp_path):
+    lo = diff_ci([1.0, 1.1, 0.9], [2.0, 2.1, 1.9])
+    gated = "adding_T20|matched λ₁|relu_rnn/a|tanh_rnn/b|test loss"
+    ref = [claims_lib.claim(gated, "A beats B", "test_loss", "A", "B", lo),
+           claims_lib.claim("x", "C beats D", "test_loss", "C", "D", lo)]
+    claims_lib.write_claims(str(tmp_path), ref)
+    rows = claims_lib.check(claims_lib.read_claims(str(tmp_path)), [])
+    assert [r["verdict"] for r in rows] == ["UNDECIDED", "UNDECIDED"]
+    table = claims_lib.render_check(rows).splitlines()
+    assert table[2].endswith("| not made: the pair did not pass the match gate on these seeds |")
+    assert table[3].endswith("| missing |")
+    # what the new seeds' gate compared instead is listed, never as a check of a reference claim
+    other = "adding_T20|matched λ₁|relu_rnn/c|tanh_rnn/b|test loss"
+    text = claims_lib.render_check(rows) + claims_lib.render_new_gated(
+        ref, [claims_lib.claim(other, "E vs B", "test_loss", "E", "B", lo)])
+    assert f"| `{other}` | -1 [" in text and "pairs the reference did not compare" in text
+    assert claims_lib.render_new_gated(ref, ref) == ""

@@ -18,7 +18,8 @@ import os
 
 from rnn_spectra import workdir as wd
 from rnn_spectra.errors import WorkdirError
-from rnn_spectra.study.stats import FDR, Interval, benjamini_hochberg, expected_capture
+from rnn_spectra.study.stats import FDR, LEVEL, Interval, benjamini_hochberg, expected_capture
+from rnn_spectra.study.stats import UNDECIDED as NOT_DISTINGUISHABLE
 
 CLAIMS = "claims.json"
 HOLDS, FLIPS, UNDECIDED = "HOLDS", "FLIPS", "UNDECIDED"
@@ -187,13 +188,21 @@ def check_header(reference_dir: str, workdir: str) -> str:
             "not listed.")
 
 
+def _not_made(claim_id: str) -> str:
+    """Why the new study has no such claim: a gated loss comparison (``match_gate``) exists
+    only where the pair passed the gate in that run; any other claim is simply missing."""
+    if "|matched " in claim_id:
+        return "not made: the pair did not pass the match gate on these seeds"
+    return "missing"
+
+
 def render_check(rows: list[dict]) -> str:
     lines = ["| claim | id | verdict | reference [interval] | new [interval] |", "|---|---|---|---|---|"]
     for r in rows:
         ref = Interval.from_dict(r["reference"])
         new = Interval.from_dict(r["new"]) if r["new"] else None
         lines.append(f"| {r['text']} | `{r['id']}` | {r['verdict']} | {ref.text()} | "
-                     f"{new.text() if new else 'missing'} |")
+                     f"{new.text() if new else _not_made(r['id'])} |")
     counts = {v: sum(r["verdict"] == v for r in rows) for v in (HOLDS, FLIPS, UNDECIDED)}
     lines.append("")
     lines.append(f"{counts[HOLDS]} hold, {counts[FLIPS]} flip, {counts[UNDECIDED]} undecided "
@@ -206,11 +215,31 @@ def render_check(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_new_gated(reference: list[dict], new: list[dict]) -> str:
+    """The gated loss comparisons (``match_gate``) the new study made on pairs the reference did
+    not compare: which pairs pass the gate depends on the seeds, so a replication that only said
+    "not made" for the reference's pairs would hide what the new seeds say instead."""
+    seen = {c["id"] for c in reference}
+    extra = [c for c in new if "|matched " in c["id"] and c["id"] not in seen]
+    if not extra:
+        return ""
+    lines = ["", "", "Gated comparisons the new study made on pairs the reference did not compare "
+             "(decided within the new study's own families; not checks of a reference claim):", "",
+             "| claim | id | new [interval] |", "|---|---|---|"]
+    for c in extra:
+        iv = Interval.from_dict(c["difference"])
+        level = "" if math.isclose(iv.level, LEVEL) else f" at {100 * iv.level:.3g}%"
+        lines.append(f"| {c['text']} | `{c['id']}` | {iv.text()}{level}"
+                     f"{'' if c.get('sign') else ': ' + NOT_DISTINGUISHABLE} |")
+    return "\n".join(lines)
+
+
 def check_study(reference_dir: str, reference: list[dict], workdir: str) -> tuple[str, bool]:
     """``reference`` (the claims of ``reference_dir``) checked against the study in ``workdir``:
     the table, also written to WORKDIR/claims_check.md, and whether any claim flips."""
-    rows = check(reference, read_claims(workdir))
-    text = render_check(rows)
+    new = read_claims(workdir)
+    rows = check(reference, new)
+    text = render_check(rows) + render_new_gated(reference, new)
     wd.write_text(wd.path(workdir, "claims_check.md"),
                   f"{check_header(reference_dir, workdir)}\n\n{text}\n")
     return text, any(r["verdict"] == FLIPS for r in rows)

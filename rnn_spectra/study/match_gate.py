@@ -35,7 +35,7 @@ from rnn_spectra.study.stats import LEVEL, Interval, difference_ci, one_sample_c
 # study's T = 20 a difference inside +-0.02 is at most a factor e^0.4 ~ 1.5, against the factor
 # e^(0.13 x 20) ~ 13 that separates the plain tanh and ReLU RNNs' lambda_1 at init (-0.20 vs
 # -0.33); and it is about as tight as the seeds allow: the paired per-seed sd of a lambda_1
-# difference was ~0.02 in the first control study (docs/control), a 95% half-width of ~0.025 at 5
+# difference was ~0.02 in the first control study (docs/control/first), a 95% half-width of ~0.025 at 5
 # seeds and ~0.017 at the 8 the control preset confirms on, so a tighter tolerance would admit
 # only pairs the regulariser pins harder than it did there.
 TOLERANCE = 0.02

@@ -243,7 +243,7 @@ LADDER_VARIANTS = tuple(dataclasses.replace(v, clips=("none",)) for v in BASE_VA
 # Steering the spectrum (control.py): a tanh and two ReLU RNNs, plain and with each intervention.
 # The regulariser pulls the top Lyapunov exponent to 0 (weight 1, k = 1, a 50-step window); the
 # margin keeps every singular value of W_s within 1 +- 0.1; the projection caps them at 1. The
-# design of the first control study (docs/control, scripts/control_dead_columns.py); the control
+# design of the first control study (docs/control/first, scripts/control_dead_columns.py); the control
 # preset now runs CONTROL_DOSES below.
 INTERVENTIONS = (
     ("", ()),

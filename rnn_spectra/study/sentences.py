@@ -90,6 +90,8 @@ def findings(results: dict, claims: list[dict] | None = None) -> list[str]:
         rs = [r for r in results["rows"] if (r["clip"] != "none") == clip_on
               and r.get("runs_diverged_all_settings")]
         total = sum(r["runs_all_settings"] for r in results["rows"] if (r["clip"] != "none") == clip_on)
+        if not total:  # a design without clipped rows (the control preset): nothing to count
+            continue
         div = sum(r["runs_diverged_all_settings"] for r in rs)
         text = (f"Over every setting of the pilot grid, {div} of {total} runs "
                 f"{'with' if clip_on else 'without'} clipping diverged")
