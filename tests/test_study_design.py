@@ -79,6 +79,18 @@ def test_seed_offset_runs_disjoint_seeds_and_a_workdir_keeps_its_offset(design, 
     assert "--seed-offset must be a non-negative integer" in capsys.readouterr().err
 
 
+def test_a_workdir_that_cannot_be_a_directory_is_one_line(design, tmp_path, capsys):
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere")  # a link made before its target, as with runs/ links
+    assert cli.main(["study", "--preset", design, "--workdir", str(link), "--no-report"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "which does not exist; create that directory" in err[0], err
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["study", "--preset", design, "--workdir", str(tmp_path / "file"), "--no-report"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create the study directory" in err[0], err
+
+
 def test_check_claims_exits_1_when_a_claim_flips(tmp_path, monkeypatch, capsys):
     from rnn_spectra.study.claims import claim
     from rnn_spectra.study.stats import Interval
