@@ -1,12 +1,14 @@
 """A study's pilot group against a plain-JAX anchor at the same shapes (issue 24).
 
 The pilot group: ReLU RNN (orthogonal W_s) on adding T = 100, H = 32, batch 32, Adam, 40 members
-(8 learning rates x 5 seeds) in one vmapped program. Three step times, side by side in one
+(8 learning rates x 5 seeds) in one vmapped program. Four step times, side by side in one
 process:
 
 - the *anchor*, what a JAX user would write by hand: an Elman ReLU cell in ``lax.scan``,
   ``optax.adam`` with the learning rate injected per member, ``jax.vmap`` over the 40 members,
   one jitted step on one pre-made batch;
+- the same anchor *drawing its batch in the step* (``AddingTask.batch`` from each member's key),
+  as ours does: what the data costs, apart from the rest of our step;
 - *our step*: the compiled train step ``loop.Loop`` runs (``Loop._compile``; it draws its batch
   inside the step, from the step's key), called in a tight loop;
 - *our loop*: ``loop.Loop.run`` itself, its steady-state step read from its own metrics rows
@@ -38,6 +40,7 @@ import optax
 
 from rnn_spectra.config import default_config
 from rnn_spectra.loop import Loop
+from rnn_spectra.tasks.adding import AddingTask
 from rnn_spectra.train import init_state
 
 T, H, B, D, MEMBERS = 100, 32, 32, 2, 40
@@ -110,20 +113,30 @@ def _anchor_step():
         s.hyperparams["learning_rate"] = lr
         return p, s
 
-    return jax.jit(jax.vmap(step)), jax.vmap(init)
+    def drawn(p, s, key):  # the same step on a fresh adding batch drawn from the member's key
+        key, k = jax.random.split(key)
+        x, y = AddingTask(seq_len=T).batch(k, B)
+        p, s, loss = step(p, s, x, y)
+        return p, s, key, loss
+
+    return jax.jit(jax.vmap(step)), jax.vmap(init), jax.jit(jax.vmap(drawn))
 
 
-def _anchor():
-    """A function timing ``steps`` anchor steps (seconds per step), warmed up."""
-    step, init = _anchor_step()
+def _anchor(draw: bool = False):
+    """A function timing ``steps`` anchor steps (seconds per step), warmed up. ``draw``: each
+    step draws its batch inside the program, as ours does, instead of reusing one made before."""
+    step, init, drawn = _anchor_step()
     keys = jax.random.split(jax.random.PRNGKey(0), MEMBERS)
-    carry = list(init(keys, jnp.asarray(np.tile(LRS, MEMBERS // len(LRS)), jnp.float32)))
+    carry = list(init(keys, jnp.asarray(np.tile(LRS, MEMBERS // len(LRS)), jnp.float32))) + [keys]
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.random((MEMBERS, B, T, D)), jnp.float32)
     y = jnp.asarray(rng.random((MEMBERS, B, 1)), jnp.float32)
 
     def one():
-        carry[0], carry[1], loss = step(carry[0], carry[1], x, y)
+        if draw:
+            carry[0], carry[1], carry[2], loss = drawn(carry[0], carry[1], carry[2])
+        else:
+            carry[0], carry[1], loss = step(carry[0], carry[1], x, y)
         return loss
 
     return _tight(one)
@@ -154,20 +167,21 @@ def _tight(one):
 
 
 def run(quick: bool) -> list[dict]:
-    steps, reps = (20, 2) if quick else (100, 3)
-    times = {"anchor": [], "step": [], "loop": []}
+    steps, reps = (20, 2) if quick else (100, 7)
+    times = {"anchor": [], "drawn": [], "step": [], "loop": []}
     setup, timers = [], {}
     for _ in range(reps):  # alternated, so a drift of the machine's speed hits all three alike
         wall, per_step = _loop(steps)  # the first is the first group in the process
         times["loop"].append(per_step)
         setup.append(wall - 2 * steps * per_step)
-        timers = timers or {"anchor": _anchor(), "step": _ours()}
+        timers = timers or {"anchor": _anchor(), "drawn": _anchor(draw=True), "step": _ours()}
         for key, timer in timers.items():
             times[key].append(timer(steps))
     t = {k: statistics.median(v) for k, v in times.items()}
     flops = 3 * 2 * (B * T * (H * H + D * H) + B * H)  # per member and step
     rows = []
-    for key, name in (("anchor", "plain-JAX anchor"), ("step", "ours, jitted step alone"),
+    for key, name in (("anchor", "plain-JAX anchor"), ("drawn", "anchor drawing its batch in the step"),
+                      ("step", "ours, jitted step alone"),
                       ("loop", "ours, loop.Loop")):
         rows += [{"name": f"{name}: step", "value": 1e3 * t[key], "unit": "ms"},
                  {"name": f"{name}: throughput", "value": MEMBERS / t[key], "unit": "member*steps/s"},
@@ -176,6 +190,10 @@ def run(quick: bool) -> list[dict]:
     rows += [{"name": "ours loop / anchor", "value": t["loop"] / t["anchor"], "unit": "x (step time)",
               "target": "<= 1.1"},
              {"name": "ours step / anchor", "value": t["step"] / t["anchor"], "unit": "x (step time)"},
+             {"name": "ours step / anchor drawing its batch", "value": t["step"] / t["drawn"],
+              "unit": "x (step time)"},
+             {"name": "anchor drawing its batch / anchor", "value": t["drawn"] / t["anchor"],
+              "unit": "x (step time)"},
              {"name": "ours loop / ours step", "value": t["loop"] / t["step"], "unit": "x (step time)"},
              {"name": "group set-up, first in the process", "value": setup[0], "unit": "s"},
              {"name": "group set-up, later (median)", "value": statistics.median(setup[1:]),
