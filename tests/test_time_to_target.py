@@ -91,3 +91,18 @@ def test_the_claim_counts_a_seed_that_never_reached_the_target_as_the_slowest():
     assert (c["difference"]["lo"], c["difference"]["hi"]) == pytest.approx((want.lo, want.hi))
     assert c["difference"]["method"] == "rank" and c["sign"] == -1  # GRU sooner
     assert (c["difference"]["n"], c["difference"]["n_b"]) == (6, 6)  # every seed, none dropped
+
+
+def test_a_side_that_never_reached_the_target_is_said_so_not_printed_as_a_zero_ratio():
+    from rnn_spectra.study.sentences import sentence
+
+    gru = _row("gru/orthogonal/clip=none", [10, 10, 20, 20, 20, 30], 0.1)
+    some = _row("tanh_rnn/orthogonal/clip=none", [40, 50, 60, 70, None, None], 0.2)
+    none = _row("tanh_rnn/orthogonal/clip=none", [None] * 6, 0.2)
+    key = "t|family GRU|family tanh|steps to 0.5× baseline"
+    finite = sentence({c["id"]: c for c in build_claims({"rows": [gru, some]})}[key])
+    assert "ratio of steps A/B ×" in finite and "never reached" not in finite
+    c = {c["id"]: c for c in build_claims({"rows": [gru, none]})}[key]
+    assert c["sign"] == -1 and math.isinf(c["difference"]["hi"])
+    text = sentence(c)
+    assert "best tanh never reached it, no finite ratio of steps" in text and "×0 [0, 0]" not in text

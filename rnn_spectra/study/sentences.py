@@ -159,6 +159,18 @@ def lyap_text(r: dict, when: str) -> str:
     return fmt(value, 2) + (f" (−∞ in {neginf}/{r['seeds']})" if neginf else "")
 
 
+def _never_reached(ci: Interval) -> str | None:
+    """"b" when the whole interval of a steps ratio A/B is 0 (B's seeds never reached the target:
+    infinite steps), "a" when it is infinite; None for a finite ratio. "×0 [0, 0]" says neither."""
+    if ci.scale != "log":
+        return None
+    if math.isinf(ci.hi) and ci.hi < 0:
+        return "b"
+    if math.isinf(ci.lo) and ci.lo > 0:
+        return "a"
+    return None
+
+
 def sentence(c: dict) -> str:
     """The claim in words, with its interval; 'lower'/'higher' only when it was decided."""
     ci = Interval.from_dict(c["difference"])
@@ -167,10 +179,13 @@ def sentence(c: dict) -> str:
     if c["sign"] == 0:
         body = f"{c['a']} vs {c['b']} ({what}): {UNDECIDED}; {measure} {ci.text()}"
     elif c["quantity"].startswith(STEPS_TO):
-        body = (f"{c['a']} reaches {c['quantity'][len(STEPS_TO) + 1:]} "
-                f"{'sooner' if c['sign'] < 0 else 'later'} than {c['b']}: ratio of steps A/B "
-                f"{ci.text()} ({100 * ci.level:.3g}% interval"
-                f"{_method(ci).replace('diverged seeds', 'seeds not reached')})")
+        target = c["quantity"][len(STEPS_TO) + 1:]
+        never = _never_reached(ci)
+        ratio = (f"{c[never]} never reached it, no finite ratio of steps (decided at the "
+                 f"{100 * ci.level:.3g}% level" if never else
+                 f"ratio of steps A/B {ci.text()} ({100 * ci.level:.3g}% interval")
+        body = (f"{c['a']} reaches {target} {'sooner' if c['sign'] < 0 else 'later'} than "
+                f"{c['b']}: {ratio}{_method(ci).replace('diverged seeds', 'seeds not reached')})")
     else:
         body = (f"{c['a']} has {'lower' if c['sign'] < 0 else 'higher'} {what} than {c['b']}: "
                 f"{measure} {ci.text()} ({100 * ci.level:.3g}% interval{_method(ci)})")
