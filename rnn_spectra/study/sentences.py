@@ -160,8 +160,9 @@ def lyap_text(r: dict, when: str) -> str:
 
 
 def _never_reached(ci: Interval) -> str | None:
-    """"b" when the whole interval of a steps ratio A/B is 0 (B's seeds never reached the target:
-    infinite steps), "a" when it is infinite; None for a finite ratio. "×0 [0, 0]" says neither."""
+    """"b" when the whole interval of a steps ratio A/B is 0 (so many of B's seeds never reached
+    the target, infinite steps, that every bound is), "a" when it is infinite; None for a finite
+    ratio. "×0 [0, 0]" says neither."""
     if ci.scale != "log":
         return None
     if math.isinf(ci.hi) and ci.hi < 0:
@@ -181,7 +182,8 @@ def sentence(c: dict) -> str:
     elif c["quantity"].startswith(STEPS_TO):
         target = c["quantity"][len(STEPS_TO) + 1:]
         never = _never_reached(ci)
-        ratio = (f"{c[never]} never reached it, no finite ratio of steps (decided at the "
+        ratio = (f"{c[never]} did not reach it on too many seeds for a finite ratio of steps "
+                 f"(decided at the "
                  f"{100 * ci.level:.3g}% level" if never else
                  f"ratio of steps A/B {ci.text()} ({100 * ci.level:.3g}% interval")
         body = (f"{c['a']} reaches {target} {'sooner' if c['sign'] < 0 else 'later'} than "
