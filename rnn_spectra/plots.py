@@ -62,16 +62,18 @@ def _emphasis(label: str, highlight: str | None) -> dict:
     return {"lw": 2.5, "zorder": 3} if label == highlight else {"lw": 1.2, "ls": "--", "alpha": 0.8}
 
 
-def save(fig, path: str, dpi: int = DPI) -> str:
+def save(fig, path: str, dpi: int = DPI, tight: bool = False) -> str:
     """Write ``fig`` to ``path`` (directories created) and close it; returns the path. Atomic:
     a full disk or a kill leaves the old file or none, never a truncated PNG; a failed write is
-    one line (exit 74 for a full disk, ``workdir.io_error``)."""
+    one line (exit 74 for a full disk, ``workdir.io_error``). ``tight``: crop to what is drawn,
+    a legend placed outside the axes included (without it that legend is cut off)."""
     from rnn_spectra import workdir as wd
 
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.savefig(tmp, dpi=dpi, format=os.path.splitext(path)[1][1:] or "png")
+        fig.savefig(tmp, dpi=dpi, format=os.path.splitext(path)[1][1:] or "png",
+                    bbox_inches="tight" if tight else None)
         os.replace(tmp, path)
     except OSError as e:
         if os.path.exists(tmp):

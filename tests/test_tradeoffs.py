@@ -32,3 +32,23 @@ def test_the_figure_places_each_row_at_its_params_and_one_models_seconds(tmp_pat
     text = "\n".join(cost_lines({"rows": rows}))
     gru, tanh = text.index("gru/orthogonal"), text.index("tanh_rnn/orthogonal")
     assert gru < tanh and "| 3,425 | 4.00 | 2.4 |" in text  # by loss; ms per step; s per budget
+
+
+def test_the_saved_figure_keeps_its_legend_below_the_axes(tmp_path):
+    """cost_figures (and the ladder's) put the legend under the axes, outside the figure's box: a
+    plain savefig cuts it off; the tight save keeps it (the PNG grows to hold it)."""
+    import matplotlib.image
+    import matplotlib.pyplot as plt
+
+    from rnn_spectra.plots import save
+
+    def png(tight):
+        fig, ax = plt.subplots(figsize=(4, 3))
+        for i in range(12):
+            ax.plot([0, 1], [i, i], label=f"row {i}")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+        path = save(fig, str(tmp_path / f"t{tight}.png"), dpi=50, tight=tight)
+        return matplotlib.image.imread(path).shape[0]
+
+    assert png(tight=False) == 150  # the figure's own box: 3 in at 50 dpi, the legend cut off
+    assert png(tight=True) > 150

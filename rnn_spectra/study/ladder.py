@@ -131,6 +131,6 @@ def ladder_figures(results: dict, out_dir: str) -> list[str]:
             ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
             os.makedirs(out_dir, exist_ok=True)
             path = os.path.join(out_dir, f"{src}_ladder.png")
-            save(fig, path)  # atomic; a full disk is one line, never a truncated PNG
+            save(fig, path, dpi=110, tight=True)  # tight: the legend sits below the axes
         paths.append(path)
     return paths

@@ -81,7 +81,7 @@ def cost_figures(results: dict, out_dir: str) -> list[str]:
                        bbox_to_anchor=(0.5, 0.0), ncol=3)
             os.makedirs(out_dir, exist_ok=True)
             path = os.path.join(out_dir, f"{table}_loss_vs_cost.png")
-            save(fig, path)  # atomic; a full disk is one line, never a truncated PNG
+            save(fig, path, dpi=110, tight=True)  # tight: the legend sits below the axes
         paths.append(path)
     return paths
 
