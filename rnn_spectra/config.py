@@ -120,8 +120,8 @@ class ModelConfig(_Section):
                       "gamma >= (1 - sqrt(1 - eps^2 w^2)) / eps ~ eps w^2 / 2, w = max |eig(W - W^T)| "
                       "(~2.9 x init_scale for its normal init): 0.5 covers w <= 3.12 at eps 0.1",
                       "positive")
-    unroll: int = _f(0, "lax.scan unroll factor, speed only (0: auto, 8 on GPU/TPU, 1 on CPU)",
-                     "nonnegative")
+    unroll: int = _f(0, "lax.scan unroll factor, for speed; results agree to float32 rounding "
+                        "(0: auto, 8 on GPU/TPU, 1 on CPU)", "nonnegative")
     remat: bool = _f(False, "jax.checkpoint each step (memory for long T, ~1 extra forward)")
     recurrent_param: str = _f("free", "free | svd_margin: W_s = U diag(1 + margin tanh p) V^T, U and V "
                               "orthogonal (Vorontsov et al. 2017; tanh_rnn, relu_rnn, irnn)",

@@ -27,7 +27,8 @@ def default_unroll() -> int:
     On a GPU the scan costs a fixed ~13 us per iteration whatever the work in it, so unrolling 8
     steps made the train step 2.2-2.3x faster on an H200 (benchmarks/bench_unroll.py; 16 adds
     another ~8% for more compile time); XLA:CPU gains little and compiles longer. The numbers
-    are the same for every factor."""
+    agree to float32 rounding, not always to the bit (on CPU, unroll 8 of a vmapped group
+    differed from 1 in the last bits after one step), so keep one factor to reproduce a run."""
     return 1 if jax.default_backend() == "cpu" else 8
 
 
