@@ -170,7 +170,7 @@ def run(quick: bool) -> list[dict]:
     steps, reps = (20, 2) if quick else (100, 7)
     times = {"anchor": [], "drawn": [], "step": [], "loop": []}
     setup, timers = [], {}
-    for _ in range(reps):  # alternated, so a drift of the machine's speed hits all three alike
+    for _ in range(reps):  # alternated, so a drift of the machine's speed hits all four alike
         wall, per_step = _loop(steps)  # the first is the first group in the process
         times["loop"].append(per_step)
         setup.append(wall - 2 * steps * per_step)
