@@ -174,6 +174,54 @@ def test_an_undecided_interval_at_its_level_contains_zero():
                 assert not difference_ci(a, b, level=level).excludes_zero()
 
 
+# Time to a target (time_to_target.py): a seed's first-passage time, read at the evaluations
+# (every 50 steps) and censored at the cap (600), as the cpu study records it. Scenarios: the
+# median early, mid-way, late (some seeds censored) and near the cap (about half censored).
+EVERY, CAP = 50, 600
+TTT_SCENARIOS = [(150, 0.5), (300, 1.0), (450, 0.5), (550, 0.7)]
+
+
+def _passage(rng, median, sigma, n, seed_effect=1.0):
+    """Steps at which each seed was first seen below the target (inf: censored at the cap)."""
+    t = median * seed_effect * np.exp(sigma * rng.normal(size=n))
+    seen = np.ceil(t / EVERY) * EVERY
+    return [float(x) if x <= CAP else math.inf for x in seen]
+
+
+def _km_coverage(n, median, sigma, draws, seed=0):
+    """Share of draws whose Kaplan-Meier median interval holds the true median of the steps."""
+    from rnn_spectra.study.time_to_target import kaplan_meier
+    from rnn_spectra.study.time_to_target import median as km_median
+
+    rng = np.random.default_rng(seed)
+    true, hit = math.ceil(median / EVERY) * EVERY, 0
+    for _ in range(draws):
+        seen = _passage(rng, median, sigma, n)
+        reached = [math.isfinite(x) for x in seen]
+        _, lo, hi = km_median(kaplan_meier([int(x) if r else CAP for x, r in zip(seen, reached)],
+                                           reached))
+        hit += lo is not None and lo <= true and (hi is None or hi >= true)  # hi None: beyond
+    return hit / draws
+
+
+def _steps_null_rate(n, median, sigma, draws, seed=0):
+    """Share of true nulls a steps-to-target comparison decides (paired by seed, censored seeds
+    counted as the slowest: the rank method, as findings.py compares them)."""
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(draws):
+        luck = np.exp(rng.normal(0.0, 0.5, n))  # a seed's luck moves both rows alike
+        a, b = _passage(rng, median, sigma, n, luck), _passage(rng, median, sigma, n, luck)
+        hits += difference_ci(a, b, paired=True).excludes_zero()
+    return hits / draws
+
+
+@pytest.mark.parametrize("median,sigma", TTT_SCENARIOS)
+def test_time_to_target_median_interval_covers_and_its_comparison_is_calibrated(median, sigma):
+    assert _km_coverage(10, median, sigma, draws=400) >= 0.93
+    assert _steps_null_rate(10, median, sigma, draws=600) <= 0.06
+
+
 def test_design_numbers():
     assert stats.expected_capture(200) == pytest.approx(0.834, abs=0.003)  # Cumming & Maillardet
     assert stats.expected_capture(5) == pytest.approx(0.879, abs=0.002)
@@ -195,3 +243,9 @@ if __name__ == "__main__":  # the table the README quotes: python tests/test_cal
                                   lambda a, b: difference_ci(a, b, paired=False), draws, seed=1)
             old = _decided_rate(_null_pair(dist, n, False), _percentile_bootstrap_diff, draws)
             print(f"| {n} | {dist} | {paired:.1%} | {welch:.1%} | {old:.1%} |")
+    print(f"\ntime to a target at 10 seeds (evaluations every {EVERY} steps, cap {CAP}), {draws} draws")
+    print("| median steps | sigma (log) | KM median interval covers | steps comparison decides a null |")
+    print("|---|---|---|---|")
+    for median, sigma in TTT_SCENARIOS:
+        print(f"| {median} | {sigma} | {_km_coverage(10, median, sigma, draws):.1%} | "
+              f"{_steps_null_rate(10, median, sigma, draws):.1%} |")
