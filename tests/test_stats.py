@@ -1,6 +1,8 @@
 """Study statistics: intervals behave as intervals should, decisions need the interval off zero,
 and a claim check sees holds, flips and undecided claims (calibration: test_calibration.py)."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -112,3 +114,18 @@ def test_a_gated_claim_the_replica_did_not_make_says_its_pair_was_not_matched_ag
         ref, [claims_lib.claim(other, "E vs B", "test_loss", "E", "B", lo)])
     assert f"| `{other}` | -1 [" in text and "pairs the reference did not compare" in text
     assert claims_lib.render_new_gated(ref, ref) == ""
+
+
+def test_a_loss_ratio_against_a_row_that_diverged_on_most_seeds_is_said_so_not_printed_as_zero():
+    from rnn_spectra.study.sentences import sentence
+
+    inf = math.inf
+    ci = difference_ci([0.01, 0.012, 0.011, 0.009, 0.01], [inf, inf, inf, inf, inf])  # log scale
+    assert ci.hi == -inf and ci.excludes_zero()
+    c = claims_lib.claim("t|A|B|test loss", "A vs B", "test loss", "A", "B", ci)
+    text = sentence(c)
+    assert "A has lower test loss than B: B diverged on too many seeds for a finite ratio" in text
+    assert "×0 [0, 0]" not in text
+    finite = sentence(claims_lib.claim("t|A|C|test loss", "A vs C", "test loss", "A", "C",
+                                       difference_ci([0.01, 0.012, 0.011, 0.009, 0.01], [0.1] * 5)))
+    assert "ratio A/B ×0.1" in finite and "too many seeds" not in finite

@@ -160,9 +160,9 @@ def lyap_text(r: dict, when: str) -> str:
 
 
 def _never_reached(ci: Interval) -> str | None:
-    """"b" when the whole interval of a steps ratio A/B is 0 (so many of B's seeds never reached
-    the target, infinite steps, that every bound is), "a" when it is infinite; None for a finite
-    ratio. "×0 [0, 0]" says neither."""
+    """"b" when the whole interval of a ratio A/B is 0 (so many of B's seeds never reached the
+    target, infinite steps, or diverged, infinite loss, that every bound is), "a" when it is
+    infinite; None for a finite ratio. "×0 [0, 0]" says neither."""
     if ci.scale != "log":
         return None
     if math.isinf(ci.hi) and ci.hi < 0:
@@ -189,8 +189,12 @@ def sentence(c: dict) -> str:
         body = (f"{c['a']} reaches {target} {'sooner' if c['sign'] < 0 else 'later'} than "
                 f"{c['b']}: {ratio}{_method(ci).replace('diverged seeds', 'seeds not reached')})")
     else:
+        never = _never_reached(ci)  # on a loss: that side's diverged seeds, ranked worst
+        ratio = (f"{c[never]} diverged on too many seeds for a finite ratio (decided at the "
+                 f"{100 * ci.level:.3g}% level" if never else
+                 f"{measure} {ci.text()} ({100 * ci.level:.3g}% interval")
         body = (f"{c['a']} has {'lower' if c['sign'] < 0 else 'higher'} {what} than {c['b']}: "
-                f"{measure} {ci.text()} ({100 * ci.level:.3g}% interval{_method(ci)})")
+                f"{ratio}{_method(ci)})")
     learning = [f"{v} {k}/{n}" for v, (k, n) in c.get("still_learning", {}).items() if k]
     if learning:
         body += " (still learning at the step cap: " + ", ".join(learning) + " seeds)"
