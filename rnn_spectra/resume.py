@@ -109,10 +109,7 @@ def prepare_workdir(w: str) -> None:
             raise WorkdirError(
                 f"{w} is not empty and is not a run (no {wd.CONFIG}); pick a new or empty --workdir"
             )
-    try:
-        os.makedirs(w, exist_ok=True)
-    except OSError as e:
-        raise wd.io_error(w, "create workdir", e, "pick another --workdir") from None
+    wd.make_dir(w, "the workdir")
     if not os.access(w, os.W_OK):
         raise WorkdirError(f"workdir {w} is not writable; check its permissions")
 

@@ -77,6 +77,19 @@ def _fail(path: str, doing: str, e: OSError, hint: str) -> WorkdirError | Storag
     return WorkdirError(f"cannot {doing} {path}: {e.strerror or e}; {hint}")
 
 
+def make_dir(path: str, what: str) -> None:
+    """``path`` as a directory (made if missing), or one line saying why not: a file there, or a
+    link to a folder that does not exist (os.makedirs would raise FileExistsError on both)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        if os.path.islink(path) and not os.path.exists(path):
+            raise WorkdirError(f"--workdir {path} is a link to {os.readlink(path)}, which does not "
+                               "exist; create that directory or give another --workdir") from None
+        raise io_error(path, f"create {what}", e,
+                       "give a --workdir that is a directory or does not exist yet") from None
+
+
 def write_json(path: str, obj: Any) -> None:
     """Atomic: a kill at any moment leaves the old file or the new one."""
     write_text(path, json.dumps(_clean(obj), indent=2, sort_keys=True) + "\n")

@@ -125,7 +125,10 @@ def test_the_report_shows_the_match_table_first_with_dead_units_beside_it():
     from rnn_spectra.study.report import render_markdown
 
     near = [x + d for x, d in zip(TANH_LAM, (0.003, -0.002, 0.001, 0.0, -0.001))]
+    from rnn_spectra.study.stats import mean_ci
+
     rows = [{**r, "target_fraction": 0.5, "steps": 600, "steps_to_target": None, "params": 1153,
+             "test_loss_ci": mean_ci(list(r["test_losses"].values()), scale="log").as_dict(),
              "seeds_solved": 0, "seeds_still_learning": 0, "seconds_per_1000_steps": 1.0,
              "runs_all_settings": 10, "runs_diverged_all_settings": 0,
              "lyapunov_windows": {"monitor": [5, 20], "regularised": None}} for r in _design(near)]
@@ -139,6 +142,10 @@ def test_the_report_shows_the_match_table_first_with_dead_units_beside_it():
     assert "50% → 60%" in section and "0% → 0%" in section  # dead units of the ReLU and tanh rows
     assert "**yes**" in section and "adding_T20|matched λ₁|" in section
     assert "steps 5 to 19" in section  # the window the regulariser steered is the monitor's
+    # the dose table gives a row's test loss as every table does: geometric mean [95% CI]
+    dose = next(l for l in section.splitlines() if l.startswith("| relu_rnn/orthogonal | always"))
+    geo = mean_ci((0.020, 0.025, 0.022, 0.018, 0.024), scale="log").text(ratio=False)
+    assert f"; {geo}; dead 60%" in dose
     # a design without clipped rows counts only its unclipped runs (no "0 of 0 ... with clipping")
     assert "runs without clipping diverged" in text and "with clipping diverged" not in text
     assert match_section({"rows": [r for r in rows if "tanh" not in r["variant"]]}, []) == []

@@ -138,11 +138,13 @@ def _dose_table(rows: list[dict]) -> list[str]:
         lam = fmt(r.get("lyapunov_top_end"), 2)
         if r.get("lyapunov_top_window_end") is not None:
             lam += f" (own window {fmt(r['lyapunov_top_window_end'], 2)})"
-        return f"{lam}; {fmt(r.get('test_loss_mean'))}; dead {_pct(r.get('dead_units_end'))}"
+        geo = Interval.from_dict(r["test_loss_ci"]).text(ratio=False) if r.get("test_loss_ci") else "–"
+        return f"{lam}; {geo}; dead {_pct(r.get('dead_units_end'))}"
 
-    lines = ["", "Dose–response, by the regulariser's weight: λ₁ at the end of training; test loss; "
-             "dead units at the end (means over seeds). *floss N*: the regulariser on for the first "
-             "N steps only (beside the task loss).", "",
+    lines = ["", "Dose–response, by the regulariser's weight: λ₁ at the end of training (mean over "
+             "seeds); test loss, geometric mean [95% CI] as in the tables below; dead units at the "
+             "end (mean over seeds). *floss N*: the regulariser on for the first N steps only "
+             "(beside the task loss).", "",
              "| cell | on | k | target λ₁ | plain | " + " | ".join(f"weight {w:g}" for w in weights)
              + " |", "|" + "---|" * (5 + len(weights))]
     for (cell, until, k, t), by_w in sorted(by_dose.items()):

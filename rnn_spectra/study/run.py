@@ -61,7 +61,7 @@ def run_study(preset_name: str, workdir: str, *, report: bool = True,
     writer = is_writer()
     clear_stop()  # a stop asked for earlier in this process was acted on then
     _admit(workdir, preset, seed_offset, writer)
-    _make_workdir(workdir)
+    wd.make_dir(workdir, "the study directory")
     t0 = time.perf_counter()
     record = _new_record(preset, seed_offset)
     if jax.process_count() > 1:  # the others wait until process 0 has claimed the workdir
@@ -160,7 +160,7 @@ def train_one_group(preset_name: str | Preset, workdir: str, phase_name: str, k:
     phase = _Phase(preset, workdir, {}, overrides, True)
     if record:
         _admit(workdir, preset, seed_offset, True, allow_partial=True)
-        _make_workdir(workdir)
+        wd.make_dir(workdir, "the study directory")
     groups = phase.prepare(phase_members(preset, workdir, seed_offset, phase_name))
     if not 0 <= k < len(groups):
         raise WorkdirError(f"phase {phase_name} has {len(groups)} groups (0 to {len(groups) - 1}), "
@@ -209,18 +209,6 @@ def _settings(overrides: dict[str, str], seed_offset: int) -> tuple[dict[str, st
     if seed_offset < 0:
         raise ConfigError(f"--seed-offset must be a non-negative integer, got {seed_offset}")
     return overrides, seed_offset
-
-
-def _make_workdir(workdir: str) -> None:
-    """The study's directory, or one line saying why not (a file there, a link to nowhere)."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        if os.path.islink(workdir) and not os.path.exists(workdir):
-            raise WorkdirError(f"--workdir {workdir} is a link to {os.readlink(workdir)}, which does "
-                               "not exist; create that directory or give another --workdir") from None
-        raise wd.io_error(workdir, "create the study directory", e,
-                          "give a --workdir that is a directory or does not exist yet") from None
 
 
 def _admit(workdir: str, preset: Preset, seed_offset: int, writer: bool,
