@@ -176,7 +176,9 @@ def match_section(results: dict, claims: list[dict]) -> list[str]:
              "separately. Test losses of tanh and ReLU are compared only for a matched pair, per "
              "target the tightest one (chosen on the matched quantity alone, never on a loss), "
              "and only in a table off the floor; no other comparison between the two nonlinearities "
-             "is made. A matched λ₁ with half the units dead is a different network: the dead-unit "
+             "is made. The pairs are chosen on the same confirmation seeds their losses are "
+             "compared on, so which pair passes the gate is partly the luck of those seeds: a "
+             "re-run on other seeds (`--check-claims`) says whether it passes again. A matched λ₁ with half the units dead is a different network: the dead-unit "
              "fractions stand beside each pair.", ""]
     for table, rows in tables.items():
         floor = gate.at_floor(rows)
