@@ -391,3 +391,15 @@ def test_family_representative_is_chosen_on_validation_not_test():
     # a log ratio of the paired seeds: LSTM (0.5, 0.51) over the chosen ReLU (0.2, 0.21)
     ratio = (math.log(0.5 / 0.2) + math.log(0.51 / 0.21)) / 2
     assert "best ReLU (irnn/b/clip=none)" in fam["text"] and fam["difference"]["estimate"] == pytest.approx(ratio)
+
+
+def test_a_loss_curve_takes_a_non_finite_eval_recorded_as_a_string():
+    """JSON keeps a seed's non-finite eval loss as "nan" or "inf": the mean curve and the band
+    leave it out at that step instead of failing on a string."""
+    from rnn_spectra.study.figures import _band, _mean_curve
+
+    series = [{10: 0.5, 20: "inf"}, {10: 0.3, 20: 0.2}, {10: "nan", 20: 0.4}]
+    x, y = _mean_curve(series)
+    assert list(x) == [10, 20] and list(y) == pytest.approx([0.4, 0.3])
+    bx, lo, hi = _band(series)
+    assert list(bx) == [10, 20] and list(lo) == [0.3, 0.2] and list(hi) == [0.5, 0.4]

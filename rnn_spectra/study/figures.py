@@ -47,19 +47,33 @@ def _label(r: dict, text: str) -> str:
     return f"{text} [still learning at cap: {k}/{r['seeds']}]" if k else text
 
 
+def _finite_only(series: list[dict]) -> list[dict[int, float]]:
+    """The finite values of each seed's series: JSON keeps a non-finite loss as a string
+    ("nan", "inf"), which a seed that blew up between its evaluations records."""
+    return [{s: v for s, v in ((s, _float(v)) for s, v in d.items())
+             if v is not None and math.isfinite(v)} for d in series]
+
+
+def _float(v) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
 def _band(series: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lowest and highest seed at every step that at least two seeds reached."""
-    steps = [s for s in sorted({s for d in series for s in d})
-             if sum(s in d and d[s] is not None and math.isfinite(d[s]) for d in series) >= 2]
-    vals = [[d[s] for d in series if s in d and d[s] is not None and math.isfinite(d[s])] for s in steps]
+    series = _finite_only(series)
+    steps = [s for s in sorted({s for d in series for s in d}) if sum(s in d for d in series) >= 2]
+    vals = [[d[s] for d in series if s in d] for s in steps]
     return np.asarray(steps), np.asarray([min(v) for v in vals]), np.asarray([max(v) for v in vals])
 
 
 def _mean_curve(series: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarray]:
     """Mean over seeds at every step that at least one seed reached (diverged seeds stop early)."""
+    series = _finite_only(series)
     steps = sorted({s for d in series for s in d})
-    means = [np.mean([d[s] for d in series if s in d and d[s] is not None and math.isfinite(d[s])]
-                     or [np.nan]) for s in steps]
+    means = [np.mean([d[s] for d in series if s in d]) for s in steps]
     return np.asarray(steps), np.asarray(means)
 
 
