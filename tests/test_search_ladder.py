@@ -26,7 +26,8 @@ def _rows(members):
 def test_every_row_of_the_cpu_preset_gets_the_same_points_within_the_ranges():
     cpu = PRESETS["cpu"]
     rows = _rows(expand(cpu))
-    assert rows and all(len(ms) == cpu.search.trials * len(cpu.pilot_seeds) for ms in rows.values())
+    assert rows and all(len(ms) == cpu.search.trials * len(cpu.pilot_seeds) * len({m.clip for m in ms})
+                        for ms in rows.values())
     adam = {(m.learning_rate, m.init_gain) for ms in rows.values() for m in ms
             if m.variant.optimizer != "sgd" and dict(m.variant.config)["model.recurrent_init"]
             not in GAINLESS_INITS}
@@ -40,17 +41,76 @@ def test_every_row_of_the_cpu_preset_gets_the_same_points_within_the_ranges():
             assert {m.init_gain for m in ms} == {1.0}, row
         else:
             assert all(0.5 <= m.init_gain <= 1.5 for m in ms) and len({m.init_gain for m in ms}) > 1
-        if ms[0].clip == "none":
-            assert {m.clip_value for m in ms} == {0.0}
-        elif ms[0].clip == "global_norm":
-            assert all(0.1 <= m.clip_value <= 10 for m in ms)
+        assert all(m.clip_value == 0.0 for m in ms if m.clip == "none")
+        assert all(0.1 <= m.clip_value <= 10 for m in ms if m.clip == "global_norm")
     # every cell runs without and with clipping (IndRNN: its paper's value clip only)
     clips = defaultdict(set)
-    for table, row in rows:
-        clips[row.split("/clip=")[0]].add(row.split("/clip=")[1])
+    for (table, row), ms in rows.items():
+        clips[row.split("/clip=")[0]] |= {m.clip for m in ms}
     assert all(c == {"none", "global_norm"} for v, c in clips.items()
                if not v.startswith("indrnn") and "params=" not in v), clips
     assert clips["indrnn/paper"] == {"value"}
+
+
+def test_the_cpu_pilot_chooses_the_clipping_mode_of_the_main_rows_with_the_same_points():
+    """A main (Adam) row is the variant alone: its pilot runs the search's points without and
+    with clipping and chooses among both; the SGD arm, the matched sizes and IndRNN's paper
+    clip keep the mode in the row's name (the exploding claim compares the SGD rows)."""
+    cpu = PRESETS["cpu"]
+    for (table, row), ms in _rows(expand(cpu)).items():
+        v = ms[0].variant
+        if v.optimizer == "sgd" or v.clips is not None:
+            assert row == f"{v.name}/clip={ms[0].clip}" and not ms[0].clip_chosen
+            continue
+        assert row == v.name and all(m.clip_chosen for m in ms)
+        points = {c: {(m.learning_rate, m.init_gain) for m in ms if m.clip == c}
+                  for c in ("none", "global_norm")}
+        assert len(points["none"]) == cpu.search.trials and points["none"] == points["global_norm"]
+        assert len({m.setting for m in ms}) == 2 * cpu.search.trials  # told apart by the _c
+
+
+def test_the_cpu_pilot_evaluates_only_where_the_choice_reads():
+    """The choice reads each pilot member's final validation loss: the pilot evaluates and logs
+    at its last step only; the confirmation keeps the base cadence (curves, time to target)."""
+    cpu = PRESETS["cpu"]
+    pilot = expand(cpu)
+    c = member_config(cpu, pilot[0])
+    assert c.train.eval_every == c.train.steps == c.train.log_every and c.spectral.every == 0
+    confirmed = member_config(cpu, dataclasses.replace(pilot[0], phase="confirm"))
+    assert confirmed.train.eval_every == 50 and confirmed.spectral.every == 300
+
+
+CHOOSING = Preset(
+    name="tiny_choose_clip", description="a 2-point search at 6 steps, with and without clipping",
+    base=base(hidden_size=8, steps=6, batch_size=4, eval_every=3, eval_batches=1,
+              eval_batch_size=8, log_every=3, spectral_every=6),
+    tasks=(TaskEntry("adding", 6),), variants=(variant("relu_rnn", "orthogonal", 1.0),),
+    clips=("none", "global_norm"), learning_rates=(), clip_values=(),
+    search=Search(2, (1e-3, 1e-1), clip_value=(0.01, 0.02)), pilot_seeds=(0,),
+    confirm_seeds=(5, 6), test_chunks=1, extend_grid=False, choose_clip=True,
+    pilot_config=(("spectral.every", 0), ("train.eval_every", 6), ("train.log_every", 6)))
+
+
+def test_a_row_whose_pilot_chose_its_clipping_is_confirmed_once_at_its_best(monkeypatch, tmp_path):
+    monkeypatch.setitem(PRESETS, CHOOSING.name, CHOOSING)
+    w = str(tmp_path / "choose")
+    run_study(CHOOSING.name, w)
+    recs = wd.read_json(os.path.join(w, "study.json"))["members"]
+    pilot = [r for r in recs if r["phase"] == "pilot"]
+    assert {r["clip"] for r in pilot} == {"none", "global_norm"} and len(pilot) == 4
+    val = {r["setting"]: wd.read_json(os.path.join(w, r["relpath"], "summary.json"))
+           ["final_eval"]["loss"] for r in pilot}
+    confirm = [r for r in recs if r["phase"] == "confirm"]
+    assert {r["setting"] for r in confirm} == {min(val, key=val.get)}  # the best of all four
+    assert {r["row"] for r in recs} == {"relu_rnn/orthogonal"}
+    (row,) = build_results(w)["rows"]
+    assert row["clip_chosen"] and row["pilot_settings"] == 4 and row["pilot_points"] == 2
+    assert row["runs_by_clip"] == {"none": [0, 2], "global_norm": [0, 2]}
+    report = open(os.path.join(w, "report.md")).read()
+    assert f"{row['setting']}, clip {row['clip']}" in report
+    assert "the clipping mode itself" in report and "same 2 quasi-random points" in report
+    assert "of 2 runs without clipping diverged" in report
+    assert "of 2 runs with clipping diverged" in report
 
 
 def test_the_points_are_fixed_by_the_design_and_change_with_its_seed():

@@ -169,8 +169,11 @@ def test_gpu_preset_runs_at_toy_size(monkeypatch, tmp_path):
     w = str(tmp_path / "g")
     run_study(toy.name, w)
     rows = build_results(w)["rows"]
-    assert {r["variant"] for r in rows} == {f"{v.name}/clip={c}" for v in gpu.variants
-                                            if v.on(toy.tasks[0]) for c in (v.clips or gpu.clips)}
+    from rnn_spectra.study.grid import clip_chosen
+
+    assert {r["variant"] for r in rows} == {v.name if clip_chosen(gpu, v) else f"{v.name}/clip={c}"
+                                            for v in gpu.variants if v.on(toy.tasks[0])
+                                            for c in (v.clips or gpu.clips)}
     assert any(r["optimizer"] == "sgd" for r in rows) and any(r["hidden_size"] != 8 for r in rows)
 
 
@@ -282,6 +285,32 @@ def test_diverged_seeds_are_compared_where_sgd_explodes():
     assert claims[f"t|{sgd}|irnn/identity/clip=none|share of seeds diverged"]["sign"] == 1  # vs Adam
     # a diverged seed is the worst outcome, not a missing one: clipping has the lower loss
     assert claims[f"t|{clipped}|{sgd}|test loss"]["sign"] == -1
+
+
+def test_an_arm_is_compared_with_the_main_row_whose_pilot_chose_its_clipping():
+    """The main row ``relu_rnn/normal`` (clipping chosen in its pilot) is what each SGD row is
+    compared with, whichever mode it chose; the SGD rows are still compared with each other."""
+    from rnn_spectra.study.findings import build_claims
+
+    main = _row("relu_rnn/normal", [0.5, 0.6, 0.55, 0.5, 0.52], clip="global_norm",
+                clip_chosen=True)
+    main["variant"] = "relu_rnn/normal"
+    rows = [main, _row("relu_rnn/normal/sgd", [0.9, 1.2, 0.8, 1.1, 1.0], optimizer="sgd"),
+            _row("relu_rnn/normal/sgd", [0.7, 0.8, 0.6, 0.7, 0.75], optimizer="sgd",
+                 clip="global_norm")]
+    ids = {c["id"] for c in build_claims({"rows": rows})}
+    for clip in ("none", "global_norm"):
+        assert f"t|relu_rnn/normal/sgd/clip={clip}|relu_rnn/normal|test loss" in ids
+    assert "t|relu_rnn/normal/sgd/clip=global_norm|relu_rnn/normal/sgd/clip=none|test loss" in ids
+
+
+def test_pilot_divergences_are_counted_by_clipping_mode_where_the_pilot_chose_it():
+    from rnn_spectra.study.sentences import _pilot_runs
+
+    chosen = {"clip": "global_norm", "runs_by_clip": {"none": [3, 8], "global_norm": [1, 8]}}
+    assert _pilot_runs(chosen, False) == (3, 8) and _pilot_runs(chosen, True) == (1, 8)
+    old = {"clip": "none", "runs_all_settings": 8, "runs_diverged_all_settings": 2}
+    assert _pilot_runs(old, False) == (2, 8) and _pilot_runs(old, True) == (0, 0)
 
 
 @pytest.mark.parametrize("name", ["control", "cpu", "cpu-grid", "ladder", "gpu"])

@@ -35,10 +35,13 @@ LN10 = math.log(10.0)
 LEGEND_ROWS = 30
 
 
-def _style(variant: str, colours: dict) -> dict:
-    base, _, clip = variant.rpartition("/clip=")
+def _style(r: dict, colours: dict) -> dict:
+    """A colour per variant, dashed where the row does not clip (a row whose pilot chose its
+    clipping mode has no /clip= in its name: its own mode decides)."""
+    base = r["variant"].partition("/clip=")[0]
     if base not in colours:
         colours[base] = plt.cm.tab10(len(colours) % 10)
+    clip = r.get("clip") or r["variant"].rpartition("/clip=")[2]
     return {"color": colours[base], "linestyle": "--" if clip == "none" else "-", "linewidth": 1.4}
 
 
@@ -175,7 +178,7 @@ def _loss_figure(table, rows, data, out_dir):
                   for seed in data[r["variant"]]]
         x, y = _mean_curve(series)
         if len(x):
-            style = _style(r["variant"], colours)
+            style = _style(r, colours)
             ax.plot(x, y, label=_label(r, f"{r['variant']} ({r['setting']})"), **style)
             bx, lo, hi = _band(series)
             if len(bx):
@@ -205,7 +208,7 @@ def _time_to_target_figure(table, rows, data, out_dir):
             t = next((t for t in r["time_to_target"] if t["fraction"] == f), None)
             if t is None:
                 continue
-            km, style = t["km"], _style(r["variant"], colours)
+            km, style = t["km"], _style(r, colours)
             end = max(km["steps"] + [t["last_step"]])  # flat to the last evaluation
             x = [0.0] + km["steps"] + [end]
             ax.step(x, [0.0] + km["fraction"] + km["fraction"][-1:], where="post",
@@ -238,7 +241,7 @@ def _test_loss_figure(table, rows, data, out_dir):
     fig, ax = plt.subplots(figsize=(10, 0.9 + 0.38 * len(rows) + 1.2))
     colours = {}
     for i, r in enumerate(reversed(rows)):
-        style = _style(r["variant"], colours)
+        style = _style(r, colours)
         vals = [v for v in r["test_losses"].values() if v is not None and math.isfinite(v)]
         jitter = np.linspace(-0.15, 0.15, len(vals)) if len(vals) > 1 else np.zeros(len(vals))
         ax.plot(vals, i + jitter, linestyle="none", marker="o", markersize=5,
@@ -273,7 +276,7 @@ def _sigma_figure(table, rows, data, out_dir):
               (axes[1], step_norm, "mean ‖∂s_{t+1}/∂s_t‖₂ on the probes"),
               (axes[2], lyapunov_top, "λ₁ (nats per step)"))
     for r in rows:
-        style = _style(r["variant"], colours)
+        style = _style(r, colours)
         for ax, fn, _ in panels:
             series = [{s["step"]: fn(s) for s in seed["spectra"]} for seed in data[r["variant"]]]
             x, y = _mean_curve(series)
@@ -317,7 +320,7 @@ def _jacobian_figure(table, rows, data, out_dir):
             lags = np.asarray(per_seed[0][0])
             y = _seed_mean_log10([s[1] for s in per_seed])
             any_line = True
-            style = _style(r["variant"], colours)
+            style = _style(r, colours)
             ax.plot(lags, y, label=r["variant"] if which == -1 else None, **style)
             marks[which].append((_neginf_x(lags, [s[1] for s in per_seed]), style))
     if not any_line:
@@ -352,7 +355,7 @@ def _flow_figure(table, rows, data, out_dir):
         t = np.asarray(per_seed[0][0])
         y = _seed_mean_log10([s[1] for s in per_seed])
         any_line = True
-        style = _style(r["variant"], colours)
+        style = _style(r, colours)
         ax.plot(t, y, label=r["variant"], **style)
         marks.append((_neginf_x(t, [s[1] for s in per_seed]), style))
     if not any_line:

@@ -35,6 +35,9 @@ class Member:
     seed: int
     phase: str = "pilot"
     init_gain: float = 1.0  # times the variant's model.init_scale (a search's third axis)
+    # the pilot chose the clipping mode with the other settings (``Preset.choose_clip``): the
+    # row is the variant alone, its pilot tries every mode
+    clip_chosen: bool = False
 
     @property
     def task(self) -> str:
@@ -46,8 +49,9 @@ class Member:
 
     @property
     def row(self) -> str:
-        """Variant x clipping: one row of a table."""
-        return f"{self.variant.name}/clip={self.clip}"
+        """Variant x clipping: one row of a table (the variant alone where the pilot chose the
+        clipping mode: then the mode is part of the setting, like the learning rate)."""
+        return self.variant.name if self.clip_chosen else f"{self.variant.name}/clip={self.clip}"
 
     @property
     def setting(self) -> str:
@@ -112,10 +116,17 @@ def _settings(preset: Preset, v: Variant):
 def expand(preset: Preset, seed_offset: int = 0) -> list[Member]:
     """The pilot: every setting of every row on the pilot seeds (tables ``tuned_on`` another
     have none)."""
-    return [Member(task, v, clip, cv, lr, seed + seed_offset, init_gain=gain)
+    return [Member(task, v, clip, cv, lr, seed + seed_offset, init_gain=gain,
+                   clip_chosen=clip_chosen(preset, v))
             for task in preset.tasks if task.tuned_on is None
             for v in preset.variants if v.on(task)
             for clip, cv, lr, gain in _settings(preset, v) for seed in preset.pilot_seeds]
+
+
+def clip_chosen(preset: Preset, v: Variant) -> bool:
+    """Whether ``v``'s pilot chooses its clipping mode: a preset that chooses it, a variant on
+    the preset's modes (one with its own, the SGD arm's, keeps a row per mode), more than one."""
+    return preset.choose_clip and v.clips is None and len(preset.clips) > 1
 
 
 def lr_grid(preset: Preset, v: Variant) -> tuple[float, ...]:

@@ -129,8 +129,9 @@ def _cell(r: dict, key: str, show) -> str:
         return _ci(r, "test_loss_ci", "test_loss_mean") + ("" if r.get("confirmed", True) else " †")
     if key in ("seeds_solved", "seeds_diverged", "seeds_still_learning"):
         return f"{r.get(key, 0)}/{r['seeds']}"
-    if key == "setting":
-        return r["setting"] + (" (edge)" if r.get("lr_at_grid_edge") else "")
+    if key == "setting":  # the clipping mode too where the pilot chose it
+        return (r["setting"] + (f", clip {r['clip']}" if r.get("clip_chosen") else "")
+                + (" (edge)" if r.get("lr_at_grid_edge") else ""))
     if key == "events":
         return _ci(r, "instability_events_ci", "") if r.get("optimizer") == "sgd" else "–"
     if key.startswith("target:"):
@@ -166,10 +167,14 @@ def render_markdown(results: dict, figures: list[str], claims: list[dict] | None
               f"time {fmt(results['wall_time_s'], 4)} s" + _throughput(results) + ".", ""]
     rows = results["rows"]
     steps = sorted({r.get("steps") for r in rows if r.get("steps")})
-    searched = max((r.get("pilot_settings", 0) for r in rows if r.get("searched")), default=0)
+    searched = max((r.get("pilot_points", r.get("pilot_settings", 0)) for r in rows
+                    if r.get("searched")), default=0)
+    chosen = any(r.get("clip_chosen") for r in rows)
     lines += [
         "**Design.** Each row is a variant at its own setting (learning rate; clip threshold where "
         "clipping is on" + ("; recurrent init gain *g* where its init has one" if searched else "")
+        + ("; and the clipping mode itself for a row without */clip=* in its name: its pilot ran "
+           "every point without and with global-norm clipping" if chosen else "")
         + "), chosen on the *pilot* seeds by mean validation loss (fewer diverged seeds first) "
         + (f"among the same {searched} quasi-random points (a scrambled Sobol sequence over "
            "log-uniform ranges) for every row: an equal tuning budget per cell"

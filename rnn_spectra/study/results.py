@@ -1,7 +1,8 @@
 """The study's results from its workdir alone: each row a variant at its own best setting.
 
 Each table row is a variant (cell / init / clipping) at its *own* best setting (learning rate,
-clip threshold), chosen by mean validation loss over the pilot seeds; the numbers quoted are the
+clip threshold; the clipping mode itself where the preset chooses it), chosen by mean validation
+loss over the pilot seeds; the numbers quoted are the
 confirmation seeds' losses on a separate test set, with 95% t-intervals (``stats.py``). No number in a row is
 one that chose it. Members are opened with ``runs.load_run``, like any run.
 """
@@ -173,6 +174,7 @@ def summarise(table: str, row: str, seeds: list[dict], target_fractions: tuple[f
         "learning_rate": seeds[0]["learning_rate"],
         "clip": seeds[0]["clip"],
         "clip_value": seeds[0]["clip_value"] if seeds[0]["clip"] != "none" else None,
+        "clip_chosen": bool(seeds[0].get("clip_chosen")),  # the pilot chose the clip mode
         "params": s0["num_params"],
         "seeds": len(seeds),
         "steps": seeds[0].get("steps"),  # the step cap (study.json's record)
@@ -276,6 +278,8 @@ def _row(t: str, r: str, seeds: list[dict], reported: list[dict], choosing: list
         "searched": searched,  # the pilot's settings were a search's points, not a grid
         "pilot_seeds": len(seeds),
         "pilot_settings": len({m["setting"] for m in tried}),  # the tuning budget spent
+        # of which distinct points (a row whose pilot chose its clip mode ran each twice)
+        "pilot_points": len({(m["learning_rate"], m.get("init_gain", 1.0)) for m in tried}),
         "pilot_val_loss_mean": _stat([_val_loss(m) for m in seeds])[0],
         "learning_rates_tried": grid,
         # a search's points are not a grid: no edge to extend
@@ -314,6 +318,11 @@ def build_results(workdir: str) -> dict:
         every = runs[(r["tuned_on"] or r["table"], r["variant"])]
         r["runs_all_settings"] = len(every)
         r["runs_diverged_all_settings"] = sum(m["summary"]["status"] == "diverged" for m in every)
+        by_clip = defaultdict(lambda: [0, 0])  # clip mode -> [diverged, runs]: a row whose
+        for m in every:  # pilot chose its mode ran both
+            by_clip[m["clip"]][0] += m["summary"]["status"] == "diverged"
+            by_clip[m["clip"]][1] += 1
+        r["runs_by_clip"] = dict(by_clip)
     order = {name: i for i, name in enumerate(dict.fromkeys(m["table"] for m in study["members"]))}
     rows.sort(key=lambda r: (order.get(r["table"], 99), r["test_loss_mean"] if r["test_loss_mean"]
                              is not None else math.inf))

@@ -266,6 +266,7 @@ class _Phase:
         self.recs = [dict(relpath=m.relpath, phase=m.phase, table=m.table, task=m.task, row=m.row,
                           setting=m.setting, seed=m.seed, learning_rate=m.learning_rate,
                           clip=m.clip, clip_value=m.clip_value, init_gain=m.init_gain,
+                          clip_chosen=m.clip_chosen,
                           tuned_on=m.entry.tuned_on, group=group_of[i],
                           searched=search_of(self.preset, m.variant) is not None,
                           match_params_of=m.variant.match_params_of,

@@ -87,21 +87,32 @@ def findings(results: dict, claims: list[dict] | None = None) -> list[str]:
         out += [f"{task}: {sentence(c)}" for c in mine if c["sign"]]
         out += _undecided(f"{task} (does a ratio change with T?)", [c for c in mine if not c["sign"]])
     for clip_on in (False, True):
-        rs = [r for r in results["rows"] if (r["clip"] != "none") == clip_on
-              and r.get("runs_diverged_all_settings")]
-        total = sum(r["runs_all_settings"] for r in results["rows"] if (r["clip"] != "none") == clip_on)
+        counts = [(r, *_pilot_runs(r, clip_on)) for r in results["rows"]]
+        total = sum(n for _, _, n in counts)
         if not total:  # a design without clipped rows (the control preset): nothing to count
             continue
-        div = sum(r["runs_diverged_all_settings"] for r in rs)
-        text = (f"Over every setting of the pilot grid, {div} of {total} runs "
-                f"{'with' if clip_on else 'without'} clipping diverged")
+        rs = [(r, d, n) for r, d, n in counts if d]
+        text = (f"Over every setting of the pilot grid, {sum(d for _, d, _ in rs)} of {total} "
+                f"runs {'with' if clip_on else 'without'} clipping diverged")
         if rs:
-            worst = sorted(rs, key=lambda r: -r["runs_diverged_all_settings"])[:4]
+            worst = sorted(rs, key=lambda x: -x[1])[:4]
             text += ", most in " + ", ".join(
-                f"{r['table']} {r['variant']} ({r['runs_diverged_all_settings']}/{r['runs_all_settings']}, "
-                f"σ_max(W_s) at init {fmt(r['sigma_max_init'])})" for r in worst)
+                f"{r['table']} {r['variant']} ({d}/{n}, σ_max(W_s) at init "
+                f"{fmt(r['sigma_max_init'])})" for r, d, n in worst)
         out.append(text + ".")
     return out
+
+
+def _pilot_runs(r: dict, clip_on: bool) -> tuple[int, int]:
+    """(diverged, runs) of row ``r``'s pilot with or without clipping: by mode where the row
+    tried several (its pilot chose the mode), else all of them on the row's own mode."""
+    by_clip = r.get("runs_by_clip")
+    if by_clip is None:  # results from before the count by mode
+        if (r["clip"] != "none") != clip_on:
+            return 0, 0
+        return r.get("runs_diverged_all_settings", 0), r.get("runs_all_settings", 0)
+    pairs = [v for c, v in by_clip.items() if (c != "none") == clip_on]
+    return sum(d for d, _ in pairs), sum(n for _, n in pairs)
 
 
 def _undecided(where: str, claims: list[dict]) -> list[str]:
