@@ -331,3 +331,20 @@ def test_every_program_of_a_phase_gets_its_own_group_folder(name):
     if name == "control":
         assert "pilot/adding_T20/tanh_rnn_lyapunov_k1_adam_global_norm" in names
         assert not any(n.endswith("_2") for n in names)  # told apart by their tags, not by count
+
+
+@pytest.mark.parametrize("name,published", [("cpu", "docs"), ("ladder", "docs/ladder"),
+                                            ("control", "docs/control")])
+def test_the_published_claims_are_of_the_presets_design_today(name, published):
+    """`report --check-claims docs` refuses a study of another design: a re-run of a preset
+    must hash as its published claims did (a Preset field added later, at its off value, must
+    leave the hash alone)."""
+    import json
+
+    from rnn_spectra.study.claims import design_hash
+    from rnn_spectra.study.run import _preset_dict
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, published, "claims.json")) as f:
+        ref = json.load(f)
+    assert ref["design"] == design_hash({"preset_fields": _preset_dict(PRESETS[name])})

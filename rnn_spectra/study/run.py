@@ -385,6 +385,8 @@ def _clear_group(group_dir: str, member_dirs: list[str], writer: bool) -> None:
 
 def _preset_dict(p: Preset) -> dict:
     d = dataclasses.asdict(p)
+    if not d["choose_clip"]:  # a field added later, at its off value: the design hash stays
+        del d["choose_clip"]  # the one its published claims were checked under
     d["variants"] = [v.name for v in p.variants]
     d["tasks"] = [t.table for t in p.tasks]
     return d
