@@ -19,7 +19,7 @@ import os
 from rnn_spectra import config as config_lib
 from rnn_spectra.config_files import config_from_dict
 from rnn_spectra.errors import ConfigError
-from rnn_spectra.study.presets import GAINLESS_INITS, Preset, Search, TaskEntry, Variant
+from rnn_spectra.study.design import GAINLESS_INITS, Preset, Search, TaskEntry, Variant
 
 PHASES = ("pilot", "extend", "confirm")  # the first two choose, the last is reported
 MATCH_TOLERANCE = 0.05  # matched parameter counts: within 5%

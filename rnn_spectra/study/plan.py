@@ -15,7 +15,7 @@ from rnn_spectra import workdir as wd
 from rnn_spectra.cells import program_name
 from rnn_spectra.errors import WorkdirError
 from rnn_spectra.study.grid import Member, confirmation, expand, extension
-from rnn_spectra.study.presets import Preset
+from rnn_spectra.study.design import Preset
 
 # phase name (as in Member.phase and W/runs/<phase>/) -> what the console calls it
 PHASES = {"pilot": "pilot", "extend": "grid extension", "confirm": "confirmation"}

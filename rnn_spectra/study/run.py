@@ -37,7 +37,8 @@ from rnn_spectra.study import members as member_lib
 from rnn_spectra.study.export import export_chosen_checkpoints
 from rnn_spectra.study.grid import Member, member_config, search_of
 from rnn_spectra.study.plan import PHASES, group_names, phase_members
-from rnn_spectra.study.presets import Preset, get_preset
+from rnn_spectra.study.design import Preset
+from rnn_spectra.study.presets import get_preset
 from rnn_spectra.sweep import group_by_program
 from rnn_spectra.tasks import get_task
 
