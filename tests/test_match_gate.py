@@ -130,7 +130,7 @@ def test_the_report_shows_the_match_table_first_with_dead_units_beside_it():
     rows = [{**r, "target_fraction": 0.5, "steps": 600, "steps_to_target": None, "params": 1153,
              "test_loss_ci": mean_ci(list(r["test_losses"].values()), scale="log").as_dict(),
              "seeds_solved": 0, "seeds_still_learning": 0, "seconds_per_1000_steps": 1.0,
-             "runs_all_settings": 10, "runs_diverged_all_settings": 0,
+             "runs_by_clip": {"none": [0, 10]},
              "lyapunov_windows": {"monitor": [5, 20], "regularised": None}} for r in _design(near)]
     results = {"rows": rows, "preset": "control", "machine": "m", "jax": "0", "started": "s",
                "finished": "f", "members": 20, "wall_time_s": 1.0}

@@ -287,13 +287,13 @@ def test_diverged_seeds_are_compared_where_sgd_explodes():
     assert claims[f"t|{clipped}|{sgd}|test loss"]["sign"] == -1
 
 
-def test_an_arm_is_compared_with_the_main_row_whose_pilot_chose_its_clipping():
+@pytest.mark.parametrize("chose", ["none", "global_norm"])
+def test_an_arm_is_compared_with_the_main_row_whose_pilot_chose_its_clipping(chose):
     """The main row ``relu_rnn/normal`` (clipping chosen in its pilot) is what each SGD row is
     compared with, whichever mode it chose; the SGD rows are still compared with each other."""
     from rnn_spectra.study.findings import build_claims
 
-    main = _row("relu_rnn/normal", [0.5, 0.6, 0.55, 0.5, 0.52], clip="global_norm",
-                clip_chosen=True)
+    main = _row("relu_rnn/normal", [0.5, 0.6, 0.55, 0.5, 0.52], clip=chose, clip_chosen=True)
     main["variant"] = "relu_rnn/normal"
     rows = [main, _row("relu_rnn/normal/sgd", [0.9, 1.2, 0.8, 1.1, 1.0], optimizer="sgd"),
             _row("relu_rnn/normal/sgd", [0.7, 0.8, 0.6, 0.7, 0.75], optimizer="sgd",
@@ -309,8 +309,8 @@ def test_pilot_divergences_are_counted_by_clipping_mode_where_the_pilot_chose_it
 
     chosen = {"clip": "global_norm", "runs_by_clip": {"none": [3, 8], "global_norm": [1, 8]}}
     assert _pilot_runs(chosen, False) == (3, 8) and _pilot_runs(chosen, True) == (1, 8)
-    old = {"clip": "none", "runs_all_settings": 8, "runs_diverged_all_settings": 2}
-    assert _pilot_runs(old, False) == (2, 8) and _pilot_runs(old, True) == (0, 0)
+    own = {"clip": "none", "runs_by_clip": {"none": [2, 8]}}  # a row per mode: its own only
+    assert _pilot_runs(own, False) == (2, 8) and _pilot_runs(own, True) == (0, 0)
 
 
 @pytest.mark.parametrize("name", ["control", "cpu", "cpu-grid", "ladder", "gpu"])

@@ -41,8 +41,8 @@ def _style(r: dict, colours: dict) -> dict:
     base = r["variant"].partition("/clip=")[0]
     if base not in colours:
         colours[base] = plt.cm.tab10(len(colours) % 10)
-    clip = r.get("clip") or r["variant"].rpartition("/clip=")[2]
-    return {"color": colours[base], "linestyle": "--" if clip == "none" else "-", "linewidth": 1.4}
+    return {"color": colours[base], "linestyle": "--" if r["clip"] == "none" else "-",
+            "linewidth": 1.4}
 
 
 def _label(r: dict, text: str) -> str:

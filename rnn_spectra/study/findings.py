@@ -332,10 +332,9 @@ def _pending(results: dict) -> list[Pending]:
             # the arm against the main arm, same cell and init (and clipping, where the main
             # arm has a row per mode; where its pilot chose the mode, against that row)
             same = next((x for x in main if base_name(x["variant"]) == base_name(r["variant"])
-                         and x["clip"] == r["clip"] and not x.get("clip_chosen")), None)
-            if same is None:
-                same = next((x for x in main if base_name(x["variant"]) == base_name(r["variant"])
-                             and (x.get("clip_chosen") or r["clip"] == "none")), None)
+                         and (x["clip"] == r["clip"] or x.get("clip_chosen"))), None)
+            if same is None and r["clip"] == "none":
+                same = next((x for x in main if base_name(x["variant"]) == base_name(r["variant"])), None)
             if same is not None:
                 out.append(_vs(table, "arm vs main", r, same))
                 if r.get("optimizer") == "sgd" and same.get("optimizer") != "sgd":

@@ -167,8 +167,7 @@ def render_markdown(results: dict, figures: list[str], claims: list[dict] | None
               f"time {fmt(results['wall_time_s'], 4)} s" + _throughput(results) + ".", ""]
     rows = results["rows"]
     steps = sorted({r.get("steps") for r in rows if r.get("steps")})
-    searched = max((r.get("pilot_points", r.get("pilot_settings", 0)) for r in rows
-                    if r.get("searched")), default=0)
+    searched = max((r.get("pilot_points", 0) for r in rows if r.get("searched")), default=0)
     chosen = any(r.get("clip_chosen") for r in rows)
     lines += [
         "**Design.** Each row is a variant at its own setting (learning rate; clip threshold where "

@@ -315,11 +315,8 @@ def build_results(workdir: str) -> dict:
     for m in choosing:  # the pilot's grid (and its extension): every setting, the same seeds
         runs[(m["table"], m["row"])].append(m)
     for r in rows:
-        every = runs[(r["tuned_on"] or r["table"], r["variant"])]
-        r["runs_all_settings"] = len(every)
-        r["runs_diverged_all_settings"] = sum(m["summary"]["status"] == "diverged" for m in every)
-        by_clip = defaultdict(lambda: [0, 0])  # clip mode -> [diverged, runs]: a row whose
-        for m in every:  # pilot chose its mode ran both
+        by_clip = defaultdict(lambda: [0, 0])  # clip mode -> [diverged, runs] (a row whose
+        for m in runs[(r["tuned_on"] or r["table"], r["variant"])]:  # pilot chose it: both)
             by_clip[m["clip"]][0] += m["summary"]["status"] == "diverged"
             by_clip[m["clip"]][1] += 1
         r["runs_by_clip"] = dict(by_clip)

@@ -104,14 +104,9 @@ def findings(results: dict, claims: list[dict] | None = None) -> list[str]:
 
 
 def _pilot_runs(r: dict, clip_on: bool) -> tuple[int, int]:
-    """(diverged, runs) of row ``r``'s pilot with or without clipping: by mode where the row
-    tried several (its pilot chose the mode), else all of them on the row's own mode."""
-    by_clip = r.get("runs_by_clip")
-    if by_clip is None:  # results from before the count by mode
-        if (r["clip"] != "none") != clip_on:
-            return 0, 0
-        return r.get("runs_diverged_all_settings", 0), r.get("runs_all_settings", 0)
-    pairs = [v for c, v in by_clip.items() if (c != "none") == clip_on]
+    """(diverged, runs) of row ``r``'s pilot with or without clipping (a row whose pilot chose
+    its clipping mode ran both)."""
+    pairs = [v for c, v in r["runs_by_clip"].items() if (c != "none") == clip_on]
     return sum(d for d, _ in pairs), sum(n for _, n in pairs)
 
 
